@@ -1,0 +1,49 @@
+"""The app factory: `uvicorn app.main:create_app --factory` (or `xmodal serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from app.errors import install_error_handlers
+from app.routes import embed, health, items, search
+from app.runtime import Runtime
+from app.settings import Settings, get_settings
+from indexer.manifest import package_version
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        loading = asyncio.create_task(runtime.load_in_background())
+        if settings.exit_on_load_failure:
+            # Refuse to serve a broken configuration: stop the server the way Ctrl-C would.
+            loading.add_done_callback(lambda _: runtime.error and signal.raise_signal(signal.SIGTERM))
+        yield
+        loading.cancel()
+        runtime.close()
+
+    app = FastAPI(
+        title="xmodal",
+        summary="Cross-modal search over your images: text → image, image → image, image → text",
+        version=package_version(),
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (health, search, embed, items):
+        app.include_router(module.router)
+    return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name

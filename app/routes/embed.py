@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from app.deps import ReadyDep, SettingsDep, check_text
+from app.errors import ApiError
+from app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody
+from app.uploads import IMAGE_REQUEST_BODY, read_image_input
+
+router = APIRouter(prefix="/v1/embed", tags=["embed"])
+ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)}
+
+
+@router.post("/text", response_model=EmbedResponse, responses=ERRORS, summary="Texts → unit vectors")
+async def embed_text(body: EmbedTextRequest, runtime: ReadyDep, settings: SettingsDep) -> EmbedResponse:
+    started = time.perf_counter()
+    texts = [check_text(text, settings) for text in body.all_texts]
+    if not 1 <= len(texts) <= settings.max_embed_batch:
+        raise ApiError(422, f"give 1 to {settings.max_embed_batch} texts, got {len(texts)}")
+    vectors = await runtime.run_model(runtime.encoder.encode_texts, texts)
+    return _response(runtime, vectors, started)
+
+
+@router.post(
+    "/image",
+    response_model=EmbedResponse,
+    responses=ERRORS,
+    openapi_extra=IMAGE_REQUEST_BODY,
+    summary="An image → its unit vector",
+)
+async def embed_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> EmbedResponse:
+    started = time.perf_counter()
+    upload = await read_image_input(request, settings)
+    pixels = runtime.encoder.preprocess_image(upload.image)
+    vectors = await runtime.run_model(runtime.encoder.encode_images, pixels[None])
+    return _response(runtime, vectors, started)
+
+
+def _response(runtime, vectors, started: float) -> EmbedResponse:
+    return EmbedResponse(
+        embeddings=vectors.tolist(),
+        dim=int(vectors.shape[1]),
+        model=runtime.encoder.spec,
+        took_ms=round((time.perf_counter() - started) * 1000, 3),
+    )

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from app.deps import ReadyDep
+from app.errors import ApiError
+from app.schemas import ErrorBody, IndexSummary, ItemPublic
+
+router = APIRouter(prefix="/v1", tags=["items"])
+
+
+@router.get("/items/{item_id}", response_model=ItemPublic, responses={404: {"model": ErrorBody}})
+async def get_item(item_id: int, runtime: ReadyDep) -> ItemPublic:
+    row = runtime.index.item(item_id)
+    if row is None:
+        raise ApiError(404, f"no item with id {item_id}")
+    return ItemPublic(**row)
+
+
+@router.get(
+    "/items/{item_id}/image",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorBody}},
+    summary="The indexed image file (found by id only; no path comes from the request)",
+)
+async def get_item_image(item_id: int, runtime: ReadyDep) -> FileResponse:
+    path = runtime.index.item_file(item_id)
+    if path is None:
+        raise ApiError(404, f"no image file for item {item_id} (unknown id, or the file was moved)")
+    return FileResponse(path)
+
+
+@router.get("/index", response_model=IndexSummary, summary="What the served index holds")
+async def get_index(runtime: ReadyDep) -> IndexSummary:
+    index = runtime.index
+    manifest = index.manifest
+    return IndexSummary(
+        version=index.version.name,
+        created_at=manifest.created_at,
+        model=manifest.model.spec,
+        fingerprint=manifest.model.fingerprint,
+        embed_dim=manifest.model.embed_dim,
+        metric=manifest.metric,
+        images=manifest.images.count,
+        texts=manifest.texts.count if manifest.texts else 0,
+        index_key=manifest.images.index_key,
+        skipped=manifest.skipped.total,
+        skipped_by_reason=manifest.skipped.by_reason,
+        xmodal_version=manifest.xmodal_version,
+    )

@@ -1,0 +1,39 @@
+"""All server settings, from XMODAL_* environment variables (nested with `__`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XMODAL_", env_nested_delimiter="__", extra="ignore")
+
+    index: Path | None = Field(None, description="Index folder (with CURRENT) or one version folder")
+    model: str | None = Field(
+        None,
+        description="Load this spec instead of the one in the manifest (e.g. another path to the same weights); "
+        "its weights must still match the manifest's fingerprint",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    offline: bool = Field(False, description="Never touch the network for model weights")
+    model_cache_dir: str | None = Field(None, description="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the model (default: usable cores)")
+    log_level: str = "info"
+    exit_on_load_failure: bool = Field(True, description="Stop the process when the index or model fails to load")
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image upload or request body")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height)")
+    max_text_chars: int = Field(1000, ge=1, description="Longest query text")
+    max_k: int = Field(1000, ge=1, description="Most results one request may ask for")
+    max_embed_batch: int = Field(64, ge=1, description="Most texts in one /v1/embed/text request")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

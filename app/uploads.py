@@ -1,0 +1,137 @@
+"""Reading an image out of a request: multipart `file` or JSON `image_b64`, within limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+from fastapi import Request
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app.errors import ApiError
+from app.settings import Settings
+from models.images import ImageError, ImageTooLarge, load_image
+
+# Room for multipart boundaries/headers and base64's 4/3 growth over the image limit.
+_ENVELOPE_BYTES = 64 * 1024
+
+IMAGE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "k": {"type": "integer", "default": 10},
+                        "target": {"type": "string", "enum": ["images", "texts"], "default": "images"},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image_b64"],
+                    "properties": {
+                        "image_b64": {"type": "string", "description": "base64 of the image file"},
+                        "k": {"type": "integer", "default": 10},
+                        "target": {"type": "string", "enum": ["images", "texts"], "default": "images"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@dataclass
+class ImageInput:
+    image: Image.Image
+    fields: dict  # the request's other fields (k, target, ...), unvalidated
+
+
+async def read_image_input(request: Request, settings: Settings) -> ImageInput:
+    """Decode the request's image (off the event loop); every failure is a 4xx ApiError."""
+    data, fields = await _read_image_bytes(request, settings)
+    try:
+        image = await run_in_threadpool(load_image, data, settings.max_pixels)
+    except ImageTooLarge as exc:
+        raise ApiError(413, f"image too large: {exc}") from exc
+    except ImageError as exc:
+        raise ApiError(422, f"unreadable image: {exc}") from exc
+    return ImageInput(image, fields)
+
+
+async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes, dict]:
+    limit = settings.max_upload_bytes
+    _check_declared_length(request, limit * 4 // 3 + _ENVELOPE_BYTES)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        data, fields = await _from_multipart(request, limit)
+    elif content_type == "application/json":
+        data, fields = await _from_json(request, limit)
+    else:
+        raise ApiError(
+            415, f"unsupported content type {content_type or '(none)'}: send multipart/form-data "
+            "with a 'file' field, or application/json with 'image_b64'"
+        )
+    if not data:
+        raise ApiError(422, "the image is empty (0 bytes)")
+    if len(data) > limit:
+        raise ApiError(413, f"image is {len(data):,} bytes, over the limit of {limit:,}")
+    return data, fields
+
+
+async def _from_multipart(request: Request, limit: int) -> tuple[bytes, dict]:
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except Exception as exc:  # noqa: BLE001 - starlette raises several types for malformed forms
+        raise ApiError(400, f"malformed multipart body: {exc}") from exc
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "multipart field 'file' (the image) is required")
+    data = await upload.read(limit + 1)
+    fields = {key: value for key, value in form.items() if key != "file" and isinstance(value, str)}
+    return data, fields
+
+
+async def _from_json(request: Request, limit: int) -> tuple[bytes, dict]:
+    body = await read_body(request, limit * 4 // 3 + _ENVELOPE_BYTES)
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("image_b64"), str):
+        raise ApiError(422, "JSON body needs a string field 'image_b64'")
+    encoded = payload.pop("image_b64")
+    if encoded.startswith("data:") and "," in encoded:
+        encoded = encoded.split(",", 1)[1]  # accept data URLs from browsers
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, f"image_b64 is not valid base64: {exc}") from exc
+    return data, payload
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 once it passes `limit` (also when no length was declared)."""
+    _check_declared_length(request, limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {int(declared):,} bytes, over the limit of {limit:,}")

@@ -1,0 +1,53 @@
+"""The manifest: what an index bundle holds and which model made it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, Field
+
+FORMAT_VERSION = 1
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xmodal")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class ModelInfo(BaseModel):
+    spec: str
+    fingerprint: str = Field(description="sha256 over the model's weights (see models.loading.weights_fingerprint)")
+    embed_dim: int
+
+
+class VectorIndexInfo(BaseModel):
+    """One FAISS index in the bundle and the embeddings it was built from."""
+
+    file: str
+    embeddings: list[str] = Field(description="float16 .npy shards, row i = vector id i")
+    count: int
+    index_key: str = Field(description="faiss.index_factory description")
+    search_params: str = ""
+
+
+class SkipCounts(BaseModel):
+    total: int = 0
+    by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    xmodal_version: str
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    model: ModelInfo
+    metric: str = "ip"
+    normalized: bool = True
+    source: str = Field(description="absolute folder the item paths are relative to")
+    images: VectorIndexInfo
+    texts: VectorIndexInfo | None = None
+    skipped: SkipCounts = Field(default_factory=SkipCounts)
+    timings_s: dict[str, float] = Field(default_factory=dict)

@@ -1,0 +1,67 @@
+"""An opened index version: FAISS search plus metadata look-ups, read-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from indexer import store
+from indexer.manifest import Manifest
+
+
+class OpenIndex:
+    """One published version, loaded into memory. Safe to search from several threads."""
+
+    def __init__(self, path: str | Path):
+        self.version = store.resolve_version(path)
+        self.manifest: Manifest = store.read_manifest(self.version)
+        self.source = Path(self.manifest.source)
+        self.image_index = store.read_index(self.version, "images")
+        self.items: pa.Table = store.read_table(self.version, "items")
+        self.text_index: faiss.Index | None = None
+        self.texts: pa.Table | None = None
+        if self.manifest.texts is not None:
+            self.text_index = store.read_index(self.version, "texts")
+            self.texts = store.read_table(self.version, "texts")
+
+    @property
+    def has_texts(self) -> bool:
+        return self.text_index is not None
+
+    def search_images(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        return _search(self.image_index, queries, k)
+
+    def search_texts(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        if self.text_index is None:
+            raise LookupError("this index has no text index (build it with --captions)")
+        return _search(self.text_index, queries, k)
+
+    def item_rows(self, ids: list[int]) -> list[dict]:
+        """Metadata rows for item ids (ids are row numbers)."""
+        return self.items.take(pa.array(ids, pa.int64())).to_pylist() if ids else []
+
+    def text_rows(self, ids: list[int]) -> list[dict]:
+        return self.texts.take(pa.array(ids, pa.int64())).to_pylist() if ids and self.texts is not None else []
+
+    def item(self, item_id: int) -> dict | None:
+        return self.item_rows([item_id])[0] if 0 <= item_id < self.items.num_rows else None
+
+    def item_file(self, item_id: int) -> Path | None:
+        """The indexed file of an item, only if it still lies inside the index's source folder."""
+        row = self.item(item_id)
+        if row is None:
+            return None
+        path = (self.source / row["path"]).resolve()
+        return path if path.is_relative_to(self.source.resolve()) and path.is_file() else None
+
+
+def _search(index: faiss.Index, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores, ids = index.search(queries, min(k, index.ntotal))
+    return [
+        [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+        for row_ids, row_scores in zip(ids, scores)
+    ]

@@ -1,0 +1,149 @@
+"""The index bundle on disk: the only module that knows its layout.
+
+    DIR/
+      CURRENT                     name of the published version (switched with os.replace)
+      v0001-20261130T021500Z/
+        manifest.json
+        images.faiss              FAISS index over image embeddings (ids = row numbers)
+        images-00000.npy          float16 embedding shards (rebuild without re-encoding)
+        items.parquet             id, path, width, height, sha256, captions
+        texts.faiss, texts-*.npy, texts.parquet   (when captions were given)
+        skipped.parquet           path, reason
+      .tmp-*/                     a build in progress; never read
+
+A version is written completely under a temporary name, fsynced, renamed into
+place, and only then named by CURRENT: a crash never exposes a half index.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from indexer.manifest import Manifest
+
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+SHARD_ROWS = 100_000
+
+
+class IndexNotFound(FileNotFoundError):
+    pass
+
+
+class VersionWriter:
+    """Collects one version's files in a temporary folder; `publish()` makes it live."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+
+    def write_vectors(self, name: str, vectors: np.ndarray, index: faiss.Index) -> list[str]:
+        """Write float16 shards of `vectors` and the FAISS index; returns the shard names."""
+        shards = []
+        for number, start in enumerate(range(0, max(len(vectors), 1), SHARD_ROWS)):
+            shard = f"{name}-{number:05d}.npy"
+            np.save(self.tmp / shard, vectors[start : start + SHARD_ROWS].astype(np.float16))
+            shards.append(shard)
+        faiss.write_index(index, str(self.tmp / f"{name}.faiss"))
+        return shards
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        pq.write_table(table, self.tmp / f"{name}.parquet")
+
+    def publish(self, manifest: Manifest, keep: int = 3) -> Path:
+        """Write the manifest, move the folder into place, switch CURRENT, prune old versions."""
+        (self.tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        _fsync_tree(self.tmp)
+        final = self.root / _next_version_name(self.root)
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a served index is readable
+        os.rename(self.tmp, final)
+        pointer = self.root / f".{CURRENT}.tmp"
+        pointer.write_text(final.name + "\n")
+        _fsync_file(pointer)
+        os.replace(pointer, self.root / CURRENT)
+        _fsync_dir(self.root)
+        prune_versions(self.root, keep)
+        return final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def resolve_version(path: str | Path) -> Path:
+    """The version folder to read: DIR's CURRENT, or `path` itself if it is a version."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    pointer = path / CURRENT
+    if not pointer.is_file():
+        raise IndexNotFound(f"{path} is not an xmodal index (no {CURRENT} and no {MANIFEST}); build one with `xmodal index`")
+    version = path / pointer.read_text().strip()
+    if not (version / MANIFEST).is_file():
+        raise IndexNotFound(f"{pointer} names {version.name}, which has no {MANIFEST}")
+    return version
+
+
+def read_manifest(version: Path) -> Manifest:
+    return Manifest.model_validate_json((version / MANIFEST).read_text())
+
+
+def read_index(version: Path, name: str) -> faiss.Index:
+    return faiss.read_index(str(version / f"{name}.faiss"))
+
+
+def read_vectors(version: Path, shards: list[str]) -> np.ndarray:
+    return np.concatenate([np.load(version / shard) for shard in shards]).astype(np.float32)
+
+
+def read_table(version: Path, name: str) -> pa.Table:
+    return pq.read_table(version / f"{name}.parquet")
+
+
+def list_versions(root: Path) -> list[Path]:
+    return sorted(p for p in Path(root).glob("v[0-9]*") if (p / MANIFEST).is_file())
+
+
+def prune_versions(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` versions, never the one CURRENT names."""
+    current = (root / CURRENT).read_text().strip() if (root / CURRENT).is_file() else None
+    for old in list_versions(root)[: -max(keep, 1)]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _next_version_name(root: Path) -> str:
+    numbers = [int(p.name[1:5]) for p in list_versions(root) if p.name[1:5].isdigit()]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"v{max(numbers, default=0) + 1:04d}-{stamp}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            _fsync_file(path)
+    _fsync_dir(folder)
+

@@ -1,0 +1,87 @@
+"""Safe image decoding: one RGB picture out of any file a user may point us at.
+
+Used by the indexer (skip with a reason) and the server (answer 4xx), so both
+apply the same rules: a pixel budget checked *before* decoding (decompression
+bombs), EXIF orientation applied, first frame of animations, every mode
+(CMYK, palette, alpha, 16-bit, grayscale) converted to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+DEFAULT_MAX_PIXELS = 50_000_000
+# Alpha is flattened onto white: what a viewer shows for a transparent background.
+_BACKGROUND = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """The input is not an image we can safely decode; the message says why."""
+
+
+class ImageTooLarge(ImageError):
+    """The image has more pixels than the budget (decompression bombs included)."""
+
+
+def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `source` (file path or raw bytes) into an 8-bit RGB image, upright."""
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and past 2x its own limit raises) on huge images; our
+            # own pixel budget below decides, with a clearer message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageTooLarge(
+                        f"image is {width}x{height} = {width * height:,} pixels, "
+                        f"over the limit of {max_pixels:,}"
+                    )
+                img.seek(0)  # first frame of an animation
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                return to_rgb(upright)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Truncated or corrupt data surfaces as any of these from Pillow's plugins.
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, flattening alpha onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _to_8bit_gray(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, _BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    return img
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit/int/float single-channel image to 0..255 by its actual range."""
+    values = np.asarray(img, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return Image.fromarray(((values - low) * scale).astype(np.uint8), mode="L")
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
