@@ -59,7 +59,8 @@ def index(
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     typer.echo(
-        f"indexed {report.indexed} images, skipped {len(report.skipped)}, {report.texts} captions, "
+        f"indexed {report.indexed} images, skipped {len(report.skipped)}, ignored {len(report.ignored)} non-image files, "
+        f"{report.texts} captions, "
         f"{report.images_per_s:.1f} images/s; published {report.version}"
     )
     for path, reason in sorted(report.skipped.items()):

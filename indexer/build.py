@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from indexer import store
 from indexer.manifest import Manifest, ModelInfo, SkipCounts, VectorIndexInfo, package_version
-from indexer.sources import captions_for, find_images, read_captions
+from indexer.sources import captions_for, find_files, read_captions
 from models.encoders import Encoder
 from models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image
 from models.specs import DEFAULT_SPEC
@@ -62,6 +62,7 @@ class BuildReport:
     version: Path
     indexed: int
     skipped: dict[str, str]  # relative path -> reason
+    ignored: list[str]  # files without an image suffix, never opened
     texts: int
     seconds: float
     embed_seconds: float
@@ -107,13 +108,16 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
     """Embed every image under config.source and publish a new version under config.out."""
     started = time.perf_counter()
     source = Path(config.source).resolve()
-    paths = find_images(source)
+    paths, others = find_files(source)
     if not paths:
         raise BuildError(f"no image files under {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     captions = read_captions(config.captions) if config.captions else {}
     encoder = encoder or Encoder.from_spec(config.model, config.device)
 
     embed_started = time.perf_counter()
+    ignored = [path.relative_to(source).as_posix() for path in others]
+    if ignored:
+        log.info("ignored %d files that are not images by suffix: %s", len(ignored), ", ".join(ignored[:10]))
     rows, vectors, skipped = _embed_images(source, paths, encoder, config)
     embed_seconds = time.perf_counter() - embed_started
     if not rows:
@@ -130,6 +134,7 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
             source=str(source),
             images=_write_vectors(writer, "images", image_vectors),
             skipped=SkipCounts(total=len(skipped), by_reason=dict(Counter(_reason_kind(r) for r in skipped.values()))),
+            ignored_files=len(ignored),
         )
         writer.write_table("items", _items_table(rows))
         writer.write_table("skipped", pa.table({"path": list(skipped), "reason": list(skipped.values())}))
@@ -141,7 +146,7 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
     except BaseException:
         writer.abort()
         raise
-    report = BuildReport(version, len(rows), skipped, len(text_rows), time.perf_counter() - started, embed_seconds)
+    report = BuildReport(version, len(rows), skipped, ignored, len(text_rows), time.perf_counter() - started, embed_seconds)
     log.info(
         "indexed %d images (%d skipped, %d captions) in %.1fs: %s",
         report.indexed, len(skipped), report.texts, report.seconds, version,

@@ -50,4 +50,5 @@ class Manifest(BaseModel):
     images: VectorIndexInfo
     texts: VectorIndexInfo | None = None
     skipped: SkipCounts = Field(default_factory=SkipCounts)
+    ignored_files: int = Field(0, description="files under the source without an image suffix")
     timings_s: dict[str, float] = Field(default_factory=dict)

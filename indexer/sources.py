@@ -9,17 +9,16 @@ from pathlib import Path
 from models.images import is_image_path
 
 
-def find_images(root: Path) -> list[Path]:
-    """Every image file under `root`, recursively, in a stable order; hidden entries skipped."""
+def find_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under `root`, recursively, in a stable order; hidden entries left out."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"image source {root} is not a folder")
-    found = [
-        path
-        for path in root.rglob("*")
-        if path.is_file() and is_image_path(path) and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    ]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        (p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    return [p for p in files if is_image_path(p)], [p for p in files if not is_image_path(p)]
 
 
 def read_captions(csv_path: Path) -> dict[str, list[str]]:

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga"})
+# Only these decoders may run: Pillow would otherwise try dozens of rarely used
+# parsers (and hand EPS files to Ghostscript) on whatever bytes arrive.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "TGA")  # JPEG also opens MPO (Ultra HDR)
+Image.init()  # register every plugin now, so the allowlist's names all resolve
 DEFAULT_MAX_PIXELS = 50_000_000
 # Alpha is flattened onto white: what a viewer shows for a transparent background.
 _BACKGROUND = (255, 255, 255)
@@ -37,7 +41,7 @@ def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
             # Pillow warns (and past 2x its own limit raises) on huge images; our
             # own pixel budget below decides, with a clearer message.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(stream) as img:
+            with Image.open(stream, formats=ALLOWED_FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageTooLarge(
@@ -53,7 +57,7 @@ def load_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("not a recognised image format") from exc
+        raise ImageError(f"not a recognised image format (accepted: {', '.join(ALLOWED_FORMATS)})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Truncated or corrupt data surfaces as any of these from Pillow's plugins.
         raise ImageError(f"corrupt or truncated image: {exc}") from exc

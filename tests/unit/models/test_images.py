@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.images import ImageError, ImageTooLarge, load_image
+from tests.conftest import EDGE_UNDECODABLE, IMAGES_EDGE, requires_data
+
+pytestmark = requires_data(IMAGES_EDGE)
+DECODABLE = sorted(p.name for p in IMAGES_EDGE.iterdir() if p.name not in EDGE_UNDECODABLE) if IMAGES_EDGE.is_dir() else []
+
+
+@pytest.mark.parametrize("name", DECODABLE)
+def test_every_decodable_edge_file_becomes_8bit_rgb(name):
+    image = load_image(IMAGES_EDGE / name)
+    assert image.mode == "RGB"
+    assert np.asarray(image).dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_UNDECODABLE))
+def test_every_undecodable_or_dangerous_file_is_refused_with_a_reason(name):
+    with pytest.raises(ImageError, match=EDGE_UNDECODABLE[name]):
+        load_image(IMAGES_EDGE / name)
+
+
+@pytest.mark.parametrize("name", ["hopper_orientation_2.jpg", "hopper_orientation_3.jpg", "hopper_orientation_6.jpg",
+                                  "hopper_orientation_8.jpg", "hopper_orientation_6.webp"])
+def test_exif_orientation_is_applied(name):
+    upright = np.asarray(load_image(IMAGES_EDGE / "hopper.png"), dtype=float)
+    as_stored = np.asarray(Image.open(IMAGES_EDGE / name).convert("RGB"), dtype=float)
+    ours = np.asarray(load_image(IMAGES_EDGE / name), dtype=float)
+    assert np.abs(ours - upright).mean() < 10  # JPEG noise only
+    assert np.abs(as_stored - upright).mean() > 40  # the stored pixels really are turned
+
+
+def test_alpha_is_flattened_onto_white_and_cmyk_converted():
+    transparent = np.asarray(load_image(IMAGES_EDGE / "transparent.png"))
+    assert tuple(transparent[0, 0]) == (255, 255, 255)
+    cmyk = Image.open(IMAGES_EDGE / "pil_sample_cmyk.jpg")
+    assert cmyk.mode == "CMYK" and load_image(IMAGES_EDGE / "pil_sample_cmyk.jpg").mode == "RGB"
+
+
+def test_sixteen_bit_uses_the_full_8bit_range():
+    pixels = np.asarray(load_image(IMAGES_EDGE / "16bit.cropped.tif"))
+    assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_pixel_budget_is_checked_before_decoding():
+    with pytest.raises(ImageTooLarge, match="over the limit"):
+        load_image(IMAGES_EDGE / "meadow_cube.jpg", max_pixels=1_000_000)  # 2048x12288
+    with pytest.raises(ImageTooLarge):
+        load_image((IMAGES_EDGE / "decompression_bomb.gif").read_bytes())
+
+
+def test_bytes_and_paths_decode_alike():
+    data = (IMAGES_EDGE / "hopper.webp").read_bytes()
+    assert np.array_equal(np.asarray(load_image(data)), np.asarray(load_image(IMAGES_EDGE / "hopper.webp")))
+    with pytest.raises(ImageError):
+        load_image(b"")
