@@ -89,6 +89,7 @@ def serve(
     setup_logging(settings.log_level)
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
+    app.state.stop_server = lambda: setattr(server, "should_exit", True)
     server.run()
     runtime = getattr(app.state, "runtime", None)
     if runtime is not None and runtime.error:

@@ -25,8 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         loading = asyncio.create_task(runtime.load_in_background())
         if settings.exit_on_load_failure:
-            # Refuse to serve a broken configuration: stop the server the way Ctrl-C would.
-            loading.add_done_callback(lambda _: runtime.error and signal.raise_signal(signal.SIGTERM))
+            loading.add_done_callback(lambda _: runtime.error and _stop_server(app))
         yield
         loading.cancel()
         runtime.close()
@@ -43,6 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, search, embed, items):
         app.include_router(module.router)
     return app
+
+
+def _stop_server(app: FastAPI) -> None:
+    """Refuse to serve a broken configuration. `xmodal serve` sets app.state.stop_server
+    (a clean stop with exit code 1); under plain uvicorn we stop the way Ctrl-C would."""
+    stop = getattr(app.state, "stop_server", None)
+    stop() if stop else signal.raise_signal(signal.SIGTERM)
 
 
 def _operation_id(route: APIRoute) -> str:

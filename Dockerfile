@@ -1,0 +1,30 @@
+# xmodal. CPU image:  docker build -t xmodal .
+# NVIDIA GPU image:   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t xmodal:cuda .
+#                     (torch's CUDA wheels carry their CUDA libraries; run with --gpus all)
+FROM python:3.11-slim-bookworm
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/data/hf \
+    XMODAL_INDEX=/data/index \
+    XMODAL_HOST=0.0.0.0 \
+    XMODAL_PORT=8000
+
+WORKDIR /opt/xmodal
+RUN pip install --index-url "${TORCH_INDEX}" torch==2.9.1 torchvision==0.24.1
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY indexer ./indexer
+COPY models ./models
+RUN pip install .
+
+RUN useradd --create-home --uid 10001 xmodal && mkdir -p /data && chown 10001 /data
+USER 10001
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
+ENTRYPOINT ["xmodal"]
+CMD ["serve"]

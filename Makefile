@@ -1,0 +1,42 @@
+# `make test` is the one test command (CI runs it too): it makes .venv, installs
+# the project with its test extras, and runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision pinned to the builds this workplace keeps on disk; override to taste.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+# `make serve PHOTOS=dir`: index a folder once (kept in INDEX), then serve it.
+PHOTOS ?= ../shared/data/coco-mini/images
+INDEX ?= .xmodal/index
+MODEL ?= coca_ViT-B-32:laion2b_s13b_b90k
+CAPTIONS ?=
+
+.PHONY: install test serve lint bench-index clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+serve: install
+	test -f $(INDEX)/CURRENT || $(BIN)/xmodal index $(PHOTOS) --out $(INDEX) --model $(MODEL) $(if $(CAPTIONS),--captions $(CAPTIONS))
+	$(BIN)/xmodal serve --index $(INDEX)
+
+lint: install
+	$(BIN)/hadolint Dockerfile
+	docker-compose -f docker-compose.yml -f docker/docker-compose.gpu.yml config --quiet
+
+bench-index: install
+	$(BIN)/python bench/bench_index.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,84 @@
+"""Run the real `xmodal` command line: index builds and a uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+XMODAL = str(Path(sys.executable).with_name("xmodal"))
+
+
+def run_xmodal(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [XMODAL, *map(str, args)], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`xmodal serve` in a subprocess; `url` once it listens. Always stopped on exit."""
+
+    def __init__(self, index: Path, log_path: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [XMODAL, "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        self._wait(lambda r: r is not None, timeout, "/healthz")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        self._wait(lambda r: r is not None and r.status_code == 200, timeout, "/readyz")
+
+    def _wait(self, done, timeout: float, path: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                response = httpx.get(self.url + path, timeout=2)
+            except httpx.TransportError:
+                response = None
+            if done(response):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"server not up after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
