@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import torch
 
@@ -184,6 +186,7 @@ def _weight_candidates(filename: str) -> tuple[str, ...]:
 def _hub_file(repo: str, names: tuple[str, ...], *, offline: bool, cache_dir: str | None) -> str:
     """Path of the first of `names` in the hub cache, downloading it unless offline."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
 
     for name in names:
         cached = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
@@ -199,13 +202,32 @@ def _hub_file(repo: str, names: tuple[str, ...], *, offline: bool, cache_dir: st
         raise ModelNotAvailable(
             f"offline mode: none of {', '.join(names)} from hub repo {repo!r} is in the cache {cache}. {how}"
         )
+    unreachable = _hub_unreachable(constants.ENDPOINT)
+    if unreachable:
+        raise ModelNotAvailable(f"{names[0]} from hub repo {repo!r} is not in the cache {cache} and {unreachable}. {how}")
     errors = []
     for name in names:
         try:
             return hf_hub_download(repo, name, cache_dir=cache_dir, library_name="xmodal")
-        except Exception as exc:  # noqa: BLE001 - each candidate may be absent; report all below
+        except EntryNotFoundError as exc:  # this file name is absent: try the next one
+            errors.append(f"{name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: no point in more names
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            break
     raise ModelNotAvailable(f"could not download weights from hub repo {repo!r} ({'; '.join(errors)}). {how}")
+
+
+def _hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why the hub can't be reached, or None. One quick TCP connect instead of the hub
+    client's retries, which take a minute to report a machine without network."""
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows; let the hub client try
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"the hub at {endpoint} cannot be reached ({exc}); with no network set XMODAL_OFFLINE=1"
+    return None
 
 
 def _url_file(url: str, *, offline: bool, cache_dir: str | None) -> str:

@@ -124,3 +124,13 @@ def test_encoder_matches_open_clips_reference_pipeline(tiny_coca_dir):
     assert torch.dot(ours_image, ref_image) >= 0.9999
     assert torch.dot(ours_text, ref_text) >= 0.9999
     assert abs(ours_image.norm() - 1) < 1e-5 and abs(ours_text.norm() - 1) < 1e-5
+
+
+def test_online_without_a_reachable_hub_fails_fast(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    started = time.perf_counter()
+    with pytest.raises(ModelNotAvailable, match="cannot be reached.*XMODAL_OFFLINE=1"):
+        load_model("coca_ViT-B-32:laion2b_s13b_b90k", "cpu", offline=False, cache_dir=str(tmp_path))
+    assert time.perf_counter() - started < 5
