@@ -1,0 +1,89 @@
+"""Where training images and their texts come from: the generated world or a user's CSV."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from models.training.config import CsvData, WorldData
+from models.world import World
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageTexts:
+    captions: tuple[str, ...]  # contrastive texts
+    decoder_captions: tuple[str, ...]  # caption targets for the decoder
+    questions: tuple[tuple[str, str], ...]  # (question, answer)
+
+
+class WorldSource:
+    """The train split of the generated world; scenes are regenerated on demand, not stored."""
+
+    def __init__(self, spec: WorldData):
+        self.world = World(seed=spec.seed, heldout_fraction=spec.heldout_fraction)
+        self.image_size = spec.image_size
+        self.indices = self.world.split_indices(spec.scenes, "train")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, i: int) -> tuple[Image.Image, ImageTexts]:
+        scene = self.world.scene(self.indices[i])
+        texts = ImageTexts(
+            captions=scene.captions,
+            # Only the canonical caption: a captioner trained on paraphrases would spread its
+            # probability over word orders and never reproduce the canonical one exactly.
+            decoder_captions=(scene.caption,),
+            questions=tuple((qa.question, qa.answer) for qa in scene.questions),
+        )
+        return scene.image(self.image_size), texts
+
+
+class CsvSource:
+    """Images named in CSV rows, grouped so each image appears once per epoch."""
+
+    def __init__(self, spec: CsvData):
+        captions: dict[str, list[str]] = {}
+        questions: dict[str, list[tuple[str, str]]] = {}
+        for path in (spec.captions_csv, spec.questions_csv):
+            if path is None:
+                continue
+            with open(path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    image = row["image"]
+                    if row.get("caption"):
+                        captions.setdefault(image, []).append(row["caption"])
+                    if row.get("question"):
+                        questions.setdefault(image, []).append((row["question"], row.get("answer") or ""))
+        orphans = sum(len(v) for k, v in questions.items() if k not in captions)
+        if orphans:
+            logger.warning("ignoring %d question rows for images without a caption", orphans)
+        if not captions:
+            raise ValueError(f"no caption rows in {spec.captions_csv}")
+        root = Path(spec.image_root) if spec.image_root else _default_image_root(Path(spec.captions_csv))
+        self.paths = [root / name for name in captions]
+        self.texts = [
+            ImageTexts(tuple(c), tuple(c), tuple(questions.get(name, ()))) for name, c in captions.items()
+        ]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> tuple[Image.Image, ImageTexts]:
+        with Image.open(self.paths[i]) as image:
+            return image.convert("RGB"), self.texts[i]
+
+
+def _default_image_root(captions_csv: Path) -> Path:
+    images = captions_csv.parent / "images"
+    return images if images.is_dir() else captions_csv.parent
+
+
+def build_source(spec: WorldData | CsvData) -> WorldSource | CsvSource:
+    return WorldSource(spec) if isinstance(spec, WorldData) else CsvSource(spec)

@@ -1,0 +1,125 @@
+"""Captions and question/answer pairs rendered from a scene graph.
+
+Everything here reads the graph only, so the text agrees with the image by construction.
+The canonical caption has no punctuation, so a decoder's detokenised output can match it
+exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
+
+POSITION_PHRASES = {
+    "top": "at the top",
+    "left": "on the left",
+    "centre": "in the centre",
+    "right": "on the right",
+    "bottom": "at the bottom",
+}
+NUMBER_WORDS = ("zero", "one", "two", "three")
+QUESTION_TYPES = ("colour", "shape", "size", "position", "count", "presence")
+# Every answer is one word from this closed set.
+ANSWERS = frozenset((*SHAPES, *COLOURS, *SIZES, *POSITIONS, "yes", "no", "0", "1", "2", "3"))
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    type: str  # one of QUESTION_TYPES
+
+
+def object_phrase(obj: SceneObject) -> str:
+    return f"a {obj.size} {obj.colour} {obj.shape} {POSITION_PHRASES[obj.position]}"
+
+
+def canonical_caption(graph: SceneGraph) -> str:
+    """The one caption a captioner should produce: objects in reading order, joined by 'and'."""
+    return " and ".join(object_phrase(o) for o in graph.objects)
+
+
+def captions(graph: SceneGraph, rng: random.Random) -> tuple[str, ...]:
+    """The canonical caption first, then paraphrases (other orders and templates)."""
+    def shuffled() -> list[SceneObject]:
+        return rng.sample(graph.objects, len(graph.objects))
+
+    n = len(graph.objects)
+    count = f"{NUMBER_WORDS[n]} shape{'s' if n > 1 else ''}"
+    return (
+        canonical_caption(graph),
+        " and ".join(object_phrase(o) for o in shuffled()),
+        "there is " + " and ".join(object_phrase(o) for o in shuffled()),
+        " and ".join(
+            f"{POSITION_PHRASES[o.position]} a {o.size} {o.colour} {o.shape}" for o in shuffled()
+        ),
+        f"{count}: " + ", ".join(f"{o.size} {o.colour} {o.shape} {POSITION_PHRASES[o.position]}" for o in shuffled()),
+    )
+
+
+def questions(graph: SceneGraph, rng: random.Random) -> tuple[QA, ...]:
+    """Questions with unambiguous answers: every referring expression picks out exactly one object."""
+    qas: list[QA] = []
+    for obj in graph.objects:
+        ref = _reference(graph, obj, omit="colour")
+        qas.append(QA(f"what colour is {ref}?", obj.colour, "colour"))
+        qas.append(QA(f"what shape is {POSITION_PHRASES[obj.position]}?", obj.shape, "shape"))
+        ref = _reference(graph, obj, omit="size")
+        qas.append(QA(f"what size is {ref}?", obj.size, "size"))
+        ref = _reference(graph, obj, omit="position")
+        if ref is not None:  # two identical objects: "where is the ..." has no single answer
+            qas.append(QA(f"where is {ref}?", obj.position, "position"))
+
+    shape = rng.choice(SHAPES)
+    qas.append(QA(f"how many {shape}s are there?", str(graph.count(shape=shape)), "count"))
+    colour = rng.choice(tuple(COLOURS))
+    qas.append(QA(f"how many {colour} shapes are there?", str(graph.count(colour=colour)), "count"))
+    qas.append(QA("how many shapes are there?", str(len(graph.objects)), "count"))
+
+    present = rng.choice(graph.objects)
+    qas.append(QA(f"is there a {present.colour} {present.shape}?", "yes", "presence"))
+    absent = _absent_colour_shape(graph, rng)
+    if absent is not None:
+        qas.append(QA(f"is there a {absent[0]} {absent[1]}?", "no", "presence"))
+    return tuple(qas)
+
+
+# Referring expressions, shortest first; the position form always succeeds (positions are unique).
+_REFERENCE_FIELDS = (
+    ("shape",),
+    ("colour", "shape"),
+    ("size", "shape"),
+    ("size", "colour", "shape"),
+    ("shape", "position"),
+)
+
+
+def _reference(graph: SceneGraph, obj: SceneObject, omit: str) -> str | None:
+    """The shortest 'the ...' phrase naming obj alone, without the attribute being asked about."""
+    for fields in _REFERENCE_FIELDS:
+        if omit in fields:
+            continue
+        matches = [o for o in graph.objects if all(getattr(o, f) == getattr(obj, f) for f in fields)]
+        if len(matches) == 1:
+            words = [getattr(obj, f) for f in fields if f != "position"]
+            phrase = "the " + " ".join(words)
+            if "position" in fields:
+                phrase += " " + POSITION_PHRASES[obj.position]
+            return phrase
+    return None
+
+
+def _absent_colour_shape(graph: SceneGraph, rng: random.Random) -> tuple[str, str] | None:
+    """A near miss: one attribute of a present object changed, so answering "no" needs both."""
+    present = {(o.colour, o.shape) for o in graph.objects}
+    for _ in range(10):
+        obj = rng.choice(graph.objects)
+        if rng.random() < 0.5:
+            candidate = (rng.choice(tuple(COLOURS)), obj.shape)
+        else:
+            candidate = (obj.colour, rng.choice(SHAPES))
+        if candidate not in present:
+            return candidate
+    return None

@@ -1,0 +1,201 @@
+"""The trainer on the tiny configs: losses fall, the model directory reloads, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from models.registry import register_configs
+from models.training import CheckpointMismatchError, CsvData, TrainConfig, WorldData, train
+from models.training.batches import StepBatches
+from models.training.objective import Objective
+from models.training.optim import VocabAdamW
+from models.world import World, write_scenes
+
+TINY_WORLD = WorldData(scenes=64, image_size=32)
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    settings = dict(
+        output_dir=tmp_path / "model",
+        data=TINY_WORLD,
+        model="xmodal-tiny-coca",
+        steps=8,
+        batch_size=16,
+        lr=5e-3,
+        warmup_steps=2,
+        checkpoint_every=4,
+        cpu_threads=1,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run shared by the tests that only inspect its result."""
+    # 32 scenes in batches of 32: every batch holds the whole set, so 40 steps suffice to
+    # bring the contrastive loss clearly below chance.
+    config = tiny_config(
+        tmp_path_factory.mktemp("trained"), data=replace(TINY_WORLD, scenes=32), steps=40, batch_size=32
+    )
+    return config, train(config, progress=False)
+
+
+def _mean(steps, key) -> float:
+    return sum(h[key] for h in steps) / len(steps)
+
+
+def test_training_lowers_contrastive_and_caption_loss(trained):
+    _, result = trained
+    first, last = result.history[:5], result.history[-5:]
+    for key in ("contrastive_loss", "caption_loss"):
+        assert _mean(last, key) < 0.8 * _mean(first, key), key
+    # below chance: the model tells the 32 images of a batch apart
+    assert _mean(last, "contrastive_loss") < math.log(32)
+
+
+def test_model_dir_reloads_bit_identical(trained):
+    config, result = trained
+    reloaded = open_clip.create_model(f"local-dir:{result.output_dir}")
+    final = torch.load(config.resolved_checkpoint_dir / "step-0000040.pt", weights_only=True)["state_dict"]
+    state = reloaded.state_dict()
+    assert state.keys() == final.keys()
+    assert all(torch.equal(state[k], final[k]) for k in state)
+
+    saved = json.loads((result.output_dir / "open_clip_config.json").read_text())
+    register_configs()
+    assert saved["model_cfg"] == open_clip.get_model_config("xmodal-tiny-coca")
+    assert saved["preprocess_cfg"]["size"] == [32, 32]
+    assert open_clip.get_model_preprocess_cfg(reloaded)["mean"] == saved["preprocess_cfg"]["mean"]
+
+
+def test_resume_after_a_crash_gives_the_same_weights(tmp_path):
+    config = tiny_config(tmp_path / "straight")
+    straight = train(config, progress=False)
+
+    crashing = tiny_config(tmp_path / "crashed", eval_every=4)
+
+    def crash(model, step):
+        raise KeyboardInterrupt(f"simulated crash at step {step}")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(crashing, progress=False, evaluate=crash)
+    resumed = train(crashing, progress=False)
+
+    assert resumed.resumed_from == 4
+    assert resumed.history == straight.history
+    a = load_file(straight.output_dir / "open_clip_model.safetensors")
+    b = load_file(resumed.output_dir / "open_clip_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
+    config = tiny_config(tmp_path, steps=4)
+    train(config, progress=False)
+    with pytest.raises(CheckpointMismatchError, match="lr"):
+        train(replace(config, lr=1e-4), progress=False)
+
+
+def test_evaluate_hook_sees_an_eval_model_and_its_metrics_are_kept(tmp_path):
+    seen = []
+
+    def evaluate(model, step):
+        seen.append((step, model.training, torch.is_grad_enabled()))
+        return {"answer": 42.0}
+
+    result = train(tiny_config(tmp_path, steps=4, eval_every=2), progress=False, evaluate=evaluate)
+    assert seen == [(2, False, False), (4, False, False)]
+    assert result.evaluations == ({"step": 2, "answer": 42.0}, {"step": 4, "answer": 42.0})
+
+
+def test_trains_on_a_csv_with_question_rows(tmp_path):
+    data_dir = tmp_path / "data"
+    write_scenes(World(seed=1).scenes(12), data_dir, image_size=32)
+    config = tiny_config(tmp_path, data=CsvData(data_dir / "captions.csv", data_dir / "questions.csv"), steps=2)
+    result = train(config, progress=False)
+    assert result.steps == 2 and all(math.isfinite(h["caption_loss"]) for h in result.history)
+
+
+def test_plain_clip_trains_with_the_contrastive_loss_alone(tmp_path):
+    result = train(tiny_config(tmp_path, model="xmodal-tiny-clip", steps=2), progress=False)
+    assert set(result.history[0]) == {"step", "loss", "contrastive_loss", "lr"}
+    assert isinstance(open_clip.create_model(f"local-dir:{result.output_dir}"), open_clip.CLIP)
+
+
+def _tiny_coca_batch():
+    register_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("xmodal-tiny-coca")
+    tokenizer = open_clip.get_tokenizer("xmodal-tiny-coca")
+    images = torch.randn(4, 3, 32, 32)
+    texts = tokenizer(["a red circle", "a small blue square on the left", "two stars", "question: how many? answer: 2"])
+    return model, images, texts
+
+
+@pytest.mark.parametrize("live_columns", ["all", "some"])
+def test_objective_equals_open_clip_coca_loss(live_columns):
+    """Packing, truncation and the zero-column shortcut leave CoCaLoss's value unchanged."""
+    model, images, texts = _tiny_coca_batch()
+    projection = model.text_decoder.text_projection
+    with torch.no_grad():
+        projection.normal_(std=0.2)
+        if live_columns == "some":  # as after training from a zero init: most columns still zero
+            keep = torch.zeros(projection.shape[1], dtype=torch.bool)
+            keep[torch.randint(0, len(keep), (500,))] = True
+            keep[texts[0]] = True
+            projection[:, ~keep] = 0
+
+    ours = Objective(model, contrastive_weight=1.0, caption_weight=2.0)(model, images, texts, texts)
+    out = model(images, texts)
+    contrastive, caption = open_clip.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)(
+        out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"]
+    )
+    assert torch.allclose(ours["contrastive_loss"], contrastive, atol=1e-5)
+    assert torch.allclose(ours["caption_loss"], caption, atol=1e-5)
+
+
+def test_vocab_adamw_matches_torch_adamw_bit_for_bit():
+    torch.manual_seed(0)
+    embedding = nn.Parameter(torch.randn(50, 4))
+    projection = nn.Parameter(torch.zeros(4, 50))
+    other = nn.Parameter(torch.randn(4, 4))
+    reference = [nn.Parameter(p.detach().clone()) for p in (embedding, projection, other)]
+
+    def groups(params):
+        return [{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}]
+
+    ours = VocabAdamW(groups([embedding, projection, other]), {embedding: 0, projection: 1}, lr=1e-2)
+    theirs = torch.optim.AdamW(groups(reference), lr=1e-2)
+    for _ in range(10):
+        rows = torch.randint(0, 50, (3,))
+        grads = [torch.zeros(50, 4), torch.zeros(4, 50), torch.randn(4, 4)]
+        grads[0][rows] = torch.randn(3, 4)
+        grads[1][:, rows] = torch.randn(4, 3)
+        for params, optimizer in (((embedding, projection, other), ours), (reference, theirs)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip((embedding, projection, other), reference):
+        assert torch.equal(a, b)
+
+
+def test_batches_depend_only_on_the_step():
+    full = StepBatches(size=10, batch_size=4, seed=3, start=0, end=6)
+    tail = StepBatches(size=10, batch_size=4, seed=3, start=3, end=6)
+    assert list(full)[3:] == list(tail)
+    first_epoch = [i for batch in list(full)[:2] for i, _ in batch] + [i for i, _ in full.batch(3)[:2]]
+    assert sorted(first_epoch) == list(range(10))  # each example once per epoch
+
+
+def test_config_rejects_nonsense(tmp_path):
+    with pytest.raises(ValueError):
+        tiny_config(tmp_path, batch_size=1)
+    with pytest.raises(ValueError):
+        tiny_config(tmp_path, warmup_steps=100)

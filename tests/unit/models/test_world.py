@@ -1,0 +1,189 @@
+"""The generated world: deterministic, text consistent with the scene graph, disjoint splits."""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.world import (
+    ANSWERS,
+    COLOURS,
+    POSITIONS,
+    QUESTION_TYPES,
+    SHAPES,
+    ObjectQuery,
+    Query,
+    SceneGraph,
+    SceneObject,
+    World,
+    random_query,
+    read_graphs,
+    satisfies,
+    scene_query,
+    write_scenes,
+)
+from models.world.language import POSITION_PHRASES
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return World(seed=7).scenes(300)
+
+
+def _pixels(scene) -> np.ndarray:
+    return np.asarray(scene.image())
+
+
+def test_same_seed_gives_identical_scenes_and_images(scenes):
+    again = World(seed=7).scenes(40)
+    for a, b in zip(scenes[:40], again):
+        assert a == b  # graph, captions, questions, split
+        assert np.array_equal(_pixels(a), _pixels(b))
+
+
+def test_scenes_are_random_access(scenes):
+    world = World(seed=7)
+    for scene in scenes[::37]:
+        assert world.scene(scene.index) == scene
+
+
+def test_other_seed_gives_other_scenes(scenes):
+    other = World(seed=8).scenes(40)
+    assert [s.graph for s in other] != [s.graph for s in scenes[:40]]
+
+
+def test_scene_graphs_follow_the_rules(scenes):
+    for scene in scenes:
+        positions = [o.position for o in scene.graph.objects]
+        assert 1 <= len(positions) <= 3
+        assert len(set(positions)) == len(positions)
+        assert positions == sorted(positions, key=POSITIONS.index)  # reading order
+        image = scene.image()
+        assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_every_object_appears_in_every_caption(scenes):
+    for scene in scenes:
+        objects = scene.graph.objects
+        canonical = scene.caption
+        for obj in objects:
+            assert f"{obj.size} {obj.colour} {obj.shape} {POSITION_PHRASES[obj.position]}" in canonical
+        for caption in scene.captions:
+            words = caption.replace(",", " ").replace(":", " ").split()
+            assert sum(w in SHAPES for w in words) == len(objects)
+            for obj in objects:
+                assert f"{obj.colour} {obj.shape}" in caption
+                assert POSITION_PHRASES[obj.position] in caption
+        assert len(set(scene.captions)) >= 3  # paraphrases really differ
+
+
+def test_canonical_caption_has_no_punctuation(scenes):
+    for scene in scenes:
+        assert all(c.isalpha() or c == " " for c in scene.caption)
+
+
+def _named(question: str, vocabulary) -> list[str]:
+    words = question.rstrip("?").split()
+    return [w for w in vocabulary if w in words or f"{w}s" in words]
+
+
+def _objects_named(graph: SceneGraph, question: str) -> list[SceneObject]:
+    """Objects agreeing with every attribute word the question mentions."""
+    words = question.rstrip("?").split()
+    positions = [p for p, phrase in POSITION_PHRASES.items() if phrase in question]
+    return [
+        o for o in graph.objects
+        if all(v in (o.shape, o.colour, o.size) for v in words if v in (*SHAPES, *COLOURS, "small", "large"))
+        and all(o.position == p for p in positions)
+    ]
+
+
+def test_answers_agree_with_the_scene_graph(scenes):
+    seen_types = set()
+    for scene in scenes:
+        graph = scene.graph
+        for qa in scene.questions:
+            seen_types.add(qa.type)
+            assert qa.type in QUESTION_TYPES and qa.answer in ANSWERS
+            if qa.type == "count":
+                shapes, colours = _named(qa.question, SHAPES), _named(qa.question, COLOURS)
+                expected = graph.count(shape=shapes[0] if shapes else None, colour=colours[0] if colours else None)
+                assert qa.answer == str(expected), qa
+            elif qa.type == "presence":
+                present = any(
+                    o.colour in qa.question.split() and o.shape in qa.question.rstrip("?").split()
+                    for o in graph.objects
+                )
+                assert qa.answer == ("yes" if present else "no"), qa
+            elif qa.type == "shape":
+                (obj,) = _objects_named(graph, qa.question)
+                assert qa.answer == obj.shape, qa
+            else:
+                # colour, size, position: the question names exactly one object
+                (obj,) = _objects_named(graph, qa.question)
+                assert qa.answer == getattr(obj, qa.type), qa
+    assert seen_types == set(QUESTION_TYPES)
+
+
+def test_heldout_split_is_disjoint_by_content():
+    world = World(seed=0, heldout_fraction=0.1)
+    train = world.scenes(2000, "train")
+    heldout = world.scenes(200, "heldout")
+    assert all(s.split == "train" for s in train) and all(s.split == "heldout" for s in heldout)
+    assert not {s.caption for s in train} & {s.caption for s in heldout}
+    # roughly the requested share of indices is held out
+    last = max(s.index for s in train)
+    share = sum(1 for s in heldout if s.index <= last) / (last + 1)
+    assert 0.06 < share < 0.14
+
+
+def test_scene_query_is_the_canonical_caption_and_matches_its_scene(scenes):
+    for scene in scenes:
+        query = scene_query(scene.graph)
+        assert query.text == scene.caption
+        assert satisfies(scene.graph, query)
+    # an exact query rejects a scene with other objects
+    many = next(s for s in scenes if len(s.graph.objects) == 3)
+    one = Query(objects=scene_query(many.graph).objects[:1], exact=True)
+    assert not satisfies(many.graph, one)
+    assert satisfies(many.graph, Query(objects=one.objects))
+
+
+def test_partial_queries_need_distinct_objects():
+    red_circle = SceneObject("circle", "red", "small", "left")
+    graph = SceneGraph(objects=(red_circle,), background="black")
+    assert satisfies(graph, Query((ObjectQuery(shape="circle", colour="red"),)))
+    assert not satisfies(graph, Query((ObjectQuery(shape="circle"), ObjectQuery(colour="red"))))
+    assert not satisfies(graph, Query((ObjectQuery(shape="circle", position="right"),)))
+    assert Query((ObjectQuery(colour="red"), ObjectQuery(size="large", position="top"))).text == (
+        "a red shape and a large shape at the top"
+    )
+
+
+def test_random_queries_agree_with_brute_force(scenes):
+    rng = random.Random(0)
+    for scene in scenes[:100]:
+        query = random_query(rng, max_objects=1)
+        (wanted,) = query.objects
+        assert satisfies(scene.graph, query) == any(wanted.matches(o) for o in scene.graph.objects)
+
+
+def test_written_split_has_the_dataset_layout(tmp_path, scenes):
+    chosen = scenes[:5]
+    assert write_scenes(chosen, tmp_path) == 5
+    with open(tmp_path / "captions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", "caption"]
+    assert len(rows) == sum(len(s.captions) for s in chosen)
+    with open(tmp_path / "questions.csv", newline="") as f:
+        questions = list(csv.DictReader(f))
+    assert list(questions[0]) == ["image", "question", "answer", "type"]
+    assert len(questions) == sum(len(s.questions) for s in chosen)
+    for scene in chosen:
+        with Image.open(tmp_path / "images" / f"{scene.id}.png") as image:
+            assert np.array_equal(np.asarray(image.convert("RGB")), _pixels(scene))
+    assert read_graphs(tmp_path) == {f"{s.id}.png": s.graph for s in chosen}
