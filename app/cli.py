@@ -30,7 +30,9 @@ def setup_logging(level: str = "info") -> None:
 
 @cli.command()
 def index(
-    source: Annotated[Path, typer.Argument(help="Folder of images (searched recursively)")],
+    source: Annotated[
+        Path, typer.Argument(help="Folder of images (recursive), a .txt/.csv/.parquet list of paths or URLs, or .tar shards")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder; each build publishes a new version in it")],
     model: Annotated[str, typer.Option(help="Model spec (see README: Models)")] = DEFAULT_SPEC,
     captions: Annotated[
@@ -42,27 +44,45 @@ def index(
     max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this")] = 50_000_000,
     keep: Annotated[int, typer.Option(min=1, help="Versions to keep in the index folder")] = 3,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+    update: Annotated[
+        bool, typer.Option(help="Reuse vectors of unchanged files (same path and sha256) from the published version")
+    ] = False,
+    draft: Annotated[bool, typer.Option(help="Decode large JPEGs at reduced size (faster, see README)")] = True,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per URL request")] = 20.0,
+    retries: Annotated[int, typer.Option(min=0, help="Retries per URL on timeouts, connection errors, 5xx")] = 2,
+    max_download_bytes: Annotated[int, typer.Option(min=1, help="Largest URL download")] = 50 * 1024 * 1024,
+    per_host: Annotated[int, typer.Option(min=1, help="Concurrent downloads per host")] = 4,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the build report as JSON (for jobs)")] = False,
 ) -> None:
-    """Embed every image under SOURCE and publish an index version under --out."""
+    """Embed every image of SOURCE and publish an index version under --out.
+
+    A killed build resumes when the same command is run again."""
+    import json
+
     from indexer.build import BuildConfig, BuildError, build_index, default_workers
+    from indexer.download import DownloadConfig
     from models.loading import ModelNotAvailable, ModelSpecError
 
     setup_logging()
     config = BuildConfig(
         source=source, out=out, model=model, captions=captions, batch_size=batch_size,
         workers=default_workers() if workers is None else workers, device=device, max_pixels=max_pixels,
-        keep_versions=keep, progress=progress,
+        keep_versions=keep, progress=progress and not json_output, update=update, draft=draft,
+        download=DownloadConfig(timeout_s=timeout, retries=retries, max_bytes=max_download_bytes, per_host=per_host),
     )
     try:
         report = build_index(config)
-    except (BuildError, ModelNotAvailable, ModelSpecError, NotADirectoryError, ValueError) as exc:
+    except (BuildError, ModelNotAvailable, ModelSpecError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(
-        f"indexed {report.indexed} images, skipped {len(report.skipped)}, ignored {len(report.ignored)} non-image files, "
-        f"{report.texts} captions, "
-        f"{report.images_per_s:.1f} images/s; published {report.version}"
-    )
+    if json_output:
+        typer.echo(json.dumps(report.summary(), indent=2))
+        return
+    summary = report.summary()
+    typer.echo(f"published {report.version}")
+    for name in ("indexed", "embedded", "reused", "duplicates", "skipped", "ignored", "captions", "resumed_batches",
+                 "embed_seconds", "images_per_s"):
+        typer.echo(f"  {name.replace('_', ' '):<16}{summary[name]:>12}")
     for path, reason in sorted(report.skipped.items()):
         typer.echo(f"  skipped {path}: {reason}")
 

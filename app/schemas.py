@@ -49,6 +49,8 @@ class ItemPublic(BaseModel):
     height: int
     sha256: str
     captions: list[str] = []
+    duplicates: list[str] = Field([], description="Other files with identical bytes (embedded once)")
+    metadata: dict = Field({}, description="The source's own columns (list files, webdataset .json)")
 
 
 class ImageHit(ItemPublic):

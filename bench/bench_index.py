@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from indexer.build import BuildConfig, build_index, default_workers
-from indexer.sources import find_files
+from indexer.sources import open_source
 from models.encoders import Encoder
 from models.images import ImageError, load_image
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "index.json")
     args = parser.parse_args()
 
-    paths, _ = find_files(args.data)
+    paths = [Path(record.location) for record in open_source(args.data).records]
     paths = paths[: args.limit] if args.limit else paths
     encoder = Encoder.from_spec(args.model, args.device)
     encoder.encode_images(torch.zeros(2, 3, *encoder.loaded.preprocess_cfg["size"]))  # warm-up

@@ -47,8 +47,10 @@ class Manifest(BaseModel):
     metric: str = "ip"
     normalized: bool = True
     source: str = Field(description="absolute folder the item paths are relative to")
+    source_kind: str = Field("folder", description="folder, list or webdataset")
     images: VectorIndexInfo
     texts: VectorIndexInfo | None = None
     skipped: SkipCounts = Field(default_factory=SkipCounts)
     ignored_files: int = Field(0, description="files under the source without an image suffix")
+    duplicates: int = Field(0, description="files identical (sha256) to an indexed one; listed on that item")
     timings_s: dict[str, float] = Field(default_factory=dict)

@@ -10,6 +10,10 @@ import pyarrow as pa
 
 from indexer import store
 from indexer.manifest import Manifest
+from indexer.sources import Record, read_record_bytes
+
+_PUBLIC = ("id", "path", "width", "height", "sha256", "captions", "duplicates")
+_PRIVATE = ["location"]  # absolute paths and tar offsets stay inside the server
 
 
 class OpenIndex:
@@ -40,8 +44,12 @@ class OpenIndex:
         return _search(self.text_index, queries, k)
 
     def item_rows(self, ids: list[int]) -> list[dict]:
-        """Metadata rows for item ids (ids are row numbers)."""
-        return self.items.take(pa.array(ids, pa.int64())).to_pylist() if ids else []
+        """Public rows for item ids (ids are row numbers): the fixed fields, plus the source's
+        own columns (from list files or webdataset .json) under "metadata"."""
+        if not ids:
+            return []
+        rows = self.items.take(pa.array(ids, pa.int64())).drop_columns(_PRIVATE).to_pylist()
+        return [{**{k: row.pop(k) for k in _PUBLIC if k in row}, "metadata": row} for row in rows]
 
     def text_rows(self, ids: list[int]) -> list[dict]:
         return self.texts.take(pa.array(ids, pa.int64())).to_pylist() if ids and self.texts is not None else []
@@ -49,13 +57,21 @@ class OpenIndex:
     def item(self, item_id: int) -> dict | None:
         return self.item_rows([item_id])[0] if 0 <= item_id < self.items.num_rows else None
 
-    def item_file(self, item_id: int) -> Path | None:
-        """The indexed file of an item, only if it still lies inside the index's source folder."""
-        row = self.item(item_id)
-        if row is None:
+    def item_content(self, item_id: int) -> Path | str | bytes | None:
+        """Where an item's image is: a local Path, an http(s) URL, or the bytes of a tar member.
+        Only the index's own records are looked up: no path ever comes from a request."""
+        if not 0 <= item_id < self.items.num_rows:
             return None
-        path = (self.source / row["path"]).resolve()
-        return path if path.is_relative_to(self.source.resolve()) and path.is_file() else None
+        location = self.items.column("location")[item_id].as_py()
+        if location.startswith(("http://", "https://")):
+            return location
+        try:
+            if "::" in location:
+                return read_record_bytes(Record("", location))
+            path = Path(location)
+            return path if path.is_file() else None
+        except OSError:
+            return None
 
 
 def _search(index: faiss.Index, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:

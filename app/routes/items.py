@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import mimetypes
+
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadyDep
 from app.errors import ApiError
@@ -21,14 +24,19 @@ async def get_item(item_id: int, runtime: ReadyDep) -> ItemPublic:
 @router.get(
     "/items/{item_id}/image",
     response_class=FileResponse,
-    responses={200: {"content": {"image/*": {}}}, 404: {"model": ErrorBody}},
+    responses={200: {"content": {"image/*": {}}}, 307: {"description": "items indexed from a URL"}, 404: {"model": ErrorBody}},
     summary="The indexed image file (found by id only; no path comes from the request)",
 )
-async def get_item_image(item_id: int, runtime: ReadyDep) -> FileResponse:
-    path = runtime.index.item_file(item_id)
-    if path is None:
+async def get_item_image(item_id: int, runtime: ReadyDep) -> Response:
+    content = await run_in_threadpool(runtime.index.item_content, item_id)
+    if content is None:
         raise ApiError(404, f"no image file for item {item_id} (unknown id, or the file was moved)")
-    return FileResponse(path)
+    if isinstance(content, str):
+        return RedirectResponse(content, status_code=307)  # indexed from a URL list
+    if isinstance(content, bytes):  # a webdataset tar member
+        row = runtime.index.item(item_id)
+        return Response(content, media_type=mimetypes.guess_type(row["path"])[0] or "application/octet-stream")
+    return FileResponse(content)
 
 
 @router.get("/index", response_model=IndexSummary, summary="What the served index holds")

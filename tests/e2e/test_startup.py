@@ -53,7 +53,7 @@ def test_image_to_text_needs_captions(tiny_coca_dir, tmp_path):
 
 def test_cli_errors_are_readable(tmp_path):
     missing = run_xmodal("index", tmp_path / "nope", "--out", tmp_path / "out", "--model", "xmodal-tiny-coca")
-    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
     offline = run_xmodal("index", tmp_path, "--out", tmp_path / "out", env={"XMODAL_OFFLINE": "1"})
     assert offline.returncode == 2 and "no image files" in offline.stderr
     no_index = run_xmodal("serve")
