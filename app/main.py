@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.errors import install_error_handlers
-from app.routes import embed, health, items, search
+from app.routes import caption, embed, health, items, search, vqa
 from app.runtime import Runtime
 from app.settings import Settings, get_settings
 from indexer.manifest import package_version
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.add_done_callback(lambda _: runtime.error and _stop_server(app))
         yield
         loading.cancel()
-        runtime.close()
+        await runtime.aclose()
 
     app = FastAPI(
         title="xmodal",
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (health, search, embed, items):
+    for module in (health, search, embed, items, caption, vqa):
         app.include_router(module.router)
     return app
 

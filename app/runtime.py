@@ -8,9 +8,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
+import numpy as np
+import torch
+
+from app.batching import DynamicBatcher
 from app.settings import Settings
 from indexer.reader import OpenIndex
 from models.encoders import Encoder
+from models.generation import Captioner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,7 +32,10 @@ class Runtime:
         self.settings = settings
         self.index: OpenIndex | None = None
         self.encoder: Encoder | None = None
+        self.captioner: Captioner | None = None  # captions and VQA from the same model
         self.error: str | None = None
+        self.text_batcher: DynamicBatcher | None = None  # set once loaded, when settings.batching
+        self.image_batcher: DynamicBatcher | None = None
         # One thread owns the model: requests queue for it instead of oversubscribing the cores.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-model")
 
@@ -57,6 +65,7 @@ class Runtime:
                 f"{index.manifest.model.spec} ({index.manifest.model.fingerprint}); searching it with other "
                 "weights would return meaningless results"
             )
+        self.captioner = Captioner(encoder, settings.vqa_prompt, int8=settings.caption_int8)
         self.index, self.encoder = index, encoder
         log.info(
             "ready in %.1fs: index %s (%d images, %d texts), model %s on %s",
@@ -70,6 +79,35 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("loading failed: %s", self.error)
+            return
+        if self.settings.batching:
+            self.text_batcher = self._batcher("text", lambda texts: list(self.encoder.encode_texts(texts)))
+            self.image_batcher = self._batcher("image", lambda pixels: list(self.encoder.encode_images(torch.stack(pixels))))
+
+    def _batcher(self, name: str, run_batch) -> DynamicBatcher:
+        settings = self.settings
+        batcher = DynamicBatcher(name, run_batch, self.model_thread, settings.batch_max_size,
+                                 settings.batch_max_wait_ms, settings.batch_max_queue)
+        batcher.start()
+        return batcher
+
+    async def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors for texts; concurrent requests share model calls when batching is on."""
+        if self.text_batcher is None:
+            return await self.run_model(self.encoder.encode_texts, texts)
+        return np.stack(await asyncio.gather(*(self.text_batcher.submit(text) for text in texts)))
+
+    async def embed_images(self, pixels: list[torch.Tensor]) -> np.ndarray:
+        """Unit vectors for preprocessed images (3, H, W each)."""
+        if self.image_batcher is None:
+            return await self.run_model(self.encoder.encode_images, torch.stack(pixels))
+        return np.stack(await asyncio.gather(*(self.image_batcher.submit(p) for p in pixels)))
+
+    async def aclose(self) -> None:
+        for batcher in (self.text_batcher, self.image_batcher):
+            if batcher is not None:
+                await batcher.stop()
+        self.close()
 
     async def run_model(self, fn: Callable[..., T], *args) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -99,3 +100,84 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class CaptionRequest(BaseModel):
+    """/v1/caption's fields besides the image (multipart form fields, or JSON next to image_b64)."""
+
+    mode: Literal["greedy", "beam", "sample"] = "greedy"
+    beams: int | None = Field(None, description="Beam width, mode=beam only (1..max_beams; default max(3, alternatives))")
+    max_tokens: int = Field(20, description="Most new tokens (1..max_caption_tokens)")
+    alternatives: int = Field(
+        0, description="Also return the best N captions with scores (0..max_alternatives); N > 1 needs beam or sample"
+    )
+    prompt: str = Field("", description="Text the caption starts with; the caption continues it and leaves it out")
+    seed: int | None = Field(None, description="mode=sample: the same seed gives the same captions")
+    top_k: int | None = Field(None, description="mode=sample: sample among the k most likely tokens (0: all)")
+    top_p: float | None = Field(None, description="mode=sample: nucleus sampling, in (0, 1]")
+    temperature: float | None = Field(None, description="mode=sample: > 0")
+
+
+class CaptionAlternative(BaseModel):
+    text: str
+    score: float = Field(description="Log-probability per token, end-of-text included (higher is better)")
+
+
+class CaptionResponse(BaseModel):
+    caption: str
+    alternatives: list[CaptionAlternative] | None = Field(None, description="With alternatives > 0: best first")
+    took_ms: float
+
+
+class VqaRequest(BaseModel):
+    """/v1/vqa's fields besides the image. In a multipart form, `answers` is a JSON array string."""
+
+    question: str = Field(description="The question; empty or over-long text is refused")
+    answers: list[str] | None = Field(
+        None, description="Candidate answers (1..max_answers): the best is chosen and every one scored. "
+        "Without them the model writes an answer (CoCa models only)"
+    )
+    max_tokens: int = Field(10, description="Open-ended answers: most new tokens (1..max_caption_tokens)")
+
+
+class VqaResponse(BaseModel):
+    answer: str
+    scores: dict[str, float] | None = Field(
+        None, description="Every candidate's score: mean log-probability per token (method=likelihood) "
+        "or cosine similarity of image and 'question answer' (method=contrastive)"
+    )
+    method: Literal["generated", "likelihood", "contrastive"]
+    took_ms: float
+
+
+def image_request_body(fields: type[BaseModel], multipart_types: dict | None = None) -> dict:
+    """OpenAPI request body for an image endpoint: multipart `file` or JSON `image_b64`, plus `fields`.
+
+    multipart_types overrides a field's schema in the form (e.g. a list sent as a JSON string).
+    """
+    schema = fields.model_json_schema()
+    assert "$defs" not in schema, "image_request_body needs flat field schemas"
+    properties, required = schema.get("properties", {}), schema.get("required", [])
+    image_b64 = {"type": "string", "description": "base64 of the image file"}
+    file = {"type": "string", "format": "binary"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", *required],
+                        "properties": {"file": file, **properties, **(multipart_types or {})},
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image_b64", *required],
+                        "properties": {"image_b64": image_b64, **properties},
+                    }
+                },
+            },
+        }
+    }

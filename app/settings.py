@@ -27,11 +27,28 @@ class Settings(BaseSettings):
     log_level: str = "info"
     exit_on_load_failure: bool = Field(True, description="Stop the process when the index or model fails to load")
 
+    batching: bool = Field(True, description="Gather concurrent text/image encodes into shared model batches")
+    batch_max_size: int = Field(64, ge=1, description="Most items in one model batch")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="How long an idle batcher waits for more requests")
+    batch_max_queue: int = Field(1024, ge=1, description="Waiting items per batcher before answering 429")
+
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image upload or request body")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height)")
     max_text_chars: int = Field(1000, ge=1, description="Longest query text")
     max_k: int = Field(1000, ge=1, description="Most results one request may ask for")
     max_embed_batch: int = Field(64, ge=1, description="Most texts in one /v1/embed/text request")
+
+    vqa_prompt: str = Field(
+        "question: {question} answer:", description="Prompt the caption decoder answers a question after"
+    )
+    max_answers: int = Field(100, ge=1, description="Most candidate answers in one /v1/vqa request")
+    max_caption_tokens: int = Field(40, ge=1, description="Most new tokens one caption or answer may ask for")
+    max_alternatives: int = Field(5, ge=1, description="Most alternative captions one /v1/caption request may ask for")
+    max_beams: int = Field(8, ge=1, description="Widest beam one /v1/caption request may ask for")
+    caption_int8: bool = Field(
+        False, description="CPU only: decode captions and answers with int8 weight copies (faster, within a "
+        "measured tolerance of fp32; see bench/bench_caption.py --int8)"
+    )
 
 
 @lru_cache

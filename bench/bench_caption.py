@@ -4,7 +4,13 @@ Random weights (no download), so every caption is forced to exactly --tokens new
 (min_new_tokens = max_new_tokens) and both paths do the same work. Times include the
 image encoder, which both paths share. Prints one table and writes JSON.
 
-    .venv/bin/python bench/bench_caption.py --batch-sizes 1 8 --repeats 2
+--int8 adds cached greedy decoding with int8 weight copies (CocaDecoder(int8=True), CPU) and
+how far it moves from fp32 cached decoding on the same images: identical sequences, top-1
+agreement when both are fed the fp32 sequence (teacher forcing), and the mean change in the
+log-probability of the fp32 tokens. Random weights give flat next-token distributions, so
+these agreement numbers are a pessimistic proxy for trained weights.
+
+    .venv/bin/python bench/bench_caption.py --batch-sizes 1 8 --repeats 2 [--int8]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from torch import nn
 
 from models.decoding import CocaDecoder, DecodeOptions
+from models.registry import register_configs
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "caption.json"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -36,11 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--int8", action="store_true", help="also time int8 decoding and its agreement with fp32")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     return parser.parse_args(argv)
 
 
 def build_decoder(model_name: str, device: torch.device, dtype: torch.dtype) -> CocaDecoder:
+    register_configs()  # the project's own configs (xmodal-tiny-coca, ...) too
     torch.manual_seed(0)
     model = open_clip.create_model(model_name)
     with torch.no_grad():
@@ -84,7 +93,26 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(decoder: CocaDecoder, args: argparse.Namespace, host: str) -> list[dict]:
+@torch.inference_mode()
+def agreement(fp32: CocaDecoder, int8: CocaDecoder, images: torch.Tensor, fp32_tokens, int8_tokens) -> dict:
+    """How far int8 decoding moves from fp32 on the same images (every sequence has the same length)."""
+    sequences = torch.tensor([[fp32.tokenizer.sot_token_id, *tokens] for tokens in fp32_tokens], device=images.device)
+    logprobs = []
+    for decoder in (fp32, int8):
+        _, image_embs = decoder.model._encode_image(images)
+        state = decoder._cached.new_state(image_embs)  # the cached forward, fed the whole fp32 sequence
+        logits = decoder._cached.forward(state, sequences[:, :-1], all_positions=True)
+        logprobs.append(logits.float().log_softmax(-1))
+    targets = sequences[:, 1:].unsqueeze(-1)
+    fp32_picked, int8_picked = (lp.gather(-1, targets).squeeze(-1) for lp in logprobs)
+    return {
+        "same_sequence_as_fp32": sum(a == b for a, b in zip(fp32_tokens, int8_tokens)) / len(fp32_tokens),
+        "teacher_forced_top1_agreement": (logprobs[0].argmax(-1) == logprobs[1].argmax(-1)).float().mean().item(),
+        "mean_abs_logprob_change": (fp32_picked - int8_picked).abs().mean().item(),
+    }
+
+
+def measure(decoder: CocaDecoder, args: argparse.Namespace, host: str, int8: CocaDecoder | None = None) -> list[dict]:
     """Cached and reference rows for each batch size; speedup is reference time / row time."""
     input_size = decoder.model.visual.image_size[0]
     options = DecodeOptions(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
@@ -94,7 +122,12 @@ def measure(decoder: CocaDecoder, args: argparse.Namespace, host: str) -> list[d
         images = images.to(decoder.device)
         cached_s, cached_tokens = time_generate(decoder, images, options, use_cache=True, repeats=args.repeats)
         reference_s, reference_tokens = time_generate(decoder, images, options, use_cache=False, repeats=args.repeats)
-        for decoding, seconds in (("cached greedy", cached_s), ("reference greedy", reference_s)):
+        timed = [("cached greedy", cached_s, cached_tokens, {}), ("reference greedy", reference_s, reference_tokens, {})]
+        if int8 is not None:
+            int8_s, int8_tokens = time_generate(int8, images, options, use_cache=True, repeats=args.repeats)
+            moved = agreement(decoder, int8, images, cached_tokens, int8_tokens)
+            timed.insert(1, ("cached greedy int8", int8_s, int8_tokens, moved))
+        for decoding, seconds, tokens, moved in timed:
             rows.append(
                 {
                     "model": args.model,
@@ -107,7 +140,8 @@ def measure(decoder: CocaDecoder, args: argparse.Namespace, host: str) -> list[d
                     "ms_per_caption": 1000 * seconds / batch,
                     "captions_per_s": batch / seconds,
                     "speedup_vs_reference": reference_s / seconds,
-                    "same_tokens_as_reference": cached_tokens == reference_tokens,
+                    "same_tokens_as_reference": tokens == reference_tokens,
+                    **moved,
                 }
             )
     return rows
@@ -116,14 +150,21 @@ def measure(decoder: CocaDecoder, args: argparse.Namespace, host: str) -> list[d
 def print_table(rows: list[dict], summary: str) -> None:
     print(summary)
     print(
-        f"{'model':<14} {'decoding':<17} {'batch':>5} {'input':>5} "
+        f"{'model':<14} {'decoding':<18} {'batch':>5} {'input':>5} "
         f"{'ms/caption':>10} {'captions/s':>10} {'speedup':>7} {'same':>5}"
     )
     for row in rows:
+        moved = ""
+        if "same_sequence_as_fp32" in row:
+            moved = (
+                f"  vs fp32: {row['same_sequence_as_fp32']:.0%} same sequences, "
+                f"{row['teacher_forced_top1_agreement']:.1%} teacher-forced top-1, "
+                f"mean |d logprob| {row['mean_abs_logprob_change']:.4f}"
+            )
         print(
-            f"{row['model']:<14} {row['decoding']:<17} {row['batch']:>5} {row['input_size']:>5} "
+            f"{row['model']:<14} {row['decoding']:<18} {row['batch']:>5} {row['input_size']:>5} "
             f"{row['ms_per_caption']:>10.1f} {row['captions_per_s']:>10.2f} "
-            f"{row['speedup_vs_reference']:>6.2f}x {str(row['same_tokens_as_reference']):>5}"
+            f"{row['speedup_vs_reference']:>6.2f}x {str(row['same_tokens_as_reference']):>5}{moved}"
         )
 
 
@@ -134,10 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     auto_device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto_device if args.device == "auto" else args.device)
     decoder = build_decoder(args.model, device, DTYPES[args.dtype])
+    int8 = CocaDecoder(decoder.model, decoder.tokenizer, int8=True) if args.int8 else None
     host = hardware(device)
 
     load_before = os.getloadavg()[0]  # the CPU may be shared; a busy host slows every row
-    rows = measure(decoder, args, host)
+    rows = measure(decoder, args, host, int8)
     load = {"before": load_before, "after": os.getloadavg()[0]}
     print_table(
         rows,

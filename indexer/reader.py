@@ -13,7 +13,7 @@ from indexer.manifest import Manifest
 from indexer.sources import Record, read_record_bytes
 
 _PUBLIC = ("id", "path", "width", "height", "sha256", "captions", "duplicates")
-_PRIVATE = ["location"]  # absolute paths and tar offsets stay inside the server
+_PRIVATE = ["location", "generated_caption"]  # server-side paths; the generated caption is also in `captions`
 
 
 class OpenIndex:

@@ -16,6 +16,7 @@ longest sequence CoCa saw in training.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
@@ -122,14 +123,20 @@ class CocaDecoder:
     """Captions and answer ranking for one open_clip CoCa model and its tokenizer.
 
     Puts the model in eval mode. Runs in the dtype and on the device of its parameters.
+
+    int8=True (fp32 models on the CPU only): the cached path's matrix products read int8 copies
+    of the text tower's and decoder's weights (symmetric, per output channel; activations are
+    quantized per call), about 4x fewer bytes per token. Results move within a tolerance of fp32
+    that bench/bench_caption.py --int8 measures; use_cache=False stays the fp32 reference.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: TextTokenizer):
+    def __init__(self, model: nn.Module, tokenizer: TextTokenizer, *, int8: bool = False):
         if not is_captioner(model):
             raise ValueError(f"{type(model).__name__} is not a CoCa model with a text decoder")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self._cached = _CachedCoca(model)
+        self.int8 = int8
+        self._cached = _CachedCoca(model, int8=int8)
 
     @property
     def device(self) -> torch.device:
@@ -275,21 +282,117 @@ def _in_projection(attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tenso
     return F.linear(x, attn.in_proj_weight[part], bias)
 
 
-def _self_attention_block(block: nn.Module, x: Tensor, kv: Tensor, start: int, mask: Tensor | None) -> Tensor:
+class _Products:
+    """The matrix products a decoding step runs, with the model's own weights."""
+
+    def in_proj(self, attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
+        return _in_projection(attn, x, part)
+
+    def out_proj(self, attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
+        return attn.out_proj(x)
+
+    def mlp(self, block: nn.Module, x: Tensor) -> Tensor:
+        return block.mlp(x)
+
+    def vocab(self, decoder: nn.Module, x: Tensor) -> Tensor:
+        return x @ decoder.text_projection
+
+
+class _Int8Products(_Products):
+    """The same products from int8 weight copies (fbgemm/onednn dynamic quantization, CPU).
+
+    Covers every weight a step reads: self-attention q/k/v, cross-attention q, output
+    projections, MLPs and the vocabulary projection. The image keys and values of cross
+    attention, computed once per image, keep the model's weights.
+    """
+
+    def __init__(self, text: nn.Module, decoder: nn.Module):
+        if decoder.text_projection.device.type != "cpu" or decoder.text_projection.dtype != torch.float32:
+            raise ValueError("int8 decoding needs an fp32 model on the CPU")
+        self.packed: dict[tuple[int, str], object] = {}
+        # Without VNNI the x86 kernels add u8 x s8 pairs in saturating int16: 7-bit activations keep
+        # that exact. VNNI accumulates in int32, so activations keep all 8 bits (about 40% less error).
+        self.reduce_range = not _cpu_has_vnni()
+        for block in [*text.transformer.resblocks, *decoder.resblocks]:
+            self._pack(block.attn, "qkv", block.attn.in_proj_weight, block.attn.in_proj_bias)
+        for block in decoder.cross_attn:
+            width, bias = block.attn.embed_dim, block.attn.in_proj_bias
+            self._pack(block.attn, "q", block.attn.in_proj_weight[:width], bias[:width] if bias is not None else None)
+        for block in [*text.transformer.resblocks, *decoder.resblocks, *decoder.cross_attn]:
+            self._pack(block.attn, "out", block.attn.out_proj.weight, block.attn.out_proj.bias)
+            mlp = block.mlp
+            if not (isinstance(mlp, nn.Sequential) and list(dict(mlp.named_children())) == ["c_fc", "gelu", "c_proj"]):
+                raise ValueError(f"int8 decoding supports open_clip's c_fc/gelu/c_proj MLP, not {mlp}")
+            self._pack(mlp, "c_fc", mlp.c_fc.weight, mlp.c_fc.bias)
+            self._pack(mlp, "c_proj", mlp.c_proj.weight, mlp.c_proj.bias)
+        self._pack(decoder, "vocab", decoder.text_projection.t(), None)
+
+    def _pack(self, module: nn.Module, name: str, weight: Tensor, bias: Tensor | None) -> None:
+        """A copy of `weight` (out, in) as int8 with one scale per output row, packed for the CPU kernels."""
+        weight = weight.detach().float().contiguous()
+        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
+        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+        bias = bias.detach().float().contiguous() if bias is not None else None
+        try:
+            with warnings.catch_warnings():
+                # torch marks its quantized tensor types deprecated; these kernels are what we measured.
+                warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+                qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+                self.packed[id(module), name] = torch.ops.quantized.linear_prepack(qweight, bias)
+        except (AttributeError, RuntimeError) as exc:
+            raise ValueError(f"int8 decoding needs torch's quantized CPU kernels, which failed here: {exc}") from exc
+
+    def _linear(self, module: nn.Module, name: str, x: Tensor) -> Tensor:
+        packed = self.packed[id(module), name]
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, self.reduce_range)
+
+    def in_proj(self, attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
+        if part == slice(None):
+            return self._linear(attn, "qkv", x)
+        if part == slice(0, attn.embed_dim) and (id(attn), "q") in self.packed:
+            return self._linear(attn, "q", x)
+        return _in_projection(attn, x, part)
+
+    def out_proj(self, attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
+        return self._linear(attn, "out", x)
+
+    def mlp(self, block: nn.Module, x: Tensor) -> Tensor:
+        mlp = block.mlp
+        return self._linear(mlp, "c_proj", mlp.gelu(self._linear(mlp, "c_fc", x)))
+
+    def vocab(self, decoder: nn.Module, x: Tensor) -> Tensor:
+        return self._linear(decoder, "vocab", x)
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+_FLOAT = _Products()
+
+
+def _self_attention_block(
+    block: nn.Module, x: Tensor, kv: Tensor, start: int, mask: Tensor | None, products: _Products = _FLOAT
+) -> Tensor:
     """open_clip's ResidualAttentionBlock (self-attention) on new tokens.
 
     kv (2, rows, heads, capacity, head_width) holds earlier keys and values and gets the new ones.
     """
     attn = block.attn
     end = start + x.shape[1]
-    q, k, v = _in_projection(attn, block.ln_1(x), slice(None)).chunk(3, dim=-1)
+    q, k, v = products.in_proj(attn, block.ln_1(x), slice(None)).chunk(3, dim=-1)
     kv[0, :, :, start:end] = _split_heads(k, attn.num_heads)
     kv[1, :, :, start:end] = _split_heads(v, attn.num_heads)
     out = F.scaled_dot_product_attention(
         _split_heads(q, attn.num_heads), kv[0, :, :, :end], kv[1, :, :, :end], attn_mask=mask
     )
-    x = x + block.ls_1(attn.out_proj(_merge_heads(out)))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x + block.ls_1(products.out_proj(attn, _merge_heads(out)))
+    return x + block.ls_2(products.mlp(block, block.ln_2(x)))
 
 
 def _cross_keys_values(block: nn.Module, image_embs: Tensor) -> tuple[Tensor, Tensor]:
@@ -301,16 +404,18 @@ def _cross_keys_values(block: nn.Module, image_embs: Tensor) -> tuple[Tensor, Te
     return _split_heads(keys, attn.num_heads), _split_heads(values, attn.num_heads)
 
 
-def _cross_attention_block(block: nn.Module, x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+def _cross_attention_block(
+    block: nn.Module, x: Tensor, keys: Tensor, values: Tensor, products: _Products = _FLOAT
+) -> Tensor:
     """open_clip's ResidualAttentionBlock (cross-attention) with precomputed image keys and values."""
     attn = block.attn
     rows, tokens, width = x.shape
-    q = _in_projection(attn, block.ln_1(x), slice(0, width))
+    q = products.in_proj(attn, block.ln_1(x), slice(0, width))
     # Rows are grouped by image, so each image's rows share its keys without copying them.
     q = _split_heads(q.reshape(keys.shape[0], -1, width), attn.num_heads)
     out = _merge_heads(F.scaled_dot_product_attention(q, keys, values)).reshape(rows, tokens, width)
-    x = x + block.ls_1(attn.out_proj(out))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x + block.ls_1(products.out_proj(attn, out))
+    return x + block.ls_2(products.mlp(block, block.ln_2(x)))
 
 
 def _select_cached(kv: Tensor, source: Tensor, length: int) -> Tensor:
@@ -346,9 +451,10 @@ class _DecodeState:
 class _CachedCoca:
     """CoCa's text tower and text decoder, one step at a time, mirroring open_clip's forward."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, int8: bool = False):
         self.text, self.decoder = model.text, model.text_decoder
         _check_supported(self.text, self.decoder)
+        self.products = _Int8Products(self.text, self.decoder) if int8 else _FLOAT
         self.capacity = min(self.text.context_length, self.decoder.context_length)
         # open_clip masks padding (pad_id) keys in the text tower whenever a CLS token is appended.
         # Its default (legacy) CoCa mask is shifted one place: key t is dropped when token t-1 is padding.
@@ -387,20 +493,20 @@ class _CachedCoca:
         if self.pad_masked:
             text_mask = causal & self._unpadded_keys(state.tokens[:, :end])[:, None, None, :]
         for layer, block in enumerate(self.text.transformer.resblocks):
-            x = _self_attention_block(block, x, state.text_kv[layer], start, text_mask)
+            x = _self_attention_block(block, x, state.text_kv[layer], start, text_mask, self.products)
         if self.text.cls_emb is None:
             x = self.text.ln_final(x)  # without CLS open_clip normalises the tokens it hands the decoder
 
         decoder_mask = causal if tokens.shape[1] > 1 else None
         layers = zip(self.decoder.resblocks, self.decoder.cross_attn, state.image_keys_values)
         for layer, (self_block, cross_block, (keys, values)) in enumerate(layers):
-            x = _self_attention_block(self_block, x, state.decoder_kv[layer], start, decoder_mask)
-            x = _cross_attention_block(cross_block, x, keys, values)
+            x = _self_attention_block(self_block, x, state.decoder_kv[layer], start, decoder_mask, self.products)
+            x = _cross_attention_block(cross_block, x, keys, values, self.products)
         state.length = end
 
         if not all_positions:
             x = x[:, -1:]
-        return self.decoder.ln_final(x) @ self.decoder.text_projection
+        return self.products.vocab(self.decoder, self.decoder.ln_final(x))
 
     def _unpadded_keys(self, tokens: Tensor) -> Tensor:
         unpadded = tokens != self.pad_id

@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadyDep, SettingsDep, check_text
 from app.errors import ApiError
@@ -19,7 +20,7 @@ async def embed_text(body: EmbedTextRequest, runtime: ReadyDep, settings: Settin
     texts = [check_text(text, settings) for text in body.all_texts]
     if not 1 <= len(texts) <= settings.max_embed_batch:
         raise ApiError(422, f"give 1 to {settings.max_embed_batch} texts, got {len(texts)}")
-    vectors = await runtime.run_model(runtime.encoder.encode_texts, texts)
+    vectors = await runtime.embed_texts(texts)
     return _response(runtime, vectors, started)
 
 
@@ -33,8 +34,8 @@ async def embed_text(body: EmbedTextRequest, runtime: ReadyDep, settings: Settin
 async def embed_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> EmbedResponse:
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
-    pixels = runtime.encoder.preprocess_image(upload.image)
-    vectors = await runtime.run_model(runtime.encoder.encode_images, pixels[None])
+    pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
+    vectors = await runtime.embed_images([pixels])
     return _response(runtime, vectors, started)
 
 

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadyDep, SettingsDep, check_k, check_text
 from app.errors import ApiError
@@ -21,7 +21,7 @@ async def search_text(body: TextSearchRequest, runtime: ReadyDep, settings: Sett
     started = time.perf_counter()
     text = check_text(body.text, settings)
     k = check_k(body.k, settings)
-    query_emb = await runtime.run_model(runtime.encoder.encode_texts, [text])
+    query_emb = await runtime.embed_texts([text])
     return SearchResponse(results=_image_hits(runtime, query_emb, k), took_ms=_ms(started))
 
 
@@ -38,8 +38,8 @@ async def search_image(request: Request, runtime: ReadyDep, settings: SettingsDe
     k, target = _image_query_fields(upload.fields, settings)
     if target is Target.texts and not runtime.index.has_texts:
         raise ApiError(422, "this index has no captions to search; build it with `xmodal index --captions FILE`")
-    pixels = runtime.encoder.preprocess_image(upload.image)
-    query_emb = await runtime.run_model(runtime.encoder.encode_images, pixels[None])
+    pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
+    query_emb = await runtime.embed_images([pixels])
     results = _text_hits(runtime, query_emb, k) if target is Target.texts else _image_hits(runtime, query_emb, k)
     return SearchResponse(results=results, took_ms=_ms(started))
 

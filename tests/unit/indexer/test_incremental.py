@@ -109,3 +109,16 @@ def test_exact_duplicates_are_embedded_once_and_listed(encoder, tmp_path):
     rows, vectors, manifest = _contents(tmp_path / "index")
     assert len(vectors) == 4 and manifest.duplicates == 2
     assert next(r for r in rows if r["path"] == "002.png")["duplicates"] == ["nested/copy-of-2.png", "zz-again.png"]
+
+
+def test_update_keeps_the_captions_generated_for_unchanged_files(encoder, tmp_path):
+    photos = _photos(tmp_path / "photos", 3)
+    out = tmp_path / "index"
+    build_index(BuildConfig(photos, out, workers=0, progress=False, caption=True), encoder)
+    before = {r["path"]: r["captions"] for r in _contents(out)[0]}
+    assert all(len(captions) == 1 for captions in before.values())
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(photos / "added.png")
+    updated = build_index(BuildConfig(photos, out, workers=0, progress=False, caption=True, update=True), encoder)
+    assert (updated.reused, updated.embedded) == (3, 1)
+    after = {r["path"]: r["captions"] for r in _contents(out)[0]}
+    assert {path: after[path] for path in before} == before and len(after["added.png"]) == 1

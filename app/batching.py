@@ -1,0 +1,97 @@
+"""Cross-request dynamic batching: concurrent requests share one model call.
+
+Each request `submit()`s one item and awaits its own result. A single task per batcher takes
+whatever is queued (up to `max_batch_size`), waits up to `max_wait_ms` for more only while the
+queue is short, runs the batch function on the model thread, and answers each caller. While the
+model is busy, new requests pile up in the queue, so the next batch is as large as the load
+makes it. A bounded queue turns overload into `Overloaded` (HTTP 429), never unbounded latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Overloaded(RuntimeError):
+    """The batcher's queue is full; the caller should retry later."""
+
+
+class DynamicBatcher(Generic[Item, Result]):
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[list[Item]], Sequence[Result]],
+        executor: Executor,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 1024,
+    ):
+        self.name, self.run_batch, self.executor = name, run_batch, executor
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
+        self.queue: asyncio.Queue[tuple[Item, asyncio.Future]] = asyncio.Queue(maxsize=max_queue)
+        self.batch_sizes: list[int] = []  # recent sizes, for metrics and tests
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self.queue.empty():
+            _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(Overloaded("server is shutting down"))
+
+    async def submit(self, item: Item) -> Result:
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self.name} queue is full ({self.queue.maxsize} waiting)") from None
+        return await future
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            live = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
+            if not live:
+                continue
+            self.batch_sizes = (self.batch_sizes + [len(live)])[-1000:]
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in live])
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(live, results):
+                if not future.done():
+                    future.set_result(result)

@@ -1,0 +1,84 @@
+"""POST /v1/vqa: a question about an image, open-ended (CoCa) or over candidate answers (any model)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import ReadyDep, SettingsDep
+from app.errors import ApiError
+from app.routes.caption import check_max_tokens, elapsed_ms, parse_fields
+from app.schemas import ErrorBody, VqaRequest, VqaResponse, image_request_body
+from app.settings import Settings
+from app.uploads import read_image_input
+from models.generation import DecoderUnavailable
+
+router = APIRouter(prefix="/v1/vqa", tags=["vqa"])
+ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 501, 503)}
+MULTIPART_ANSWERS = {
+    "answers": {"type": "string", "description": 'Candidate answers as a JSON array string, e.g. ["red", "blue"]'}
+}
+
+
+@router.post(
+    "",
+    response_model=VqaResponse,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    openapi_extra=image_request_body(VqaRequest, MULTIPART_ANSWERS),
+    summary="A question about an image → an answer (with candidate answers: the best one and every score)",
+)
+async def answer_question(request: Request, runtime: ReadyDep, settings: SettingsDep) -> VqaResponse:
+    started = time.perf_counter()
+    upload = await read_image_input(request, settings)
+    fields = parse_fields(VqaRequest, _answers_from_json_string(upload.fields))
+    question = _check_question(fields.question, settings)
+    answers = _check_answers(fields.answers, settings)
+    if answers is None:
+        check_max_tokens(fields.max_tokens, settings)
+    answer = functools.partial(runtime.captioner.answer, max_new_tokens=fields.max_tokens)
+    try:
+        if answers is None:
+            runtime.captioner.require_decoder("open-ended VQA")
+        pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
+        result = await runtime.run_model(answer, pixels, question, answers)
+    except DecoderUnavailable as exc:
+        raise ApiError(501, str(exc)) from exc
+    except ValueError as exc:  # duplicate answers, a prompt and answer over the context length, ...
+        raise ApiError(422, str(exc)) from exc
+    return VqaResponse(answer=result.answer, scores=result.scores, method=result.method, took_ms=elapsed_ms(started))
+
+
+def _answers_from_json_string(fields: dict) -> dict:
+    """A multipart form carries `answers` as one JSON array string."""
+    answers = fields.get("answers")
+    if isinstance(answers, str):
+        try:
+            fields = {**fields, "answers": json.loads(answers)}
+        except json.JSONDecodeError as exc:
+            raise ApiError(422, f'answers must be a JSON array of strings, e.g. ["red", "blue"] ({exc})') from exc
+    return fields
+
+
+def _check_question(question: str, settings: Settings) -> str:
+    question = question.strip()
+    if not question:
+        raise ApiError(422, "question is empty")
+    if len(question) > settings.max_text_chars:
+        raise ApiError(422, f"question is {len(question)} characters, over the limit of {settings.max_text_chars}")
+    return question
+
+
+def _check_answers(answers: list[str] | None, settings: Settings) -> list[str] | None:
+    if answers is None:
+        return None
+    if len(answers) > settings.max_answers:
+        raise ApiError(422, f"too many candidate answers: {len(answers)}, the limit is {settings.max_answers}")
+    for answer in answers:
+        if len(answer) > settings.max_text_chars:
+            raise ApiError(422, f"an answer is {len(answer)} characters, over the limit of {settings.max_text_chars}")
+    return answers

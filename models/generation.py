@@ -1,0 +1,164 @@
+"""Captions and visual question answering from the model that also embeds the images.
+
+A CoCa model (one with a text decoder) captions by decoding, answers an open question by
+decoding after a prompt ("question: {question} answer:"), and ranks candidate answers by
+the decoder's length-normalised log-likelihood after that prompt. A plain dual encoder
+(CLIP) has no decoder: it can only rank candidate answers, contrastively, by the cosine
+between the image and each statement f"{question} {answer}"; captioning and open
+questions raise DecoderUnavailable.
+
+Images come in preprocessed (the encoder's `preprocess_image`), as for `Encoder.encode_images`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from torch import Tensor
+
+from models.decoding import Candidate, CocaDecoder, DecodeOptions, is_captioner
+from models.encoders import Encoder
+from models.loading import LoadedModel
+
+DEFAULT_VQA_PROMPT = "question: {question} answer:"
+DEFAULT_CAPTION_TOKENS = 20
+DEFAULT_ANSWER_TOKENS = 10
+
+AnswerMethod = Literal["generated", "likelihood", "contrastive"]
+
+
+class DecoderUnavailable(RuntimeError):
+    """The model has no text decoder, so it cannot write text (captions, open-ended answers)."""
+
+
+@dataclass(frozen=True)
+class VqaAnswer:
+    answer: str
+    # Every candidate's score, in the order given (None for an open question):
+    # mean log-probability per token (likelihood) or cosine similarity (contrastive).
+    scores: dict[str, float] | None
+    method: AnswerMethod
+
+
+def check_vqa_prompt(template: str) -> str:
+    """A prompt template must hold `{question}` and nothing else in braces."""
+    try:
+        filled = template.format(question="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"VQA prompt {template!r} must contain '{{question}}' and no other {{...}} field ({exc})") from exc
+    if filled == template:
+        raise ValueError(f"VQA prompt {template!r} must contain '{{question}}'")
+    return template
+
+
+class Captioner:
+    """Captions and answers for one encoder's model. Not thread-safe: call it from the model's thread.
+
+    int8=True decodes with int8 weight copies (fp32 models on the CPU; see CocaDecoder).
+    """
+
+    def __init__(self, encoder: Encoder, vqa_prompt: str = DEFAULT_VQA_PROMPT, *, int8: bool = False):
+        self.encoder = encoder
+        self.vqa_prompt = check_vqa_prompt(vqa_prompt)
+        loaded = encoder.loaded
+        captioner = is_captioner(loaded.model)
+        self.decoder = CocaDecoder(loaded.model, loaded.tokenizer, int8=int8) if captioner else None
+
+    @property
+    def can_generate(self) -> bool:
+        """True when the model can write text: captions and open-ended answers."""
+        return self.decoder is not None
+
+    def caption(self, pixels: Tensor, options: DecodeOptions = DecodeOptions()) -> list[list[Candidate]]:
+        """Per image of a (B, 3, H, W) batch, `options.num_return_sequences` captions, best first."""
+        return self.require_decoder("captioning").generate(pixels, options)
+
+    def prompt_for(self, question: str) -> str:
+        return self.vqa_prompt.format(question=question.strip())
+
+    def answer(
+        self,
+        pixels: Tensor,
+        question: str,
+        answers: Sequence[str] | None = None,
+        *,
+        max_new_tokens: int = DEFAULT_ANSWER_TOKENS,
+    ) -> VqaAnswer:
+        """Answer a question about one preprocessed image (3, H, W).
+
+        Without `answers`: greedy decoding after the prompt (needs a decoder). With them: the
+        best-scoring candidate (the first one on a tie) and every candidate's score.
+        """
+        if not isinstance(pixels, Tensor) or pixels.ndim != 3:
+            shape = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
+            raise ValueError(f"pixels must be one preprocessed (3, H, W) image, got {shape}")
+        question = question.strip()
+        if not question:
+            raise ValueError("the question is empty")
+        if answers is None:
+            decoder = self.require_decoder("open-ended VQA")
+            options = DecodeOptions(max_new_tokens=max_new_tokens, prefix=self.prompt_for(question))
+            return VqaAnswer(decoder.generate(pixels[None], options)[0][0].text, None, "generated")
+        candidates = clean_answers(answers)
+        if self.decoder is not None:
+            scores = self.decoder.score_answers(pixels[None], [self.prompt_for(question)], [candidates])[0]
+            method: AnswerMethod = "likelihood"
+        else:
+            scores = self.contrastive_scores(pixels, question, candidates)
+            method = "contrastive"
+        best = max(range(len(candidates)), key=scores.__getitem__)
+        return VqaAnswer(candidates[best], dict(zip(candidates, map(float, scores))), method)
+
+    def contrastive_scores(self, pixels: Tensor, question: str, answers: Sequence[str]) -> list[float]:
+        """Cosine between the image and each statement f"{question} {answer}"."""
+        image_emb = self.encoder.encode_images(pixels[None])[0]
+        text_emb = self.encoder.encode_texts([f"{question} {answer}" for answer in answers])
+        return (text_emb @ image_emb).astype(np.float64).tolist()
+
+    def require_decoder(self, task: str) -> CocaDecoder:
+        """The decoder, or DecoderUnavailable naming the task that needs it."""
+        if self.decoder is None:
+            raise DecoderUnavailable(
+                f"{task} needs a model with a text decoder (CoCa); {self.encoder.spec} is a plain dual encoder. "
+                "It can still rank candidate answers to a question (multiple-choice VQA)."
+            )
+        return self.decoder
+
+
+def clean_answers(answers: Sequence[str]) -> list[str]:
+    """Candidate answers stripped; refuses an empty list, empty answers and duplicates."""
+    if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) == 0:
+        raise ValueError("candidate answers must be a non-empty list of strings")
+    cleaned = []
+    for answer in answers:
+        if not isinstance(answer, str) or not answer.strip():
+            raise ValueError(f"every candidate answer must be a non-empty string, got {answer!r}")
+        cleaned.append(answer.strip())
+    duplicates = sorted({a for a in cleaned if cleaned.count(a) > 1})
+    if duplicates:
+        raise ValueError(f"candidate answers must be distinct; repeated: {', '.join(map(repr, duplicates))}")
+    return cleaned
+
+
+def can_caption(model: Encoder | LoadedModel) -> bool:
+    """True when the model has a text decoder (CoCa): captions and open-ended answers."""
+    loaded = model.loaded if isinstance(model, Encoder) else model
+    return is_captioner(loaded.model)
+
+
+def generate_captions(
+    model: Encoder | LoadedModel, pixels: Tensor, options: DecodeOptions | None = None
+) -> list[str]:
+    """The best caption for each image of a preprocessed (B, 3, H, W) batch (e.g. at index time).
+
+    Raises DecoderUnavailable for a model without a text decoder.
+    """
+    loaded = model.loaded if isinstance(model, Encoder) else model
+    if not can_caption(loaded):
+        raise DecoderUnavailable(f"captioning needs a model with a text decoder (CoCa); {loaded.spec} has none")
+    options = options or DecodeOptions(max_new_tokens=DEFAULT_CAPTION_TOKENS)
+    candidates = CocaDecoder(loaded.model, loaded.tokenizer).generate(pixels, options)
+    return [per_image[0].text for per_image in candidates]
