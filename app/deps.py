@@ -38,10 +38,10 @@ def check_k(k: int, settings: Settings) -> int:
     return k
 
 
-def check_text(text: str, settings: Settings) -> str:
+def check_text(text: str, settings: Settings, what: str = "text") -> str:
     text = text.strip()
     if not text:
-        raise ApiError(422, "text is empty")
+        raise ApiError(422, f"{what} is empty")
     if len(text) > settings.max_text_chars:
-        raise ApiError(422, f"text is {len(text)} characters, over the limit of {settings.max_text_chars}")
+        raise ApiError(422, f"{what} is {len(text)} characters, over the limit of {settings.max_text_chars}")
     return text

@@ -18,10 +18,15 @@ class TextSearchRequest(BaseModel):
     k: int = Field(10, description="How many results (1..max_k)")
 
 
-class ImageSearchRequest(BaseModel):
-    image_b64: str = Field(description="The image file's bytes, base64-encoded")
-    k: int = 10
-    target: Target = Field(Target.images, description="images: similar images; texts: matching captions")
+class ImageSearchFields(BaseModel):
+    """/v1/search/image's fields besides the image (multipart form fields, or JSON next to image_b64)."""
+
+    k: int = Field(10, description="How many results (1..max_k)")
+    target: Literal["images", "texts"] = Field("images", description="images: similar images; texts: matching captions")
+
+
+class NoFields(BaseModel):
+    """An image endpoint that takes the image alone."""
 
 
 class EmbedTextRequest(BaseModel):
@@ -37,10 +42,6 @@ class EmbedTextRequest(BaseModel):
     @property
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
-
-
-class EmbedImageRequest(BaseModel):
-    image_b64: str
 
 
 class ItemPublic(BaseModel):

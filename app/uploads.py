@@ -19,35 +19,6 @@ from models.images import ImageError, ImageTooLarge, load_image
 # Room for multipart boundaries/headers and base64's 4/3 growth over the image limit.
 _ENVELOPE_BYTES = 64 * 1024
 
-IMAGE_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "k": {"type": "integer", "default": 10},
-                        "target": {"type": "string", "enum": ["images", "texts"], "default": "images"},
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image_b64"],
-                    "properties": {
-                        "image_b64": {"type": "string", "description": "base64 of the image file"},
-                        "k": {"type": "integer", "default": 10},
-                        "target": {"type": "string", "enum": ["images", "texts"], "default": "images"},
-                    },
-                }
-            },
-        },
-    }
-}
 
 
 @dataclass

@@ -7,8 +7,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadyDep, SettingsDep, check_text
 from app.errors import ApiError
-from app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody
-from app.uploads import IMAGE_REQUEST_BODY, read_image_input
+from app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody, NoFields, image_request_body
+from app.uploads import read_image_input
 
 router = APIRouter(prefix="/v1/embed", tags=["embed"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)}
@@ -28,7 +28,7 @@ async def embed_text(body: EmbedTextRequest, runtime: ReadyDep, settings: Settin
     "/image",
     response_model=EmbedResponse,
     responses=ERRORS,
-    openapi_extra=IMAGE_REQUEST_BODY,
+    openapi_extra=image_request_body(NoFields),
     summary="An image → its unit vector",
 )
 async def embed_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> EmbedResponse:

@@ -9,8 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import ReadyDep, SettingsDep, check_k, check_text
 from app.errors import ApiError
 from app.runtime import Runtime
-from app.schemas import ErrorBody, ImageHit, SearchResponse, Target, TextHit, TextSearchRequest
-from app.uploads import IMAGE_REQUEST_BODY, read_image_input
+from app.schemas import (
+    ErrorBody, ImageHit, ImageSearchFields, SearchResponse, Target, TextHit, TextSearchRequest, image_request_body,
+)
+from app.uploads import read_image_input
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)}
@@ -29,7 +31,7 @@ async def search_text(body: TextSearchRequest, runtime: ReadyDep, settings: Sett
     "/image",
     response_model=SearchResponse,
     responses=ERRORS,
-    openapi_extra=IMAGE_REQUEST_BODY,
+    openapi_extra=image_request_body(ImageSearchFields),
     summary="Image → images (target=images) or image → captions (target=texts)",
 )
 async def search_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> SearchResponse:

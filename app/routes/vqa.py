@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadyDep, SettingsDep
+from app.deps import ReadyDep, SettingsDep, check_text
 from app.errors import ApiError
 from app.routes.caption import check_max_tokens, elapsed_ms, parse_fields
 from app.schemas import ErrorBody, VqaRequest, VqaResponse, image_request_body
@@ -36,7 +36,7 @@ async def answer_question(request: Request, runtime: ReadyDep, settings: Setting
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
     fields = parse_fields(VqaRequest, _answers_from_json_string(upload.fields))
-    question = _check_question(fields.question, settings)
+    question = check_text(fields.question, settings, "question")
     answers = _check_answers(fields.answers, settings)
     if answers is None:
         check_max_tokens(fields.max_tokens, settings)
@@ -62,15 +62,6 @@ def _answers_from_json_string(fields: dict) -> dict:
         except json.JSONDecodeError as exc:
             raise ApiError(422, f'answers must be a JSON array of strings, e.g. ["red", "blue"] ({exc})') from exc
     return fields
-
-
-def _check_question(question: str, settings: Settings) -> str:
-    question = question.strip()
-    if not question:
-        raise ApiError(422, "question is empty")
-    if len(question) > settings.max_text_chars:
-        raise ApiError(422, f"question is {len(question)} characters, over the limit of {settings.max_text_chars}")
-    return question
 
 
 def _check_answers(answers: list[str] | None, settings: Settings) -> list[str] | None:
