@@ -13,6 +13,7 @@ import torch
 
 from app.batching import DynamicBatcher
 from app.settings import Settings
+from indexer import store
 from indexer.reader import OpenIndex
 from models.encoders import Encoder
 from models.generation import Captioner
@@ -34,6 +35,7 @@ class Runtime:
         self.encoder: Encoder | None = None
         self.captioner: Captioner | None = None  # captions and VQA from the same model
         self.error: str | None = None
+        self.watcher: asyncio.Task | None = None  # polls the index's CURRENT for hot swaps
         self.text_batcher: DynamicBatcher | None = None  # set once loaded, when settings.batching
         self.image_batcher: DynamicBatcher | None = None
         # One thread owns the model: requests queue for it instead of oversubscribing the cores.
@@ -80,9 +82,35 @@ class Runtime:
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("loading failed: %s", self.error)
             return
+        if self.settings.reload_interval_s > 0:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch_index(), name="index-watcher")
         if self.settings.batching:
             self.text_batcher = self._batcher("text", lambda texts: list(self.encoder.encode_texts(texts)))
             self.image_batcher = self._batcher("image", lambda pixels: list(self.encoder.encode_images(torch.stack(pixels))))
+
+    async def _watch_index(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            try:
+                await self.reload_if_changed()
+            except Exception:  # noqa: BLE001 - a bad new version must not stop the watcher or the server
+                log.exception("could not load the new index version; still serving %s", self.index.version.name)
+
+    async def reload_if_changed(self) -> bool:
+        """Hot swap: when CURRENT names a new version, open it off the event loop and swap.
+
+        Handlers take `runtime.index` once per request, so in-flight requests finish on the version
+        they started with, and the swap itself is one reference assignment."""
+        version = store.resolve_version(self.settings.index)
+        if self.index is None or version == self.index.version:
+            return False
+        fresh = await asyncio.get_running_loop().run_in_executor(None, OpenIndex, version)
+        if fresh.manifest.model.fingerprint != self.encoder.fingerprint:
+            log.error("not serving %s: built with %s, not the loaded model", version.name, fresh.manifest.model.spec)
+            return False
+        previous, self.index = self.index, fresh
+        log.info("hot swap: %s -> %s (%d images)", previous.version.name, version.name, fresh.manifest.images.count)
+        return True
 
     def _batcher(self, name: str, run_batch) -> DynamicBatcher:
         settings = self.settings
@@ -104,6 +132,8 @@ class Runtime:
         return np.stack(await asyncio.gather(*(self.image_batcher.submit(p) for p in pixels)))
 
     async def aclose(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
         for batcher in (self.text_batcher, self.image_batcher):
             if batcher is not None:
                 await batcher.stop()

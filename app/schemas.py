@@ -13,15 +13,34 @@ class Target(str, Enum):
     texts = "texts"
 
 
-class TextSearchRequest(BaseModel):
-    text: str = Field(description="The query; empty or over-long text is refused")
+class SearchOptions(BaseModel):
+    """Paging and narrowing, the same for every search."""
+
     k: int = Field(10, description="How many results (1..max_k)")
+    offset: int = Field(0, description="Skip this many best results first (paging: 0, k, 2k, ...; 0..max_offset)")
+    min_score: float | None = Field(None, description="Leave out results with a lower cosine similarity")
+    filters: dict | None = Field(
+        None,
+        description='Metadata conditions, all of which must hold: {"width": {"gte": 640}, "license": {"in": ["cc0"]}, '
+        '"camera": "X100"}; a value means equality, an object takes in, gt, gte, lt, lte',
+    )
+
+
+class TextSearchRequest(SearchOptions):
+    text: str = Field(description="The query; empty or over-long text is refused")
+
+
+class VectorSearchRequest(SearchOptions):
+    vector: list[float] = Field(description="A query embedding of the index's dimension; it is L2-normalised here")
+    target: Literal["images", "texts"] = "images"
 
 
 class ImageSearchFields(BaseModel):
     """/v1/search/image's fields besides the image (multipart form fields, or JSON next to image_b64)."""
 
     k: int = Field(10, description="How many results (1..max_k)")
+    offset: int = Field(0, description="Skip this many best results first")
+    min_score: float | None = Field(None, description="Leave out results with a lower cosine similarity")
     target: Literal["images", "texts"] = Field("images", description="images: similar images; texts: matching captions")
 
 

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
     exit_on_load_failure: bool = Field(True, description="Stop the process when the index or model fails to load")
 
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="How often to check the index's CURRENT for a new version to hot-swap (0: never)"
+    )
     batching: bool = Field(True, description="Gather concurrent text/image encodes into shared model batches")
     batch_max_size: int = Field(64, ge=1, description="Most items in one model batch")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="How long an idle batcher waits for more requests")
@@ -36,6 +39,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height)")
     max_text_chars: int = Field(1000, ge=1, description="Longest query text")
     max_k: int = Field(1000, ge=1, description="Most results one request may ask for")
+    max_offset: int = Field(10_000, ge=0, description="Deepest page start (offset) a search may ask for")
     max_embed_batch: int = Field(64, ge=1, description="Most texts in one /v1/embed/text request")
 
     vqa_prompt: str = Field(

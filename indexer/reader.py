@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer import store
+from indexer.filters import matching_ids
 from indexer.manifest import Manifest
 from indexer.sources import Record, read_record_bytes
 
@@ -35,8 +36,15 @@ class OpenIndex:
     def has_texts(self) -> bool:
         return self.text_index is not None
 
-    def search_images(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        return _search(self.image_index, queries, k)
+    def search_images(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Top-k (id, score) per query; with `allowed`, only among those ids (a FAISS id selector,
+        so the k results are the best allowed ones, not a post-filtered few)."""
+        return _search(self.image_index, queries, k, allowed)
+
+    def matching_ids(self, filters: dict) -> np.ndarray:
+        return matching_ids(self.items, filters)
 
     def search_texts(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         if self.text_index is None:
@@ -74,9 +82,15 @@ class OpenIndex:
             return None
 
 
-def _search(index: faiss.Index, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+def _search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    scores, ids = index.search(queries, min(k, index.ntotal))
+    if allowed is not None and len(allowed) == 0:
+        return [[] for _ in queries]
+    if allowed is None:
+        scores, ids = index.search(queries, min(k, index.ntotal))
+    else:
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        scores, ids = index.search(queries, min(k, len(allowed)), params=faiss.SearchParameters(sel=selector))
     return [
         [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
         for row_ids, row_scores in zip(ids, scores)

@@ -28,13 +28,14 @@ async def get_item(item_id: int, runtime: ReadyDep) -> ItemPublic:
     summary="The indexed image file (found by id only; no path comes from the request)",
 )
 async def get_item_image(item_id: int, runtime: ReadyDep) -> Response:
-    content = await run_in_threadpool(runtime.index.item_content, item_id)
+    index = runtime.index  # one version for the whole request
+    content = await run_in_threadpool(index.item_content, item_id)
     if content is None:
         raise ApiError(404, f"no image file for item {item_id} (unknown id, or the file was moved)")
     if isinstance(content, str):
         return RedirectResponse(content, status_code=307)  # indexed from a URL list
     if isinstance(content, bytes):  # a webdataset tar member
-        row = runtime.index.item(item_id)
+        row = index.item(item_id)
         return Response(content, media_type=mimetypes.guess_type(row["path"])[0] or "application/octet-stream")
     return FileResponse(content)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -8,23 +9,27 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import ReadyDep, SettingsDep, check_k, check_text
 from app.errors import ApiError
-from app.runtime import Runtime
 from app.schemas import (
-    ErrorBody, ImageHit, ImageSearchFields, SearchResponse, Target, TextHit, TextSearchRequest, image_request_body,
+    ErrorBody, ImageHit, ImageSearchFields, SearchOptions, SearchResponse, Target, TextHit, TextSearchRequest,
+    VectorSearchRequest, image_request_body,
 )
+from app.settings import Settings
 from app.uploads import read_image_input
+from indexer.filters import FilterError
+from indexer.reader import OpenIndex
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503)}
 
 
 @router.post("/text", response_model=SearchResponse, responses=ERRORS, summary="Text → images")
 async def search_text(body: TextSearchRequest, runtime: ReadyDep, settings: SettingsDep) -> SearchResponse:
     started = time.perf_counter()
     text = check_text(body.text, settings)
-    k = check_k(body.k, settings)
+    index = runtime.index  # one version for the whole request, even if a hot swap happens meanwhile
+    options = _checked(body, settings)
     query_emb = await runtime.embed_texts([text])
-    return SearchResponse(results=_image_hits(runtime, query_emb, k), took_ms=_ms(started))
+    return SearchResponse(results=_image_hits(index, query_emb, options), took_ms=_ms(started))
 
 
 @router.post(
@@ -37,34 +42,81 @@ async def search_text(body: TextSearchRequest, runtime: ReadyDep, settings: Sett
 async def search_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> SearchResponse:
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
-    k, target = _image_query_fields(upload.fields, settings)
-    if target is Target.texts and not runtime.index.has_texts:
-        raise ApiError(422, "this index has no captions to search; build it with `xmodal index --captions FILE`")
+    options, target = _image_query_fields(upload.fields, settings)
+    index = runtime.index
+    _check_target(index, target)
     pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
     query_emb = await runtime.embed_images([pixels])
-    results = _text_hits(runtime, query_emb, k) if target is Target.texts else _image_hits(runtime, query_emb, k)
-    return SearchResponse(results=results, took_ms=_ms(started))
+    return SearchResponse(results=_hits(index, query_emb, options, target), took_ms=_ms(started))
 
 
-def _image_query_fields(fields: dict, settings) -> tuple[int, Target]:
+@router.post("/vector", response_model=SearchResponse, responses=ERRORS, summary="A raw embedding → images or captions")
+async def search_vector(body: VectorSearchRequest, runtime: ReadyDep, settings: SettingsDep) -> SearchResponse:
+    started = time.perf_counter()
+    index = runtime.index
+    options, target = _checked(body, settings), Target(body.target)
+    _check_target(index, target)
+    vector = np.asarray(body.vector, dtype=np.float32)
+    dim = index.manifest.model.embed_dim
+    norm = float(np.linalg.norm(vector)) if vector.size else 0.0
+    if vector.shape != (dim,) or not math.isfinite(norm) or norm == 0:
+        raise ApiError(422, f"vector must be {dim} finite numbers, not all zero (got {vector.size})")
+    return SearchResponse(results=_hits(index, (vector / norm)[None], options, target), took_ms=_ms(started))
+
+
+def _checked(options: SearchOptions, settings: Settings) -> SearchOptions:
+    check_k(options.k, settings)
+    if not 0 <= options.offset <= settings.max_offset:
+        raise ApiError(422, f"offset must be between 0 and {settings.max_offset}, got {options.offset}")
+    return options
+
+
+def _image_query_fields(fields: dict, settings: Settings) -> tuple[SearchOptions, Target]:
     try:
-        k = int(fields.get("k", 10))
+        options = SearchOptions(
+            k=int(fields.get("k", 10)), offset=int(fields.get("offset", 0)),
+            min_score=float(fields["min_score"]) if fields.get("min_score") not in (None, "") else None,
+        )
         target = Target(fields.get("target", Target.images.value))
     except (TypeError, ValueError) as exc:
-        raise ApiError(422, f"invalid field: k must be an integer and target one of images, texts ({exc})") from exc
-    return check_k(k, settings), target
+        raise ApiError(
+            422, f"invalid field: k and offset must be integers, min_score a number, target one of images, texts ({exc})"
+        ) from exc
+    return _checked(options, settings), target
 
 
-def _image_hits(runtime: Runtime, query_emb: np.ndarray, k: int) -> list[ImageHit]:
-    hits = runtime.index.search_images(query_emb, k)[0]
-    rows = runtime.index.item_rows([item_id for item_id, _ in hits])
+def _check_target(index: OpenIndex, target: Target) -> None:
+    if target is Target.texts and not index.has_texts:
+        raise ApiError(422, "this index has no captions to search; build it with `xmodal index --captions FILE`")
+
+
+def _hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions, target: Target):
+    return _text_hits(index, query_emb, options) if target is Target.texts else _image_hits(index, query_emb, options)
+
+
+def _page(hits: list[tuple[int, float]], options: SearchOptions) -> list[tuple[int, float]]:
+    hits = hits[options.offset : options.offset + options.k]
+    return [hit for hit in hits if options.min_score is None or hit[1] >= options.min_score]
+
+
+def _image_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[ImageHit]:
+    allowed = None
+    if options.filters:
+        try:
+            allowed = index.matching_ids(options.filters)
+        except FilterError as exc:
+            raise ApiError(422, str(exc)) from exc
+    hits = _page(index.search_images(query_emb, options.offset + options.k, allowed)[0], options)
+    rows = index.item_rows([item_id for item_id, _ in hits])
     return [ImageHit(score=score, **row) for (_, score), row in zip(hits, rows)]
 
 
-def _text_hits(runtime: Runtime, query_emb: np.ndarray, k: int) -> list[TextHit]:
-    hits = runtime.index.search_texts(query_emb, k)[0]
-    rows = runtime.index.text_rows([text_id for text_id, _ in hits])
-    paths = {row["id"]: row["path"] for row in runtime.index.item_rows(sorted({r["image_id"] for r in rows}))}
+def _text_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[TextHit]:
+    if options.filters:
+        raise ApiError(422, "filters apply to image results; target=texts takes none")
+    hits = _page(index.search_texts(query_emb, options.offset + options.k)[0], options)
+    rows = index.text_rows([text_id for text_id, _ in hits])
+    paths = {row["id"]: row["path"] for row in index.item_rows(sorted({r["image_id"] for r in rows}))}
     return [
         TextHit(id=row["id"], score=score, text=row["text"], image_id=row["image_id"], path=paths[row["image_id"]])
         for (_, score), row in zip(hits, rows)
