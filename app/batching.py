@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
@@ -39,6 +40,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
         self.queue: asyncio.Queue[tuple[Item, asyncio.Future]] = asyncio.Queue(maxsize=max_queue)
         self.batch_sizes: list[int] = []  # recent sizes, for metrics and tests
+        self.size_counts: Counter[int] = Counter()  # batch size -> batches run, since start (for /metrics)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -85,6 +87,7 @@ class DynamicBatcher(Generic[Item, Result]):
             if not live:
                 continue
             self.batch_sizes = (self.batch_sizes + [len(live)])[-1000:]
+            self.size_counts[len(live)] += 1
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in live])
             except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error

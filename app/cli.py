@@ -21,9 +21,11 @@ cli = typer.Typer(
 _OUR_LOGGERS = ("app", "indexer", "models", "xmodal")
 
 
-def setup_logging(level: str = "info") -> None:
-    """Our loggers at `level`; third-party libraries (open_clip logs to root) at WARNING."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    """Our loggers at `level`; third-party libraries (open_clip logs to root) at WARNING. fmt: text or json."""
+    from app.logs import make_handler
+
+    logging.basicConfig(level=logging.WARNING, handlers=[make_handler(fmt)], force=fmt == "json")
     for name in _OUR_LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
 
@@ -102,6 +104,7 @@ def serve(
     import uvicorn
 
     from app.main import create_app
+    from app.security import InsecureConfig
     from app.settings import Settings
 
     overrides = {k: v for k, v in {"index": index, "host": host, "port": port, "device": device, "model": model}.items() if v is not None}
@@ -109,9 +112,16 @@ def serve(
     if settings.index is None:
         typer.secho("error: give --index DIR (or set XMODAL_INDEX)", fg="red", err=True)
         raise typer.Exit(2)
-    setup_logging(settings.log_level)
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        app = create_app(settings)
+    except InsecureConfig as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    # Our middleware writes the access log (with request ids); json: uvicorn's own lines go through our handler.
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                           access_log=False, log_config=log_config))
     app.state.stop_server = lambda: setattr(server, "should_exit", True)
     server.run()
     runtime = getattr(app.state, "runtime", None)

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from app.errors import install_error_handlers
-from app.routes import caption, embed, health, items, search, vqa
+from app.middleware import install_middleware
+from app.routes import admin, caption, embed, health, items, metrics, search, vqa
 from app.runtime import Runtime
+from app.security import KeyRing, RateLimiter, check_exposure, require_read
 from app.settings import Settings, get_settings
 from indexer.manifest import package_version
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    keys = KeyRing.from_settings(settings)
+    auth_mode = check_exposure(settings, keys)  # InsecureConfig: a public bind without keys
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        logging.getLogger(__name__).log(logging.WARNING if "OFF" in auth_mode else logging.INFO, auth_mode)
         runtime = Runtime(settings)
         app.state.runtime = runtime
         loading = asyncio.create_task(runtime.load_in_background())
@@ -38,8 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.keys = keys
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     install_error_handlers(app)
-    for module in (health, search, embed, items, caption, vqa):
+    install_middleware(app, settings)
+    app.include_router(health.router)  # /healthz, /readyz stay open
+    for module in (search, embed, items, caption, vqa):  # every /v1 route needs a read key (app/security.py)
+        app.include_router(module.router, dependencies=[Depends(require_read)])
+    for module in (admin, metrics):  # they check their own scope
         app.include_router(module.router)
     return app
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,20 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="CPU threads for the model (default: usable cores)")
     log_level: str = "info"
     exit_on_load_failure: bool = Field(True, description="Stop the process when the index or model fails to load")
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object a line")
+
+    api_keys: dict[str, Literal["read", "admin"]] = Field(
+        {}, description='API keys and their scopes as JSON: {"KEY": "read" | "admin"}; admin implies read'
+    )
+    api_keys_file: Path | None = Field(None, description="JSON file of the same shape as api_keys (merged with it)")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without API keys on a non-loopback address (refused otherwise)"
+    )
+    rate_limit_rps: float = Field(50.0, ge=0, description="Requests per second per key (per client IP without auth); 0: off")
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a key may make at once before the rate applies")
+    cors_origins: list[str] = Field([], description="Origins allowed by CORS (JSON list); empty: CORS off")
+    allow_image_url: bool = Field(False, description="Let image endpoints fetch JSON {'image_url': 'https://...'}")
+    image_url_timeout_s: float = Field(10.0, gt=0, description="Whole-fetch deadline for one image_url, redirects included")
 
     reload_interval_s: float = Field(
         5.0, ge=0, description="How often to check the index's CURRENT for a new version to hot-swap (0: never)"

@@ -1,4 +1,5 @@
-"""Reading an image out of a request: multipart `file` or JSON `image_b64`, within limits."""
+"""Reading an image out of a request: multipart `file`, JSON `image_b64`, or JSON `image_url` (when allowed),
+within limits."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import binascii
 import json
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.errors import ApiError
+from app.fetch import FetchError, fetch_image
 from app.settings import Settings
 from models.images import ImageError, ImageTooLarge, load_image
 
@@ -46,7 +48,7 @@ async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes
     if content_type == "multipart/form-data":
         data, fields = await _from_multipart(request, limit)
     elif content_type == "application/json":
-        data, fields = await _from_json(request, limit)
+        data, fields = await _from_json(request, settings)
     else:
         raise ApiError(
             415, f"unsupported content type {content_type or '(none)'}: send multipart/form-data "
@@ -62,6 +64,8 @@ async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes
 async def _from_multipart(request: Request, limit: int) -> tuple[bytes, dict]:
     try:
         form = await request.form(max_files=1, max_fields=16)
+    except HTTPException:
+        raise  # the body limit (app/middleware.py)
     except Exception as exc:  # noqa: BLE001 - starlette raises several types for malformed forms
         raise ApiError(400, f"malformed multipart body: {exc}") from exc
     upload = form.get("file")
@@ -72,14 +76,18 @@ async def _from_multipart(request: Request, limit: int) -> tuple[bytes, dict]:
     return data, fields
 
 
-async def _from_json(request: Request, limit: int) -> tuple[bytes, dict]:
+async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict]:
+    limit = settings.max_upload_bytes
     body = await read_body(request, limit * 4 // 3 + _ENVELOPE_BYTES)
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    if isinstance(payload, dict) and "image_b64" not in payload and isinstance(payload.get("image_url"), str):
+        return await _from_url(payload, settings), payload
     if not isinstance(payload, dict) or not isinstance(payload.get("image_b64"), str):
-        raise ApiError(422, "JSON body needs a string field 'image_b64'")
+        more = " (or 'image_url')" if settings.allow_image_url else ""
+        raise ApiError(422, f"JSON body needs a string field 'image_b64'{more}")
     encoded = payload.pop("image_b64")
     if encoded.startswith("data:") and "," in encoded:
         encoded = encoded.split(",", 1)[1]  # accept data URLs from browsers
@@ -88,6 +96,16 @@ async def _from_json(request: Request, limit: int) -> tuple[bytes, dict]:
     except (binascii.Error, ValueError) as exc:
         raise ApiError(422, f"image_b64 is not valid base64: {exc}") from exc
     return data, payload
+
+
+async def _from_url(payload: dict, settings: Settings) -> bytes:
+    url = payload.pop("image_url")
+    if not settings.allow_image_url:
+        raise ApiError(422, "image_url is turned off on this server (XMODAL_ALLOW_IMAGE_URL); send image_b64")
+    try:
+        return await fetch_image(url, max_bytes=settings.max_upload_bytes, timeout_s=settings.image_url_timeout_s)
+    except FetchError as exc:
+        raise ApiError(exc.status, exc.detail) from exc
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -13,6 +13,7 @@ LIMITS = {
     "XMODAL_MAX_PIXELS": "30000000",
     "XMODAL_MAX_TEXT_CHARS": "200",
     "XMODAL_MAX_K": "1000",
+    "XMODAL_RATE_LIMIT_RPS": "0",  # the shared server takes every test's requests; limits: test_security_http.py
 }
 
 
