@@ -55,3 +55,19 @@ def test_hot_swap_under_load_fails_no_request(tiny_coca_dir, tiny_clip_dir, tmp_
 
     assert first.version != second.version
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, statuses {set(statuses)}"
+
+
+def test_admin_reload_swaps_at_once_when_polling_is_off(tiny_coca_dir, tmp_path):
+    encoder = Encoder.from_spec(f"local-dir:{tiny_coca_dir}", "cpu")
+    photos, out = tmp_path / "photos", tmp_path / "index"
+    photos.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(photos / "a.png")
+    first = build_index(BuildConfig(photos, out, workers=0, progress=False), encoder)
+    with Server(out, tmp_path / "log", env={"XMODAL_RELOAD_INTERVAL_S": "0"}) as server:
+        server.wait_ready()
+        Image.new("RGB", (32, 32), (10, 200, 10)).save(photos / "b.png")
+        second = build_index(BuildConfig(photos, out, workers=0, progress=False), encoder)
+        assert httpx.get(server.url + "/v1/index").json()["version"] == first.version.name  # no polling
+        reload = httpx.post(server.url + "/v1/admin/index/reload").json()
+        assert reload == {"swapped": True, "previous": first.version.name, "version": second.version.name}
+        assert httpx.post(server.url + "/v1/admin/index/reload").json()["swapped"] is False
