@@ -24,6 +24,10 @@ class SearchOptions(BaseModel):
         description='Metadata conditions, all of which must hold: {"width": {"gte": 640}, "license": {"in": ["cc0"]}, '
         '"camera": "X100"}; a value means equality, an object takes in, gt, gte, lt, lte',
     )
+    dedup: float | None = Field(
+        None, description="Near-duplicate removal: drop a result whose stored vector has a cosine >= this (0..1] with a "
+        "higher-ranked kept result; more candidates are fetched so that k results come back when possible",
+    )
 
 
 class TextSearchRequest(SearchOptions):
@@ -42,6 +46,7 @@ class ImageSearchFields(BaseModel):
     offset: int = Field(0, description="Skip this many best results first")
     min_score: float | None = Field(None, description="Leave out results with a lower cosine similarity")
     target: Literal["images", "texts"] = Field("images", description="images: similar images; texts: matching captions")
+    dedup: float | None = Field(None, description="Drop near-duplicates: cosine threshold in (0, 1] (see SearchOptions)")
 
 
 class NoFields(BaseModel):
@@ -111,6 +116,32 @@ class IndexSummary(BaseModel):
     skipped: int
     skipped_by_reason: dict[str, int]
     xmodal_version: str
+
+
+class RankImageFields(BaseModel):
+    """/v1/rank with an image: the candidate texts (in a multipart form, a JSON array string)."""
+
+    texts: list[str] = Field(description="Candidate texts (1..max_rank_candidates), each scored against the image")
+
+
+class RankTextRequest(BaseModel):
+    """/v1/rank with a text: indexed items to score against it."""
+
+    text: str = Field(description="The query; empty or over-long text is refused")
+    images: list[int] = Field(description="Item ids of the served index (1..max_rank_candidates)")
+
+
+class RankHit(BaseModel):
+    position: int = Field(description="Where this candidate was in the request's list")
+    score: float = Field(description="Cosine similarity of the query and the candidate")
+    text: str | None = Field(None, description="The candidate text (image queries)")
+    id: int | None = Field(None, description="The candidate item id (text queries)")
+    path: str | None = Field(None, description="The candidate item's path (text queries)")
+
+
+class RankResponse(BaseModel):
+    results: list[RankHit] = Field(description="Every candidate, best first")
+    took_ms: float
 
 
 class Health(BaseModel):

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1, description="Most results one request may ask for")
     max_offset: int = Field(10_000, ge=0, description="Deepest page start (offset) a search may ask for")
     max_embed_batch: int = Field(64, ge=1, description="Most texts in one /v1/embed/text request")
+    max_rank_candidates: int = Field(200, ge=1, description="Most texts or item ids in one /v1/rank request")
 
     vqa_prompt: str = Field(
         "question: {question} answer:", description="Prompt the caption decoder answers a question after"

@@ -32,13 +32,16 @@ class ImageInput:
 async def read_image_input(request: Request, settings: Settings) -> ImageInput:
     """Decode the request's image (off the event loop); every failure is a 4xx ApiError."""
     data, fields = await _read_image_bytes(request, settings)
+    return ImageInput(await _decode(data, settings), fields)
+
+
+async def _decode(data: bytes, settings: Settings) -> Image.Image:
     try:
-        image = await run_in_threadpool(load_image, data, settings.max_pixels)
+        return await run_in_threadpool(load_image, data, settings.max_pixels)
     except ImageTooLarge as exc:
         raise ApiError(413, f"image too large: {exc}") from exc
     except ImageError as exc:
         raise ApiError(422, f"unreadable image: {exc}") from exc
-    return ImageInput(image, fields)
 
 
 async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes, dict]:
@@ -54,11 +57,15 @@ async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes
             415, f"unsupported content type {content_type or '(none)'}: send multipart/form-data "
             "with a 'file' field, or application/json with 'image_b64'"
         )
+    _check_size(data, limit)
+    return data, fields
+
+
+def _check_size(data: bytes, limit: int) -> None:
     if not data:
         raise ApiError(422, "the image is empty (0 bytes)")
     if len(data) > limit:
         raise ApiError(413, f"image is {len(data):,} bytes, over the limit of {limit:,}")
-    return data, fields
 
 
 async def _from_multipart(request: Request, limit: int) -> tuple[bytes, dict]:
@@ -76,13 +83,27 @@ async def _from_multipart(request: Request, limit: int) -> tuple[bytes, dict]:
     return data, fields
 
 
-async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict]:
-    limit = settings.max_upload_bytes
-    body = await read_body(request, limit * 4 // 3 + _ENVELOPE_BYTES)
+async def read_json_payload(request: Request, settings: Settings) -> object:
+    """A JSON body within the upload limit (room for base64), parsed; 400 when it is not JSON."""
+    body = await read_body(request, settings.max_upload_bytes * 4 // 3 + _ENVELOPE_BYTES)
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+
+
+async def image_from_payload(payload: dict, settings: Settings) -> ImageInput:
+    """The image of an already parsed JSON body (`image_b64`, or `image_url` when allowed), decoded."""
+    data, fields = await _image_bytes_from_payload(payload, settings)
+    _check_size(data, settings.max_upload_bytes)
+    return ImageInput(await _decode(data, settings), fields)
+
+
+async def _from_json(request: Request, settings: Settings) -> tuple[bytes, dict]:
+    return await _image_bytes_from_payload(await read_json_payload(request, settings), settings)
+
+
+async def _image_bytes_from_payload(payload: object, settings: Settings) -> tuple[bytes, dict]:
     if isinstance(payload, dict) and "image_b64" not in payload and isinstance(payload.get("image_url"), str):
         return await _from_url(payload, settings), payload
     if not isinstance(payload, dict) or not isinstance(payload.get("image_b64"), str):

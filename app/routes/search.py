@@ -15,11 +15,13 @@ from app.schemas import (
 )
 from app.settings import Settings
 from app.uploads import read_image_input
+from app.vectors import dedup, stored_vectors
 from indexer.filters import FilterError
 from indexer.reader import OpenIndex
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503)}
+DEDUP_MAX_POOL = 16  # with dedup, at most 16 x (offset + k) candidates are examined
 
 
 @router.post("/text", response_model=SearchResponse, responses=ERRORS, summary="Text → images")
@@ -68,6 +70,8 @@ def _checked(options: SearchOptions, settings: Settings) -> SearchOptions:
     check_k(options.k, settings)
     if not 0 <= options.offset <= settings.max_offset:
         raise ApiError(422, f"offset must be between 0 and {settings.max_offset}, got {options.offset}")
+    if options.dedup is not None and not (0 < options.dedup <= 1):
+        raise ApiError(422, f"dedup must be a cosine threshold in (0, 1], got {options.dedup}")
     return options
 
 
@@ -76,11 +80,13 @@ def _image_query_fields(fields: dict, settings: Settings) -> tuple[SearchOptions
         options = SearchOptions(
             k=int(fields.get("k", 10)), offset=int(fields.get("offset", 0)),
             min_score=float(fields["min_score"]) if fields.get("min_score") not in (None, "") else None,
+            dedup=float(fields["dedup"]) if fields.get("dedup") not in (None, "") else None,
         )
         target = Target(fields.get("target", Target.images.value))
     except (TypeError, ValueError) as exc:
         raise ApiError(
-            422, f"invalid field: k and offset must be integers, min_score a number, target one of images, texts ({exc})"
+            422, f"invalid field: k and offset must be integers, min_score and dedup numbers, target one of images, "
+            f"texts ({exc})"
         ) from exc
     return _checked(options, settings), target
 
@@ -92,6 +98,22 @@ def _check_target(index: OpenIndex, target: Target) -> None:
 
 def _hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions, target: Target):
     return _text_hits(index, query_emb, options) if target is Target.texts else _image_hits(index, query_emb, options)
+
+
+def _candidates(index: OpenIndex, search, options: SearchOptions, target: Target) -> list[tuple[int, float]]:
+    """The best offset + k hits (search(n) gives the top n), near-duplicates removed when options.dedup is set:
+    the pool grows until enough survive, the index runs out or DEDUP_MAX_POOL x (offset + k) were examined."""
+    want = options.offset + options.k
+    if options.dedup is None:
+        return search(want)
+    pool, most = want * 2, want * DEDUP_MAX_POOL
+    while True:
+        hits = search(pool)
+        vectors = stored_vectors(index, target.value)[[item_id for item_id, _ in hits]]
+        kept = [hits[position] for position in dedup(vectors, options.dedup)]
+        if len(kept) >= want or len(hits) < pool or pool >= most:
+            return kept[:want]
+        pool = min(pool * 4, most)
 
 
 def _page(hits: list[tuple[int, float]], options: SearchOptions) -> list[tuple[int, float]]:
@@ -106,7 +128,8 @@ def _image_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions)
             allowed = index.matching_ids(options.filters)
         except FilterError as exc:
             raise ApiError(422, str(exc)) from exc
-    hits = _page(index.search_images(query_emb, options.offset + options.k, allowed)[0], options)
+    search = lambda n: index.search_images(query_emb, n, allowed)[0]  # noqa: E731
+    hits = _page(_candidates(index, search, options, Target.images), options)
     rows = index.item_rows([item_id for item_id, _ in hits])
     return [ImageHit(score=score, **row) for (_, score), row in zip(hits, rows)]
 
@@ -114,7 +137,8 @@ def _image_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions)
 def _text_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[TextHit]:
     if options.filters:
         raise ApiError(422, "filters apply to image results; target=texts takes none")
-    hits = _page(index.search_texts(query_emb, options.offset + options.k)[0], options)
+    search = lambda n: index.search_texts(query_emb, n)[0]  # noqa: E731
+    hits = _page(_candidates(index, search, options, Target.texts), options)
     rows = index.text_rows([text_id for text_id, _ in hits])
     paths = {row["id"]: row["path"] for row in index.item_rows(sorted({r["image_id"] for r in rows}))}
     return [
