@@ -57,6 +57,13 @@ def index(
     retries: Annotated[int, typer.Option(min=0, help="Retries per URL on timeouts, connection errors, 5xx")] = 2,
     max_download_bytes: Annotated[int, typer.Option(min=1, help="Largest URL download")] = 50 * 1024 * 1024,
     per_host: Annotated[int, typer.Option(min=1, help="Concurrent downloads per host")] = 4,
+    budget: Annotated[
+        Optional[str], typer.Option(help="Memory for the version's FAISS indexes: 2GB, 512MiB, ... (default: no limit)")
+    ] = None,
+    recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")] = 0.95,
+    latency_ms: Annotated[
+        float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index is chosen")
+    ] = 10.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the build report as JSON (for jobs)")] = False,
 ) -> None:
     """Embed every image of SOURCE and publish an index version under --out.
@@ -66,18 +73,25 @@ def index(
 
     from indexer.build import BuildConfig, BuildError, build_index, default_workers
     from indexer.download import DownloadConfig
+    from indexer.selection import parse_bytes
+    from indexer.tuning import RecallNotReached
     from models.loading import ModelNotAvailable, ModelSpecError
 
     setup_logging()
+    try:
+        budget_bytes = parse_bytes(budget) if budget else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--budget") from exc
     config = BuildConfig(
         source=source, out=out, model=model, captions=captions, batch_size=batch_size,
         workers=default_workers() if workers is None else workers, device=device, max_pixels=max_pixels,
         keep_versions=keep, progress=progress and not json_output, update=update, draft=draft, caption=caption,
         download=DownloadConfig(timeout_s=timeout, retries=retries, max_bytes=max_download_bytes, per_host=per_host),
+        budget_bytes=budget_bytes, recall=recall, latency_ms=latency_ms,
     )
     try:
         report = build_index(config)
-    except (BuildError, ModelNotAvailable, ModelSpecError, FileNotFoundError, ValueError) as exc:
+    except (BuildError, ModelNotAvailable, ModelSpecError, FileNotFoundError, ValueError, RecallNotReached) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     if json_output:
@@ -88,6 +102,8 @@ def index(
     for name in ("indexed", "embedded", "reused", "duplicates", "skipped", "ignored", "captions", "resumed_batches",
                  "embed_seconds", "images_per_s"):
         typer.echo(f"  {name.replace('_', ' '):<16}{summary[name]:>12}")
+    for name, described in report.indexes.items():
+        typer.echo(f"  {name + ' index':<16}{described:>12}")
     for path, reason in sorted(report.skipped.items()):
         typer.echo(f"  skipped {path}: {reason}")
 
@@ -239,6 +255,38 @@ def ask(
     typer.echo(result.answer)
     for answer, score in sorted((result.scores or {}).items(), key=lambda item: -item[1]):
         typer.echo(f"{answer}\t{score:.6f}")
+
+
+@cli.command()
+def reindex(
+    index: Annotated[Path, typer.Argument(help="Index folder (with CURRENT)")],
+    budget: Annotated[
+        Optional[str], typer.Option(help="Memory for all FAISS indexes of the version: 2GB, 512MiB, ... (default: no limit)")
+    ] = None,
+    recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")] = 0.95,
+    latency_ms: Annotated[float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index")] = 10.0,
+    key: Annotated[Optional[str], typer.Option(help="Build this faiss index_factory key instead of choosing one")] = None,
+    keep: Annotated[int, typer.Option(min=1, help="Versions to keep in the index folder")] = 3,
+) -> None:
+    """Rebuild the current version's FAISS indexes from its stored embeddings (no re-encoding) for a memory
+    budget and a recall target, and publish them as a new version."""
+    from indexer.reindex import reindex as rebuild
+    from indexer.selection import NoIndexFits, format_bytes, parse_bytes
+    from indexer.store import IndexNotFound
+    from indexer.tuning import RecallNotReached
+
+    setup_logging()
+    try:
+        report = rebuild(index, parse_bytes(budget) if budget else None, recall, latency_ms=latency_ms, key=key, keep=keep)
+    except (IndexNotFound, NoIndexFits, RecallNotReached, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"published {report.version} (from {report.source_version.name}) in {report.seconds:.1f}s")
+    for name, built in report.built.items():
+        measured = (f"recall@10 {built.measured_recall_at_10:.3f}, {built.measured_query_ms:.2f} ms a query"
+                    if built.measured_recall_at_10 is not None else "exact")
+        typer.echo(f"  {name}: {built.key} {built.search_params or '-'} ({measured}; "
+                   f"{format_bytes(report.index_bytes[name])})")
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from indexer import store
+from indexer import store, tuning
 from indexer.filters import matching_ids
-from indexer.manifest import Manifest
+from indexer.manifest import Manifest, VectorIndexInfo
 from indexer.sources import Record, read_record_bytes
 
 _PUBLIC = ("id", "path", "width", "height", "sha256", "captions", "duplicates")
@@ -18,18 +18,21 @@ _PRIVATE = ["location", "generated_caption"]  # server-side paths; the generated
 
 
 class OpenIndex:
-    """One published version, loaded into memory. Safe to search from several threads."""
+    """One published version, loaded into memory (IVF inverted lists stay memory-mapped), searched with
+    the manifest's search parameters. Safe to search from several threads."""
 
     def __init__(self, path: str | Path):
         self.version = store.resolve_version(path)
         self.manifest: Manifest = store.read_manifest(self.version)
         self.source = Path(self.manifest.source)
-        self.image_index = store.read_index(self.version, "images")
+        self.image_index = store.read_index(self.version, "images", tuning.read_flags(self.manifest.images.index_key))
+        self._image_searcher = _searcher(self.version, self.manifest.images, self.image_index)
         self.items: pa.Table = store.read_table(self.version, "items")
         self.text_index: faiss.Index | None = None
         self.texts: pa.Table | None = None
         if self.manifest.texts is not None:
-            self.text_index = store.read_index(self.version, "texts")
+            self.text_index = store.read_index(self.version, "texts", tuning.read_flags(self.manifest.texts.index_key))
+            self._text_searcher = _searcher(self.version, self.manifest.texts, self.text_index)
             self.texts = store.read_table(self.version, "texts")
 
     @property
@@ -41,7 +44,7 @@ class OpenIndex:
     ) -> list[list[tuple[int, float]]]:
         """Top-k (id, score) per query; with `allowed`, only among those ids (a FAISS id selector,
         so the k results are the best allowed ones, not a post-filtered few)."""
-        return _search(self.image_index, queries, k, allowed)
+        return _search(self._image_searcher, queries, k, allowed)
 
     def matching_ids(self, filters: dict) -> np.ndarray:
         return matching_ids(self.items, filters)
@@ -49,7 +52,7 @@ class OpenIndex:
     def search_texts(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         if self.text_index is None:
             raise LookupError("this index has no text index (build it with --captions)")
-        return _search(self.text_index, queries, k)
+        return _search(self._text_searcher, queries, k)
 
     def item_rows(self, ids: list[int]) -> list[dict]:
         """Public rows for item ids (ids are row numbers): the fixed fields, plus the source's
@@ -82,15 +85,18 @@ class OpenIndex:
             return None
 
 
-def _search(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
+def _searcher(version: Path, info: VectorIndexInfo, index: faiss.Index) -> tuning.Searcher:
+    """The index with the manifest's search parameters applied; re-ranking reads the stored shards."""
+    params = tuning.SearchParams.parse(info.search_params)
+    rows = tuning.StoredRows(store.map_vectors(version, info.embeddings)) if params.rerank else None
+    return tuning.Searcher(index, params, rows)
+
+
+def _search(searcher: tuning.Searcher, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if allowed is not None and len(allowed) == 0:
         return [[] for _ in queries]
-    if allowed is None:
-        scores, ids = index.search(queries, min(k, index.ntotal))
-    else:
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-        scores, ids = index.search(queries, min(k, len(allowed)), params=faiss.SearchParameters(sel=selector))
+    scores, ids = searcher.search(queries, k, allowed)
     return [
         [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
         for row_ids, row_scores in zip(ids, scores)

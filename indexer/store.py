@@ -61,6 +61,20 @@ class VersionWriter:
     def write_table(self, name: str, table: pa.Table) -> None:
         pq.write_table(table, self.tmp / f"{name}.parquet")
 
+    def write_index(self, name: str, index: faiss.Index) -> int:
+        """Write only the FAISS index (its shards come from elsewhere); returns its size in bytes."""
+        path = self.tmp / f"{name}.faiss"
+        faiss.write_index(index, str(path))
+        return path.stat().st_size
+
+    def copy_file(self, version: Path, filename: str) -> None:
+        """Take a file of another version unchanged: a hard link (files of a published version are
+        never written again), or a copy where links are not possible."""
+        try:
+            os.link(version / filename, self.tmp / filename)
+        except OSError:
+            shutil.copy2(version / filename, self.tmp / filename)
+
     def publish(self, manifest: Manifest, keep: int = 3) -> Path:
         """Write the manifest, move the folder into place, switch CURRENT, prune old versions."""
         (self.tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
@@ -98,12 +112,23 @@ def read_manifest(version: Path) -> Manifest:
     return Manifest.model_validate_json((version / MANIFEST).read_text())
 
 
-def read_index(version: Path, name: str) -> faiss.Index:
-    return faiss.read_index(str(version / f"{name}.faiss"))
+def read_index(version: Path, name: str, io_flags: int = 0) -> faiss.Index:
+    """The FAISS index; io_flags e.g. faiss.IO_FLAG_MMAP (see indexer.tuning.read_flags)."""
+    return faiss.read_index(str(version / f"{name}.faiss"), io_flags)
 
 
 def read_vectors(version: Path, shards: list[str]) -> np.ndarray:
     return np.concatenate([np.load(version / shard) for shard in shards]).astype(np.float32)
+
+
+def map_vectors(version: Path, shards: list[str]) -> list[np.ndarray]:
+    """The float16 shards memory-mapped, read-only: rows are read from disk only when used."""
+    return [np.load(version / shard, mmap_mode="r") for shard in shards]
+
+
+def version_files(version: Path) -> list[str]:
+    """Names of the files a version holds (the manifest included)."""
+    return sorted(p.name for p in version.iterdir() if p.is_file())
 
 
 def read_table(version: Path, name: str) -> pa.Table:

@@ -150,3 +150,18 @@ def test_captions_csv_needs_image_and_caption_columns(encoder, tmp_path):
     bad_csv.write_text("file,text\np0.png,hello\n")
     with pytest.raises(ValueError, match="image,caption"):
         build_index(BuildConfig(folder, tmp_path / "out", captions=bad_csv, workers=0, progress=False), encoder)
+
+
+def test_an_index_over_the_memory_budget_fails_before_publishing_and_the_rerun_resumes(encoder, tmp_path):
+    from indexer.selection import NoIndexFits
+
+    folder, out = _small_folder(tmp_path, count=4), tmp_path / "index"
+    with pytest.raises(NoIndexFits, match="fits in 100 B"):
+        build_index(BuildConfig(folder, out, batch_size=2, workers=0, progress=False, budget_bytes=100), encoder)
+    assert not (out / "CURRENT").exists() and not list(out.glob(".tmp-*"))
+    fits = build_index(BuildConfig(folder, out, batch_size=2, workers=0, progress=False, budget_bytes=10_000), encoder)
+    assert fits.resumed_batches == 2 and fits.embedded == 0  # the journal kept the embedded batches
+    info = store.read_manifest(fits.version).images
+    assert (info.index_key, info.search_params, info.measured_recall_at_10) == ("Flat", "", None)
+    assert info.index_bytes == (fits.version / "images.faiss").stat().st_size
+    assert fits.indexes == {"images": "Flat (exact)"}
