@@ -13,7 +13,7 @@ INDEX ?= .xmodal/index
 MODEL ?= coca_ViT-B-32:laion2b_s13b_b90k
 CAPTIONS ?=
 
-.PHONY: install test serve lint bench-index clean
+.PHONY: install test demo serve lint bench-index bench-world clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# `make demo`: offline. Trains the small model on the generated world (cached under
+# ~/.cache/xmodal, or XMODAL_DEMO_DIR), indexes unseen scenes, serves on 127.0.0.1:8000.
+demo: install
+	$(BIN)/xmodal demo
+
 serve: install
 	test -f $(INDEX)/CURRENT || $(BIN)/xmodal index $(PHOTOS) --out $(INDEX) --model $(MODEL) $(if $(CAPTIONS),--captions $(CAPTIONS))
 	$(BIN)/xmodal serve --index $(INDEX)
@@ -37,6 +42,9 @@ lint: install
 
 bench-index: install
 	$(BIN)/python bench/bench_index.py
+
+bench-world: install
+	$(BIN)/python bench/bench_world.py --threads 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -289,6 +289,14 @@ def reindex(
                    f"{format_bytes(report.index_bytes[name])})")
 
 
+# train, eval, demo live in app/cli_models.py (imported here, after setup_logging exists).
+from app import cli_models  # noqa: E402
+
+cli.command()(cli_models.train)
+cli.command("eval")(cli_models.evaluate)
+cli.command()(cli_models.demo)
+
+
 def main() -> None:
     cli()
 

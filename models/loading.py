@@ -8,11 +8,12 @@ files and how to provide them. Every spec form ends in open_clip's own factory.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -52,6 +53,9 @@ class LoadedModel:
     context_length: int
     has_decoder: bool
     load_seconds: float
+    # The open_clip architecture config the model was built from: with the weights and
+    # preprocess_cfg it rebuilds the model (models.export.save_model_dir writes all three).
+    model_cfg: dict = field(default_factory=dict)
 
 
 def offline_mode() -> bool:
@@ -112,6 +116,7 @@ def load_model(
         context_length=int(getattr(tokenizer, "context_length", 77)),
         has_decoder=hasattr(model, "text_decoder"),
         load_seconds=time.perf_counter() - started,
+        model_cfg=_model_cfg(name, kwargs),
     )
     log.info("loaded %s on %s (%s) in %.1fs", spec, target, dtype, loaded.load_seconds)
     return loaded
@@ -141,6 +146,19 @@ def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None)
             raise ModelNotAvailable(f"checkpoint file not found: {spec.source}")
         return arch, {"pretrained": spec.source, **_arch_preprocess(arch)}
     return arch, _pretrained_tag_arguments(arch, spec.source, offline=offline, cache_dir=cache_dir)
+
+
+def _model_cfg(name: str, kwargs: dict) -> dict:
+    """The architecture config open_clip.create_model(name, **kwargs) builds, as a fresh dict."""
+    import open_clip
+
+    if name.startswith("local-dir:"):
+        config = json.loads((Path(name.removeprefix("local-dir:")) / HUB_CONFIG_NAME).read_text())
+        return dict(config["model_cfg"])
+    model_cfg = open_clip.get_model_config(name) or {}
+    if kwargs.get("force_quick_gelu"):
+        model_cfg["quick_gelu"] = True  # as create_model does
+    return model_cfg
 
 
 def _known_arch(arch: str) -> str:

@@ -38,13 +38,15 @@ class CsvData:
 class TrainConfig:
     output_dir: Path  # written in open_clip's local-dir layout
     data: WorldData | CsvData = field(default_factory=WorldData)
-    # An open_clip model name (random init), "local-dir:<dir>" or a model directory (fine-tune).
+    # A model spec: an architecture name starts from random weights; any other spec form
+    # (pretrained tag, hf-hub:, local-dir: or a model folder, NAME:/path/ckpt) is fine-tuned.
     model: str = "xmodal-small-coca"
-    pretrained: str | None = None  # a weights/checkpoint file loaded into `model` (names only)
+    pretrained: str | None = None  # a pretrained tag or weights file for a bare `model` name
 
     steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
+    decoder_lr_scale: float = 1.0  # CoCa: the text decoder's learning rate is lr * decoder_lr_scale
     min_lr_ratio: float = 0.0  # the cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -55,6 +57,20 @@ class TrainConfig:
     contrastive_loss_weight: float = 1.0
     caption_loss_weight: float = 2.0  # open_clip's CoCa recipe
     vqa_fraction: float = 0.3  # share of decoder targets that are question/answer texts, when an image has any
+    # Decoder texts per image and step, sharing one image forward. With more than one, the first
+    # is a caption and each other a question/answer text with probability vqa_fraction.
+    decoder_targets: int = 1
+    # Contrastive texts per image and step (the text tower is cheap). With more than one, the
+    # first is a caption and the others may be partial queries (query_fraction).
+    contrastive_texts: int = 1
+    # World data: share of (extra) contrastive texts that are partial attribute queries ("a red
+    # circle on the left"). A query's targets are every batch image that satisfies it; being
+    # partial, it is not a caption image → text retrieval should rank first, so only the text →
+    # image half of the contrastive loss uses it.
+    query_fraction: float = 0.0
+    # World data: extra contrastive texts per image that describe a scene one attribute away
+    # (shape, colour, size or position of one object changed): hard negatives.
+    hard_negatives: int = 0
 
     precision: Precision = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU
     device: str | None = None  # default: cuda if available, else cpu
@@ -78,6 +94,14 @@ class TrainConfig:
             raise ValueError("warmup_steps must be between 0 and steps")
         if not 0.0 <= self.vqa_fraction <= 1.0:
             raise ValueError("vqa_fraction must be between 0 and 1")
+        if self.decoder_lr_scale <= 0:
+            raise ValueError("decoder_lr_scale must be positive")
+        if self.hard_negatives < 0:
+            raise ValueError("hard_negatives must be 0 or more")
+        if self.decoder_targets < 1 or self.contrastive_texts < 1:
+            raise ValueError("decoder_targets and contrastive_texts must be at least 1")
+        if not 0.0 <= self.query_fraction <= 1.0:
+            raise ValueError("query_fraction must be between 0 and 1")
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("checkpoint_every and keep_checkpoints must be at least 1")
         if self.eval_every < 0:

@@ -1,18 +1,26 @@
-"""Training examples: an image, a contrastive text and a decoder target, ready to batch.
+"""Training examples: an image, a contrastive text and its decoder targets, ready to batch.
 
-Each draw picks a contrastive text (a caption) and a decoder target (a caption, or a
-question/answer text). Choices are seeded by the sample key the batch plan hands out,
-so an example is the same in every process and after a resume.
+Each draw picks `contrastive_texts` contrastive texts (captions, or on world data possibly
+partial attribute queries) and `decoder_targets` decoder texts (captions or question/answer texts). Choices are
+seeded by the sample key the batch plan hands out, so an example is the same in every
+process and after a resume.
+
+On world data every contrastive text comes with what it asks of a scene (a Query), so the
+batch knows exactly which of its images each text describes (`positives`), and hard negatives
+come for free: captions of the scene with one attribute changed. On a user's CSV a text
+describes every image of the batch that has it among its captions.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
-from models.training.sources import CsvSource, WorldSource
+from models.training.sources import CsvSource, ImageTexts, WorldSource
+from models.world import Query, SceneGraph, canonical_caption, near_miss, partial_query, satisfies, scene_query
 
 
 def vqa_text(question: str, answer: str) -> str:
@@ -21,35 +29,103 @@ def vqa_text(question: str, answer: str) -> str:
     return f"question: {question} answer: {answer}".rstrip()
 
 
-class ExampleDataset(torch.utils.data.Dataset):
-    """Maps a (position, sample key) pair from the batch plan to (image tensor, text, decoder text)."""
+class Example(NamedTuple):
+    image: torch.Tensor
+    texts: tuple[str, ...]  # contrastive texts
+    targets: tuple[str, ...]  # decoder texts
+    queries: tuple[Query, ...] | None  # what each text asks of a scene (world data only)
+    graph: SceneGraph | None  # what the image holds (world data only)
+    captions: tuple[str, ...]  # every caption of the image (a user's CSV: the texts that describe it)
 
-    def __init__(self, source: WorldSource | CsvSource, preprocess: Callable, vqa_fraction: float):
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (B, 3, H, W)
+    texts: torch.Tensor  # (B * contrastive_texts, context), image i's texts in consecutive rows
+    targets: torch.Tensor  # (B * decoder_targets, context), likewise
+    positives: torch.Tensor  # (texts, images) bool: text j describes image i
+    complete: torch.Tensor  # (texts,) bool: the text is a whole caption, not a partial query
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """Maps a (position, sample key) pair from the batch plan to an Example."""
+
+    def __init__(self, source: WorldSource | CsvSource, preprocess: Callable, vqa_fraction: float,
+                 decoder_targets: int = 1, query_fraction: float = 0.0, contrastive_texts: int = 1,
+                 hard_negatives: int = 0):
         self.source = source
         self.preprocess = preprocess
         self.vqa_fraction = vqa_fraction
+        self.decoder_targets = decoder_targets
+        self.query_fraction = query_fraction
+        self.contrastive_texts = contrastive_texts
+        self.hard_negatives = hard_negatives
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, item: tuple[int, str]) -> tuple[torch.Tensor, str, str]:
+    def __getitem__(self, item: tuple[int, str]) -> Example:
         index, key = item
         image, texts = self.source.load(index)
         rng = random.Random(key)
         caption = rng.choice(texts.captions)
-        if texts.questions and rng.random() < self.vqa_fraction:
-            target = vqa_text(*rng.choice(texts.questions))
-        else:
-            target = rng.choice(texts.decoder_captions)
-        return self.preprocess(image), caption, target
+        targets = self._targets(texts, rng)
+        captions, queries = [caption], []
+        captions += [rng.choice(texts.captions) for _ in range(self.contrastive_texts - 1)]
+        if texts.graph is not None:
+            for n in range(len(captions)):
+                queries.append(scene_query(texts.graph))  # a caption describes the whole scene
+                first_of_several = n == 0 and len(captions) > 1
+                if self.query_fraction and not first_of_several and rng.random() < self.query_fraction:
+                    queries[n] = partial_query(texts.graph, rng)
+                    captions[n] = queries[n].text
+            for _ in range(self.hard_negatives):
+                # The caption of a scene one attribute away: it describes no image unless one
+                # in the batch happens to hold exactly that content.
+                other = near_miss(texts.graph, rng)
+                queries.append(scene_query(other))
+                captions.append(canonical_caption(other))
+        return Example(self.preprocess(image), tuple(captions), targets, tuple(queries) if queries else None,
+                       texts.graph, texts.captions)
+
+    def _targets(self, texts: ImageTexts, rng: random.Random) -> tuple[str, ...]:
+        if self.decoder_targets == 1:
+            if texts.questions and rng.random() < self.vqa_fraction:
+                return (vqa_text(*rng.choice(texts.questions)),)
+            return (rng.choice(texts.decoder_captions),)
+        # The first is always a caption: while question/answer texts stay under half of all
+        # targets, a caption (not "question: ...") is what the decoder writes without a prompt.
+        targets = [rng.choice(texts.decoder_captions)]
+        for _ in range(self.decoder_targets - 1):
+            if texts.questions and rng.random() < self.vqa_fraction:
+                targets.append(vqa_text(*rng.choice(texts.questions)))
+            else:
+                targets.append(rng.choice(texts.decoder_captions))
+        return tuple(targets)
 
 
 class Collate:
-    """Stacks images and tokenises both texts (a class, so DataLoader workers can pickle it)."""
+    """Stacks images, tokenises texts, marks which texts describe which images (a class, so
+    DataLoader workers can pickle it)."""
 
     def __init__(self, tokenizer: Callable[[Sequence[str]], torch.Tensor]):
         self.tokenizer = tokenizer
 
-    def __call__(self, batch: list[tuple[torch.Tensor, str, str]]) -> tuple[torch.Tensor, ...]:
-        images, captions, targets = zip(*batch)
-        return torch.stack(images), self.tokenizer(list(captions)), self.tokenizer(list(targets))
+    def __call__(self, batch: list[Example]) -> Batch:
+        images = torch.stack([e.image for e in batch])
+        texts = self.tokenizer([t for e in batch for t in e.texts])
+        targets = self.tokenizer([t for e in batch for t in e.targets])
+        if all(e.queries is not None and e.graph is not None for e in batch):
+            # Ground truth: a text describes every image that satisfies its query.
+            rows = [[_describes(q, image.graph) for image in batch] for e in batch for q in e.queries]
+            complete = [q.exact for e in batch for q in e.queries]
+        else:
+            # A user's captions: a text describes every image that has it as a caption.
+            captions = [set(e.captions) | set(e.texts) for e in batch]
+            rows = [[t in c for c in captions] for e in batch for t in e.texts]
+            complete = [True] * len(rows)
+        return Batch(images, texts, targets, torch.tensor(rows, dtype=torch.bool), torch.tensor(complete))
+
+
+def _describes(query: Query, graph: SceneGraph) -> bool:
+    # A cheap necessary test first: satisfies() tries every assignment of objects to the query.
+    return all(any(q.matches(o) for o in graph.objects) for q in query.objects) and satisfies(graph, query)

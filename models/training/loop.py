@@ -39,8 +39,9 @@ class TrainResult:
     resumed_from: int  # 0 for a fresh run
     history: tuple[dict[str, float], ...]  # per step: step, loss, contrastive_loss, [caption_loss], lr
     evaluations: tuple[dict[str, float], ...]  # step plus whatever `evaluate` returned
-    seconds: float  # this run only, excluding set-up
+    seconds: float  # training time of this run: no set-up, no evaluation
     samples_per_second: float
+    eval_seconds: float = 0.0  # time spent in `evaluate` during this run
 
 
 def train(config: TrainConfig, progress: bool = True, evaluate: Evaluate | None = None) -> TrainResult:
@@ -67,7 +68,9 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     model = start.model
     model.train()
     preprocess = image_transform_v2(PreprocessCfg(**start.preprocess_cfg), is_train=False)
-    dataset = ExampleDataset(build_source(config.data), preprocess, config.vqa_fraction)
+    dataset = ExampleDataset(build_source(config.data), preprocess, config.vqa_fraction,
+                             config.decoder_targets, config.query_fraction, config.contrastive_texts,
+                             config.hard_negatives)
     objective = Objective(model, config.contrastive_loss_weight, config.caption_loss_weight)
     optimizer = build_optimizer(model, config, _vocab_size(model))
     schedule = build_schedule(optimizer, config)
@@ -88,13 +91,15 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         pin_memory=device.type == "cuda",
     )
     began = time.perf_counter()
+    eval_seconds = 0.0
     rate = _Rate()
     with tqdm(total=config.steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True) as bar:
-        for images, texts, targets in loader:
+        for images, texts, targets, positives, complete in loader:
             state.step += 1
             lr = schedule.get_last_lr()[0]
             losses = _train_step(model, objective, optimizer, scaler, autocast, config.grad_clip_norm,
-                                 images.to(device, non_blocking=True), texts.to(device), targets.to(device))
+                                 images.to(device, non_blocking=True), texts.to(device), targets.to(device),
+                                 positives.to(device), complete.to(device))
             schedule.step()
             state.history.append({"step": state.step, **losses, "lr": lr})
             bar.update(1)
@@ -106,10 +111,13 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
             if state.step % config.checkpoint_every == 0 or last:
                 save_checkpoint(checkpoints, config.keep_checkpoints, state, config.trajectory(), **stateful)
             if evaluate is not None and (last or (config.eval_every and state.step % config.eval_every == 0)):
+                eval_began = time.perf_counter()
                 metrics = _evaluate(evaluate, model, state.step)
+                eval_seconds += time.perf_counter() - eval_began
                 state.evaluations.append({"step": state.step, **metrics})
                 bar.write(f"step {state.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    seconds = time.perf_counter() - began
+                rate.last = time.perf_counter()  # the evaluation is not training time
+    seconds = time.perf_counter() - began - eval_seconds
 
     save_model_dir(model, start.model_cfg, start.preprocess_cfg, Path(config.output_dir))
     steps_run = state.step - resumed_from
@@ -121,13 +129,15 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         evaluations=tuple(state.evaluations),
         seconds=seconds,
         samples_per_second=steps_run * config.batch_size / seconds if seconds > 0 else 0.0,
+        eval_seconds=eval_seconds,
     )
 
 
-def _train_step(model, objective, optimizer, scaler, autocast, clip_norm, images, texts, targets) -> dict[str, float]:
+def _train_step(model, objective, optimizer, scaler, autocast, clip_norm, images, texts, targets,
+                positives=None, complete=None) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        losses = objective(model, images, texts, targets)
+        losses = objective(model, images, texts, targets, positives, complete)
     scaler.scale(losses["loss"]).backward()
     if clip_norm is not None:
         scaler.unscale_(optimizer)

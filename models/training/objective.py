@@ -44,13 +44,25 @@ class Objective:
             self.contrastive_weight = contrastive_weight
 
     def __call__(
-        self, model: nn.Module, images: torch.Tensor, texts: torch.Tensor, targets: torch.Tensor
+        self, model: nn.Module, images: torch.Tensor, texts: torch.Tensor, targets: torch.Tensor,
+        positives: torch.Tensor | None = None, complete: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Losses for a batch; `targets` are the decoder's texts (ignored by plain CLIP)."""
+        """Losses for a batch. `texts` (contrastive) and `targets` (the decoder's, ignored by plain
+        CLIP) are whole multiples of the images, image i's in consecutive rows; `positives[j, i]`
+        marks text j as describing image i (None: each text describes its own image only);
+        `complete` marks the texts image → text matching ranks (default: all)."""
+        if positives is None and len(texts) != len(images):
+            raise ValueError("several contrastive texts per image need `positives`")
         if not self.coca:
             image_features = model.encode_image(images, normalize=True)
             text_features = model.encode_text(texts, normalize=True)
-            contrastive = self.contrastive_weight * self.loss(image_features, text_features, model.logit_scale.exp())
+            if positives is None:
+                contrastive = self.loss(image_features, text_features, model.logit_scale.exp())
+            else:
+                contrastive = multi_positive_clip_loss(
+                    image_features, text_features, model.logit_scale.exp(), positives, complete
+                )
+            contrastive = self.contrastive_weight * contrastive
             return {"loss": contrastive, "contrastive_loss": contrastive}
 
         image_latent, image_embs = model.visual(images)
@@ -59,16 +71,46 @@ class Objective:
         # every kept position unchanged (only the unused class token moves).
         targets = targets[:, : int((targets != PAD_ID).sum(dim=1).max())]
         _, token_embs = model.text(targets)
+        if len(targets) != len(images):  # several decoder texts per image share its encoding
+            image_embs = image_embs.repeat_interleave(len(targets) // len(images), dim=0)
 
         logits, labels = _caption_logits(model.text_decoder, image_embs, token_embs, targets)
-        contrastive, caption = self.loss(
-            F.normalize(image_latent, dim=-1),
-            F.normalize(text_latent, dim=-1),
-            logits.unsqueeze(0),
-            labels.unsqueeze(0),
-            model.logit_scale.exp(),
-        )
+        image_features, text_features = F.normalize(image_latent, dim=-1), F.normalize(text_latent, dim=-1)
+        if positives is None:
+            contrastive, caption = self.loss(
+                image_features, text_features, logits.unsqueeze(0), labels.unsqueeze(0), model.logit_scale.exp()
+            )
+        else:
+            caption = self.loss.caption_loss_weight * F.cross_entropy(logits, labels)
+            contrastive = self.loss.clip_loss_weight * multi_positive_clip_loss(
+                image_features, text_features, model.logit_scale.exp(), positives, complete
+            )
         return {"loss": contrastive + caption, "contrastive_loss": contrastive, "caption_loss": caption}
+
+
+def multi_positive_clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor,
+    complete: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy when a text may describe several images of the batch.
+
+    Each text's target is spread evenly over the images it describes (text → image). Each
+    image's target is spread evenly over the complete texts describing it, and only complete
+    texts compete in its softmax (image → text): a partial query ("a red shape") is a fine
+    way to find an image but not the text an image should be matched with. With `positives`
+    the identity and every text complete, this is open_clip's ClipLoss. A text describing no
+    image (a hard negative) only appears in the image → text softmaxes.
+    """
+    positives = positives.to(device=image_features.device, dtype=torch.float32)
+    logits = (logit_scale * image_features @ text_features.T).float()  # (images, texts)
+    # A text that describes no image (a hard negative) only competes in image → text.
+    found = positives.sum(1) > 0
+    text_to_image = -(positives[found] * logits.T[found].log_softmax(dim=1)).sum(1) / positives[found].sum(1)
+    if complete is not None and not bool(complete.all()):
+        keep = complete.to(image_features.device)
+        logits, positives = logits[:, keep], positives[keep]
+    image_to_text = -(positives.T * logits.log_softmax(dim=1)).sum(1) / positives.T.sum(1).clamp(min=1)
+    return (image_to_text.mean() + text_to_image.mean()) / 2
 
 
 def _caption_logits(

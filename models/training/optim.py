@@ -78,10 +78,15 @@ def build_optimizer(model: nn.Module, config: TrainConfig, vocab_size: int | Non
         return param.ndim >= 2 and not any(k in name for k in ("bn", "ln", "bias", "logit_scale"))
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
-    ]
+    groups = []
+    # CoCa's text decoder may run at its own learning rate (decoder_lr_scale).
+    for decoder in (False, True):
+        part = [(n, p) for n, p in named if n.startswith("text_decoder.") == decoder]
+        lr = config.lr * (config.decoder_lr_scale if decoder else 1.0)
+        for decay in (True, False):
+            params = [p for n, p in part if decays(n, p) == decay]
+            if params:
+                groups.append({"params": params, "weight_decay": config.weight_decay if decay else 0.0, "lr": lr})
     vocab_dims = {}
     if vocab_size:
         for _, p in named:

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from models.training.config import CsvData, WorldData
-from models.world import World
+from models.world import SceneGraph, World
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ class ImageTexts:
     captions: tuple[str, ...]  # contrastive texts
     decoder_captions: tuple[str, ...]  # caption targets for the decoder
     questions: tuple[tuple[str, str], ...]  # (question, answer)
+    graph: SceneGraph | None = None  # the generated world's ground truth; None for a user's CSV
 
 
 class WorldSource:
@@ -41,6 +42,7 @@ class WorldSource:
             # probability over word orders and never reproduce the canonical one exactly.
             decoder_captions=(scene.caption,),
             questions=tuple((qa.question, qa.answer) for qa in scene.questions),
+            graph=scene.graph,
         )
         return scene.image(self.image_size), texts
 

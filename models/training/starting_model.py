@@ -1,4 +1,11 @@
-"""The model training starts from: random weights from a config, or existing weights."""
+"""The model training starts from: random weights from a config, or any model spec's weights.
+
+A bare architecture name (`xmodal-small-coca`) starts from scratch with the trainer's seed.
+Every other spec form the models layer accepts (pretrained tag, `hf-hub:`, `local-dir:` or a
+model folder, `NAME:/path/checkpoint`) is loaded by `models.loading.load_model`, on the CPU in
+float32, then moved to the training device: offline mode, the Hugging Face cache and its
+errors behave exactly as for indexing and serving.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ import open_clip
 import torch
 from torch import nn
 
+from models.loading import ModelSpecError, load_model
 from models.registry import register_configs
+from models.specs import SpecKind, parse_spec
 
 LOCAL_DIR = "local-dir:"
 
@@ -25,31 +34,41 @@ class StartingModel:
 
 
 def load_starting_model(model: str, pretrained: str | None, device: torch.device) -> StartingModel:
+    """`model` is a model spec; `pretrained` (a tag or weights file) applies to bare names only."""
     register_configs()
-    name = _model_name(model)
-    if name.startswith(LOCAL_DIR) and pretrained is not None:
-        raise ValueError("`pretrained` applies to model names; a model directory already holds weights")
-    model_cfg = open_clip.get_model_config(name)
-    if model_cfg is None:
-        raise ValueError(f"unknown model {model!r}: not an open_clip name, model directory or local-dir: path")
+    spec = parse_spec(_spec_text(model, pretrained))
+    if spec.kind is not SpecKind.RANDOM:
+        # load_model sets torch's CPU threads; keep the ones the trainer chose.
+        loaded = load_model(spec, "cpu", threads=torch.get_num_threads())
+        net = loaded.model.to(device=device, dtype=torch.float32)
+        return StartingModel(net, loaded.model_cfg, dict(loaded.preprocess_cfg), loaded.tokenizer, from_scratch=False)
 
-    net = open_clip.create_model(name, pretrained=pretrained, device=device)
-    from_scratch = not name.startswith(LOCAL_DIR) and pretrained is None
-    if from_scratch:
-        _initialise_decoder_projection(net)
+    model_cfg = open_clip.get_model_config(spec.arch)
+    if model_cfg is None:
+        raise ModelSpecError(
+            f"unknown model {model!r}: not an open_clip architecture, model directory or model spec "
+            f"(the project's own architectures: {', '.join(register_configs())})"
+        )
+    # Random weights from the global RNG, which train() has seeded with the config's seed.
+    net = open_clip.create_model(spec.arch, device=device)
+    _initialise_decoder_projection(net)
     return StartingModel(
         model=net,
         model_cfg=model_cfg,
         preprocess_cfg=open_clip.get_model_preprocess_cfg(net),
-        tokenizer=open_clip.get_tokenizer(name),
-        from_scratch=from_scratch,
+        tokenizer=open_clip.get_tokenizer(spec.arch),
+        from_scratch=True,
     )
 
 
-def _model_name(model: str) -> str:
-    if not model.startswith(LOCAL_DIR) and Path(model).is_dir():
-        return LOCAL_DIR + model
-    return model
+def _spec_text(model: str, pretrained: str | None) -> str:
+    if not model.startswith(LOCAL_DIR) and ":" not in model and Path(model).is_dir():
+        model = LOCAL_DIR + model
+    if pretrained is None:
+        return model
+    if model.startswith(LOCAL_DIR) or ":" in model:
+        raise ValueError("`pretrained` applies to bare model names; this model spec already names its weights")
+    return f"{model}:{pretrained}"
 
 
 def _initialise_decoder_projection(model: nn.Module) -> None:

@@ -10,7 +10,7 @@
 from models.world.export import read_graphs, write_scenes
 from models.world.generate import Scene, Split, World, split_of
 from models.world.language import ANSWERS, QA, QUESTION_TYPES, canonical_caption
-from models.world.query import ObjectQuery, Query, random_query, satisfies, scene_query
+from models.world.query import ObjectQuery, Query, near_miss, partial_query, random_query, satisfies, scene_query
 from models.world.render import DEFAULT_IMAGE_SIZE, render
 from models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
 
@@ -31,6 +31,8 @@ __all__ = [
     "Split",
     "World",
     "canonical_caption",
+    "near_miss",
+    "partial_query",
     "random_query",
     "read_graphs",
     "render",

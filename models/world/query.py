@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from models.world.language import POSITION_PHRASES
 from models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
@@ -83,6 +83,43 @@ def random_query(rng: random.Random, max_objects: int = 2, keep_probability: flo
             kept = {key: values[key]}
         objects.append(ObjectQuery(**kept))
     return Query(objects=tuple(objects))
+
+
+def partial_query(
+    graph: SceneGraph, rng: random.Random, max_objects: int = 2, keep_probability: float = 0.6
+) -> Query:
+    """A partial query this scene satisfies: some of its objects, some of their attributes.
+
+    The same shape of query as random_query (objects in any order, each attribute kept with
+    keep_probability, at least one per object), but drawn from the scene, so it always holds.
+    """
+    chosen = rng.sample(graph.objects, rng.randint(1, min(max_objects, len(graph.objects))))
+    objects = []
+    for obj in chosen:
+        values = {"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.position}
+        kept = {k: v for k, v in values.items() if rng.random() < keep_probability}
+        if not kept:
+            key = rng.choice(tuple(values))
+            kept = {key: values[key]}
+        objects.append(ObjectQuery(**kept))
+    return Query(objects=tuple(objects))
+
+
+def near_miss(graph: SceneGraph, rng: random.Random) -> SceneGraph:
+    """The scene with one attribute of one object changed: a hard negative for its captions.
+
+    The attribute is the shape, colour, size or (when a position is free) the position of a
+    random object; the result never has the same content as `graph`.
+    """
+    index = rng.randrange(len(graph.objects))
+    obj = graph.objects[index]
+    free = [p for p in POSITIONS if graph.at(p) is None]
+    attribute = rng.choice(("shape", "colour", "size", "position") if free else ("shape", "colour", "size"))
+    choices = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES, "position": free}[attribute]
+    value = rng.choice([v for v in choices if v != getattr(obj, attribute)])
+    objects = [*graph.objects[:index], replace(obj, **{attribute: value}), *graph.objects[index + 1 :]]
+    objects.sort(key=lambda o: POSITIONS.index(o.position))  # reading order, as sample_graph keeps it
+    return SceneGraph(objects=tuple(objects), background=graph.background)
 
 
 def _object_text(q: ObjectQuery) -> str:

@@ -199,3 +199,86 @@ def test_config_rejects_nonsense(tmp_path):
         tiny_config(tmp_path, batch_size=1)
     with pytest.raises(ValueError):
         tiny_config(tmp_path, warmup_steps=100)
+
+
+def test_multi_positive_loss_is_clip_loss_on_the_diagonal_and_forgives_duplicates():
+    from models.training.objective import multi_positive_clip_loss
+
+    torch.manual_seed(0)
+    images = nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    texts = nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    identity = torch.eye(6, dtype=torch.bool)
+    assert torch.allclose(multi_positive_clip_loss(images, texts, scale, identity), open_clip.ClipLoss()(images, texts, scale))
+    # Images 0 and 1 show the same thing and texts 0 and 1 say the same thing. Marked as matches
+    # of each other, the loss is lowest when the model gives the twins equal scores; with one
+    # match each (plain CLIP), it rewards pulling the twins apart.
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    apart = torch.tensor([0.9553, 0.2955, 0.0])  # a turned by 0.3 rad
+    marked = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+
+    def loss(twin, positives):
+        features = torch.stack([a, twin, b])
+        return multi_positive_clip_loss(features, features, scale, positives)
+
+    assert loss(apart, marked) > loss(a, marked)
+    assert loss(apart, identity[:3, :3]) < loss(a, identity[:3, :3])
+
+
+def test_world_batches_mark_every_image_a_text_describes():
+    from models.training.examples import Collate, ExampleDataset
+    from models.training.sources import WorldSource
+    from models.world import satisfies
+
+    register_configs()
+    dataset = ExampleDataset(WorldSource(replace(TINY_WORLD, scenes=24)), lambda image: torch.zeros(3, 4, 4),
+                             vqa_fraction=1.0, decoder_targets=3, query_fraction=0.5, contrastive_texts=2,
+                             hard_negatives=1)
+    examples = [dataset[(i, f"0:1:{i}")] for i in range(24)]
+    batch = Collate(open_clip.get_tokenizer("xmodal-tiny-coca"))(examples)
+    assert batch.texts.shape[0] == 72 and batch.targets.shape[0] == 72 and batch.positives.shape == (72, 24)
+    queries = [q for e in examples for q in e.queries]
+    for j, query in enumerate(queries):
+        assert batch.positives[j].tolist() == [satisfies(e.graph, query) for e in examples]
+        own = batch.positives[j, j // 3].item()
+        assert own if j % 3 < 2 else not own  # its own image: yes for texts, no for the hard negative
+    kinds = [queries[j::3] for j in range(3)]
+    assert all(q.exact for q in kinds[0]) and all(q.exact for q in kinds[2])  # captions, near-miss captions
+    assert any(not q.exact for q in kinds[1]) and any(q.exact for q in kinds[1])  # partial queries or captions
+    assert batch.positives[1::3].sum() > 24  # partial queries match other images too
+    assert batch.complete.tolist() == [q.exact for q in queries]
+    for e in examples:
+        assert e.targets[0] in e.captions and all(t.startswith("question: ") for t in e.targets[1:])
+
+
+def test_csv_batches_mark_images_sharing_a_caption():
+    from models.training.examples import Collate, Example
+
+    image = torch.zeros(3, 4, 4)
+    batch = Collate(open_clip.get_tokenizer("xmodal-tiny-coca"))([
+        Example(image, ("a dog",), ("a dog",), None, None, ("a dog", "a brown dog")),
+        Example(image, ("a cat",), ("a cat",), None, None, ("a cat",)),
+        Example(image, ("a brown dog",), ("a dog",), None, None, ("a brown dog",)),
+    ])
+    assert batch.positives.tolist() == [[True, False, False], [False, True, False], [True, False, True]]
+
+
+def test_training_starts_from_any_model_spec(tmp_path, tiny_coca_dir):
+    from models.loading import load_model
+    from models.training.starting_model import load_starting_model
+
+    start = load_starting_model(f"local-dir:{tiny_coca_dir}", None, torch.device("cpu"))
+    assert not start.from_scratch and start.preprocess_cfg["size"] == (32, 32)
+    assert start.model_cfg == open_clip.get_model_config("xmodal-tiny-coca")
+    reference = load_model(f"local-dir:{tiny_coca_dir}", "cpu").model.state_dict()
+    assert all(torch.equal(t, reference[k]) for k, t in start.model.state_dict().items())
+    assert load_starting_model(str(tiny_coca_dir), None, torch.device("cpu")).from_scratch is False
+
+    # A trainer checkpoint works as NAME:/path/checkpoint.pt
+    config = tiny_config(tmp_path, steps=2)
+    train(config, progress=False)
+    checkpoint = config.resolved_checkpoint_dir / "step-0000002.pt"
+    tuned = train(tiny_config(tmp_path / "tuned", model=f"xmodal-tiny-coca:{checkpoint}", steps=2), progress=False)
+    assert tuned.steps == 2
+    with pytest.raises(ValueError, match="pretrained"):
+        load_starting_model(f"local-dir:{tiny_coca_dir}", "sometag", torch.device("cpu"))

@@ -187,3 +187,28 @@ def test_written_split_has_the_dataset_layout(tmp_path, scenes):
         with Image.open(tmp_path / "images" / f"{scene.id}.png") as image:
             assert np.array_equal(np.asarray(image.convert("RGB")), _pixels(scene))
     assert read_graphs(tmp_path) == {f"{s.id}.png": s.graph for s in chosen}
+
+
+def test_partial_queries_of_a_scene_hold_for_it(scenes):
+    from models.world import partial_query
+
+    rng = random.Random(0)
+    for scene in scenes:
+        query = partial_query(scene.graph, rng)
+        assert satisfies(scene.graph, query) and not query.exact
+        assert 1 <= len(query.objects) <= min(2, len(scene.graph.objects))
+
+
+def test_near_misses_change_exactly_one_attribute(scenes):
+    from models.world import canonical_caption, near_miss
+
+    rng = random.Random(0)
+    for scene in scenes:
+        other = near_miss(scene.graph, rng)
+        assert canonical_caption(other) != scene.caption and not satisfies(other, scene_query(scene.graph))
+        before = {o.position: o.attributes for o in scene.graph.objects}
+        after = {o.position: o.attributes for o in other.objects}
+        assert [o.position for o in other.objects] == sorted(after, key=POSITIONS.index)  # reading order
+        moved = before.keys() != after.keys()
+        changed = sum(before[p] != after[p] for p in before.keys() & after.keys())
+        assert (moved and changed == 0 and len(before) == len(after)) or (not moved and changed == 1)

@@ -1,0 +1,271 @@
+"""Model quality on the generated world's held-out scenes, where every answer is known exactly.
+
+    evaluation = WorldEvaluation(WorldEvalConfig(scenes=1000))
+    report = evaluation.evaluate(model)          # any open_clip model; CoCa adds captions and VQA
+    report.metrics["t2i_p@1"]
+
+Metrics (all in [0, 1]):
+- t2i_p@K: text → image precision@K for partial attribute queries ("a red circle and a large
+  shape on the left"): a retrieved scene is a hit when it satisfies every attribute of the query.
+- t2i_caption_r@K: a scene's canonical caption as the query; a hit is a scene with exactly
+  that content (background and jitter aside).
+- i2t_r@K: image → text recall@K over the distinct canonical captions of the held-out scenes.
+- caption_exact, caption_f1: greedy captions against the canonical caption.
+- vqa_generated_<type>, vqa_ranked_<type> (and _all): open-ended answers decoded after the
+  "question: ... answer:" prompt, and the best of the type's candidate answers by the
+  decoder's likelihood (score_answers).
+
+An instance is also train()'s `evaluate` hook: `train(config, evaluate=WorldEvaluation(...))`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import metrics
+from models.world import COLOURS, POSITIONS, SHAPES, SIZES, QUESTION_TYPES, World, random_query, satisfies
+
+# Candidate answers for ranked VQA, per question type.
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "size": SIZES,
+    "position": POSITIONS,
+    "count": ("0", "1", "2", "3"),
+    "presence": ("yes", "no"),
+}
+
+
+def vqa_prompt(question: str) -> str:
+    """The decoder prompt for a question: the training target's text up to the answer."""
+    from models.training.examples import vqa_text
+
+    return vqa_text(question, "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorldEvalConfig:
+    scenes: int = 1000  # held-out scenes: the retrieval gallery and the captioned images
+    seed: int = 0  # the world's seed (the one the model was trained on)
+    heldout_fraction: float = 0.1
+    image_size: int = 64  # rendered size; the model's preprocessing resizes if it differs
+    queries: int = 500  # partial attribute queries for t2i_p@K
+    ks: tuple[int, ...] = (1, 5)
+    captions: int | None = None  # scenes to caption (default: all); 0 skips captioning
+    questions_per_type: int = 200  # per question type; 0 skips VQA
+    vqa_methods: tuple[str, ...] = ("generated", "ranked")
+    batch_size: int = 128
+    examples: int = 5  # predictions kept in the report, for reading
+
+
+@dataclass
+class WorldReport:
+    metrics: dict[str, float]
+    counts: dict[str, int]  # how many queries / images / questions each metric averages
+    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+
+class WorldEvaluation:
+    """Held-out scenes and their ground truth, built once; call it on any number of models."""
+
+    def __init__(self, config: WorldEvalConfig = WorldEvalConfig(), tokenizer: Any = None,
+                 preprocess: Callable | None = None):
+        self.config = config
+        self.tokenizer, self.preprocess = tokenizer, preprocess
+        world = World(seed=config.seed, heldout_fraction=config.heldout_fraction)
+        self.scenes = world.scenes(config.scenes, "heldout")
+        self.images = [scene.image(config.image_size) for scene in self.scenes]
+        self._pixels: dict[str, torch.Tensor] = {}  # by preprocessing settings
+
+        # Image → text: distinct canonical captions; each scene's one relevant caption.
+        self.captions = sorted({scene.caption for scene in self.scenes})
+        caption_ids = {text: i for i, text in enumerate(self.captions)}
+        self.caption_of_scene = [caption_ids[scene.caption] for scene in self.scenes]
+        self.scenes_of_caption: list[set[int]] = [set() for _ in self.captions]
+        for i, c in enumerate(self.caption_of_scene):
+            self.scenes_of_caption[c].add(i)
+
+        # Text → image: partial attribute queries; those no scene satisfies are dropped.
+        rng = random.Random(f"xmodal-eval:{config.seed}")
+        self.queries, self.query_hits = [], []
+        for _ in range(config.queries):
+            query = random_query(rng)
+            hits = {i for i, scene in enumerate(self.scenes) if _satisfies(scene.graph, query)}
+            if hits:
+                self.queries.append(query)
+                self.query_hits.append(hits)
+
+        self.questions = _questions_by_type(self.scenes, config.questions_per_type)
+
+    def __call__(self, model: nn.Module, step: int = 0) -> dict[str, float]:
+        return self.evaluate(model).metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> WorldReport:
+        was_training = model.training
+        model.eval()
+        try:
+            return self._evaluate(model)
+        finally:
+            model.train(was_training)
+
+    def _evaluate(self, model: nn.Module) -> WorldReport:
+        import open_clip
+
+        config = self.config
+        tokenizer = self.tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=_context_length(model))
+        pixels = self._preprocessed(model)
+        device, dtype = _device_dtype(model)
+        image_emb = _encode(lambda x: model.encode_image(x.to(device, dtype), normalize=False), pixels,
+                            config.batch_size)
+        report = WorldReport(metrics={}, counts={})
+
+        def encode_texts(texts: Sequence[str]) -> np.ndarray:
+            return _encode(lambda t: model.encode_text(tokenizer(list(t)).to(device), normalize=False), texts,
+                           config.batch_size)
+
+        query_emb = encode_texts([q.text for q in self.queries])
+        caption_emb = encode_texts(self.captions)
+        k_max = max(config.ks)
+        t2i = metrics.top_k(query_emb @ image_emb.T, k_max)
+        t2i_caption = metrics.top_k(caption_emb @ image_emb.T, k_max)
+        i2t = metrics.top_k(image_emb @ caption_emb.T, k_max)
+        for k in config.ks:
+            report.metrics[f"t2i_p@{k}"] = metrics.precision_at_k(t2i, self.query_hits, k)
+            report.metrics[f"t2i_caption_r@{k}"] = metrics.recall_at_k(t2i_caption, self.scenes_of_caption, k)
+            report.metrics[f"i2t_r@{k}"] = metrics.recall_at_k(i2t, [{c} for c in self.caption_of_scene], k)
+        report.counts.update(queries=len(self.queries), images=len(self.scenes), captions=len(self.captions))
+
+        from models.decoding import is_captioner
+
+        if not is_captioner(model):
+            return report
+        from models.decoding import CocaDecoder
+
+        decoder = CocaDecoder(model, tokenizer)
+        n_captions = len(self.scenes) if config.captions is None else min(config.captions, len(self.scenes))
+        if n_captions:
+            predicted = self._captions(decoder, pixels[:n_captions])
+            wanted = [scene.caption for scene in self.scenes[:n_captions]]
+            report.metrics["caption_exact"] = float(np.mean([metrics.exact_match(p, w) for p, w in zip(predicted, wanted)]))
+            report.metrics["caption_f1"] = float(np.mean([metrics.token_f1(p, w) for p, w in zip(predicted, wanted)]))
+            report.counts["captioned"] = n_captions
+            report.examples["captions"] = [
+                {"image": self.scenes[i].id, "predicted": predicted[i], "wanted": wanted[i]}
+                for i in range(min(config.examples, n_captions))
+            ]
+        if self.questions:
+            report.counts["questions"] = len(self.questions)
+            answers = [qa.answer for _, qa in self.questions]
+            types = [qa.type for _, qa in self.questions]
+            for method in config.vqa_methods:
+                if method == "generated":
+                    predicted = self._generated_answers(decoder, pixels)
+                elif method == "ranked":
+                    predicted = self._ranked_answers(decoder, pixels)
+                else:
+                    raise ValueError(f"unknown VQA method {method!r}: use 'generated' or 'ranked'")
+                for kind, accuracy in metrics.accuracy_by_type(predicted, answers, types).items():
+                    report.metrics[f"vqa_{method}_{kind}"] = accuracy
+                report.examples[f"vqa_{method}"] = [
+                    {"image": self.scenes[i].id, "question": qa.question, "predicted": p, "wanted": qa.answer}
+                    for (i, qa), p in list(zip(self.questions, predicted))[: config.examples]
+                ]
+        return report
+
+    def _preprocessed(self, model: nn.Module) -> torch.Tensor:
+        import open_clip
+
+        key = "given" if self.preprocess else repr(sorted(open_clip.get_model_preprocess_cfg(model).items()))
+        if key not in self._pixels:
+            preprocess = self.preprocess or _model_preprocess(model)
+            self._pixels[key] = torch.stack([preprocess(image) for image in self.images])
+        return self._pixels[key]
+
+    def _captions(self, decoder, pixels: torch.Tensor) -> list[str]:
+        from models.decoding import DecodeOptions
+
+        options = DecodeOptions(mode="greedy", max_new_tokens=decoder.context_length)
+        texts = []
+        for start in range(0, len(pixels), self.config.batch_size):
+            texts += [c[0].text for c in decoder.generate(pixels[start : start + self.config.batch_size], options)]
+        return texts
+
+    def _generated_answers(self, decoder, pixels: torch.Tensor) -> list[str]:
+        from models.decoding import DecodeOptions
+
+        # One prompt per generate call: batch the images that share a question.
+        by_question: dict[str, list[int]] = defaultdict(list)
+        for n, (_, qa) in enumerate(self.questions):
+            by_question[qa.question].append(n)
+        predicted = [""] * len(self.questions)
+        for question, ns in by_question.items():
+            options = DecodeOptions(mode="greedy", max_new_tokens=4, prefix=vqa_prompt(question))
+            for start in range(0, len(ns), self.config.batch_size):
+                chunk = ns[start : start + self.config.batch_size]
+                images = pixels[[self.questions[n][0] for n in chunk]]
+                for n, candidates in zip(chunk, decoder.generate(images, options)):
+                    predicted[n] = candidates[0].text
+        return predicted
+
+    def _ranked_answers(self, decoder, pixels: torch.Tensor) -> list[str]:
+        predicted = []
+        for start in range(0, len(self.questions), self.config.batch_size):
+            chunk = self.questions[start : start + self.config.batch_size]
+            images = pixels[[i for i, _ in chunk]]
+            prompts = [vqa_prompt(qa.question) for _, qa in chunk]
+            options = [CANDIDATES[qa.type] for _, qa in chunk]
+            scores = decoder.score_answers(images, prompts, options)
+            predicted += [opts[int(np.argmax(s))] for opts, s in zip(options, scores)]
+        return predicted
+
+
+def _questions_by_type(scenes, per_type: int) -> list[tuple[int, Any]]:
+    """(scene position, QA) pairs: the first `per_type` questions of each type, in scene order."""
+    if per_type <= 0:
+        return []
+    taken: dict[str, int] = defaultdict(int)
+    chosen = []
+    for i, scene in enumerate(scenes):
+        for qa in scene.questions:
+            if taken[qa.type] < per_type:
+                taken[qa.type] += 1
+                chosen.append((i, qa))
+        if all(taken[t] >= per_type for t in QUESTION_TYPES):
+            break
+    return chosen
+
+
+def _satisfies(graph, query) -> bool:
+    # satisfies() tries every assignment of objects; most scenes fail a cheaper test first.
+    return all(any(q.matches(o) for o in graph.objects) for q in query.objects) and satisfies(graph, query)
+
+
+def _encode(fn: Callable, items, batch_size: int) -> np.ndarray:
+    parts = [F.normalize(fn(items[s : s + batch_size]).float(), dim=-1).cpu() for s in range(0, len(items), batch_size)]
+    return torch.cat(parts).numpy()
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
+def _context_length(model: nn.Module) -> int:
+    return int(getattr(model, "context_length", None) or model.text.context_length)
+
+
+def _model_preprocess(model: nn.Module) -> Callable:
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(model)), is_train=False)
