@@ -150,6 +150,10 @@ def evaluate(
     captions: Annotated[Optional[int], typer.Option(min=0, help="World: scenes to caption (default: all)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: usable cores)")] = None,
+    server: Annotated[Optional[str], typer.Option(help="World: also measure captions and VQA through this running "
+                                                  "server's /v1/caption and /v1/vqa (e.g. http://127.0.0.1:8000)")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="XMODAL_API_KEY", help="Key for --server, if it needs one")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="--server: requests in flight")] = 4,
 ) -> None:
     """Measure retrieval, captioning and VQA quality; prints tables, writes OUT/eval.json and OUT/eval.png.
 
@@ -157,18 +161,25 @@ def evaluate(
     precision@K for attribute queries, image→text recall@K, caption exact match and token F1,
     VQA accuracy per question type (open-ended and ranked answers).
     --index: recall@1/5/10 both ways over an index built with a captions CSV (e.g. Flickr-style).
+    --server: the same caption and VQA metrics through a running server's endpoints; with --model,
+    side by side with the in-process numbers (they are equal when the server runs that model).
     """
     from app.cli import setup_logging
-    from app.reports import draw_plot, index_table, world_table
+    from app.reports import comparison_table, draw_plot, index_table, world_table
 
     setup_logging("warning")
-    if model is None and not index:
-        raise _fail("give --model SPEC (world evaluation) and/or --index DIR (recall@K over its captions)")
+    if model is None and not index and server is None:
+        raise _fail("give --model SPEC (world evaluation), --server URL (its endpoints) and/or --index DIR "
+                    "(recall@K over its captions)")
     report: dict[str, Any] = {}
+    world = dict(scenes=scenes, seed=seed, queries=queries, questions_per_type=questions_per_type, captions=captions)
     if model is not None:
-        report["world"] = _evaluate_world(model, device, threads, scenes=scenes, seed=seed, queries=queries,
-                                          questions_per_type=questions_per_type, captions=captions)
+        report["world"] = _evaluate_world(model, device, threads, **world)
         typer.echo(world_table(report["world"]["metrics"]))
+    if server is not None:
+        report["server"] = _evaluate_server(server, api_key, concurrency, **world)
+        served = report["server"]["metrics"]
+        typer.echo(comparison_table(report["world"]["metrics"], served) if model else world_table(served))
     indexes = {}
     for folder in index or []:
         indexes[str(folder)] = _evaluate_index(folder)
@@ -179,6 +190,28 @@ def evaluate(
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     plot = draw_plot(out / "eval.png", report.get("world", {}).get("metrics"), indexes)
     typer.echo(f"wrote {out / 'eval.json'} and {plot}")
+
+
+def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings) -> dict:
+    import httpx
+
+    from app.client import XmodalClient, XmodalError
+    from app.endpoint_eval import evaluate_through_server
+    from models.evaluation import WorldEvalConfig, WorldEvaluation
+
+    started = time.perf_counter()
+    # No retrieval queries: the server's index is not the evaluation's gallery.
+    evaluation = WorldEvaluation(WorldEvalConfig(**{**settings, "queries": 1}))
+    try:
+        with XmodalClient(url, api_key=api_key, timeout=300) as client:
+            served = client.index().model_dump()
+            result = evaluate_through_server(client, evaluation, concurrency=concurrency)
+    except XmodalError as exc:
+        raise _fail(f"{url} answered {exc.status}: {exc.detail}") from exc
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {url}: {exc}") from exc
+    return {"url": url, "served": served, "settings": dict(settings), "metrics": result.metrics,
+            "counts": result.counts, "examples": result.examples, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _evaluate_world(spec: str, device: str, threads: int | None, **settings) -> dict:

@@ -48,6 +48,15 @@ def world_table(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+def comparison_table(in_process: Mapping[str, float], served: Mapping[str, float]) -> str:
+    """Each caption/VQA metric measured in process and through the endpoints, and their difference."""
+    keys = [k for k in served if k in in_process]
+    lines = [_row(["metric", "in process", "endpoints", "difference"], [28, 11, 11, 11])]
+    lines += [_row([k, _num(in_process[k]), _num(served[k]), f"{served[k] - in_process[k]:+.3f}"], [28, 11, 11, 11])
+              for k in keys]
+    return "\n".join(lines)
+
+
 def index_table(name: str, metrics: Mapping[str, float]) -> str:
     series = _at_k(metrics)
     ks = sorted({k for s in series.values() for k in s})

@@ -43,6 +43,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "count": ("0", "1", "2", "3"),
     "presence": ("yes", "no"),
 }
+CAPTION_TOKENS = 30  # most new tokens of a greedy caption (the world's captions are far shorter)
+ANSWER_TOKENS = 4  # most new tokens of an open-ended answer (every answer is one word)
 
 
 def vqa_prompt(question: str) -> str:
@@ -152,35 +154,46 @@ class WorldEvaluation:
         from models.decoding import CocaDecoder
 
         decoder = CocaDecoder(model, tokenizer)
-        n_captions = len(self.scenes) if config.captions is None else min(config.captions, len(self.scenes))
-        if n_captions:
-            predicted = self._captions(decoder, pixels[:n_captions])
-            wanted = [scene.caption for scene in self.scenes[:n_captions]]
-            report.metrics["caption_exact"] = float(np.mean([metrics.exact_match(p, w) for p, w in zip(predicted, wanted)]))
-            report.metrics["caption_f1"] = float(np.mean([metrics.token_f1(p, w) for p, w in zip(predicted, wanted)]))
-            report.counts["captioned"] = n_captions
-            report.examples["captions"] = [
-                {"image": self.scenes[i].id, "predicted": predicted[i], "wanted": wanted[i]}
-                for i in range(min(config.examples, n_captions))
-            ]
-        if self.questions:
-            report.counts["questions"] = len(self.questions)
-            answers = [qa.answer for _, qa in self.questions]
-            types = [qa.type for _, qa in self.questions]
-            for method in config.vqa_methods:
-                if method == "generated":
-                    predicted = self._generated_answers(decoder, pixels)
-                elif method == "ranked":
-                    predicted = self._ranked_answers(decoder, pixels)
-                else:
-                    raise ValueError(f"unknown VQA method {method!r}: use 'generated' or 'ranked'")
-                for kind, accuracy in metrics.accuracy_by_type(predicted, answers, types).items():
-                    report.metrics[f"vqa_{method}_{kind}"] = accuracy
-                report.examples[f"vqa_{method}"] = [
-                    {"image": self.scenes[i].id, "question": qa.question, "predicted": p, "wanted": qa.answer}
-                    for (i, qa), p in list(zip(self.questions, predicted))[: config.examples]
-                ]
+        if self.captioned_count:
+            self.score_captions(report, self._captions(decoder, pixels[: self.captioned_count]))
+        for method in config.vqa_methods if self.questions else ():
+            if method == "generated":
+                predicted = self._generated_answers(decoder, pixels)
+            elif method == "ranked":
+                predicted = self._ranked_answers(decoder, pixels)
+            else:
+                raise ValueError(f"unknown VQA method {method!r}: use 'generated' or 'ranked'")
+            self.score_answers(report, method, predicted)
         return report
+
+    @property
+    def captioned_count(self) -> int:
+        """How many of the scenes (the first ones) are captioned."""
+        return len(self.scenes) if self.config.captions is None else min(self.config.captions, len(self.scenes))
+
+    def score_captions(self, report: WorldReport, predicted: Sequence[str]) -> None:
+        """caption_exact and caption_f1 of captions predicted for the first `captioned_count` scenes, by
+        any means (in process here, through the HTTP endpoints in app/endpoint_eval.py)."""
+        wanted = [scene.caption for scene in self.scenes[: len(predicted)]]
+        report.metrics["caption_exact"] = float(np.mean([metrics.exact_match(p, w) for p, w in zip(predicted, wanted)]))
+        report.metrics["caption_f1"] = float(np.mean([metrics.token_f1(p, w) for p, w in zip(predicted, wanted)]))
+        report.counts["captioned"] = len(predicted)
+        report.examples["captions"] = [
+            {"image": self.scenes[i].id, "predicted": predicted[i], "wanted": wanted[i]}
+            for i in range(min(self.config.examples, len(predicted)))
+        ]
+
+    def score_answers(self, report: WorldReport, method: str, predicted: Sequence[str]) -> None:
+        """vqa_<method>_<type> accuracies of answers predicted for `self.questions`, in order."""
+        report.counts["questions"] = len(self.questions)
+        answers = [qa.answer for _, qa in self.questions]
+        types = [qa.type for _, qa in self.questions]
+        for kind, accuracy in metrics.accuracy_by_type(list(predicted), answers, types).items():
+            report.metrics[f"vqa_{method}_{kind}"] = accuracy
+        report.examples[f"vqa_{method}"] = [
+            {"image": self.scenes[i].id, "question": qa.question, "predicted": p, "wanted": qa.answer}
+            for (i, qa), p in list(zip(self.questions, predicted))[: self.config.examples]
+        ]
 
     def _preprocessed(self, model: nn.Module) -> torch.Tensor:
         import open_clip
@@ -194,7 +207,7 @@ class WorldEvaluation:
     def _captions(self, decoder, pixels: torch.Tensor) -> list[str]:
         from models.decoding import DecodeOptions
 
-        options = DecodeOptions(mode="greedy", max_new_tokens=decoder.context_length)
+        options = DecodeOptions(mode="greedy", max_new_tokens=CAPTION_TOKENS)
         texts = []
         for start in range(0, len(pixels), self.config.batch_size):
             texts += [c[0].text for c in decoder.generate(pixels[start : start + self.config.batch_size], options)]
@@ -209,7 +222,7 @@ class WorldEvaluation:
             by_question[qa.question].append(n)
         predicted = [""] * len(self.questions)
         for question, ns in by_question.items():
-            options = DecodeOptions(mode="greedy", max_new_tokens=4, prefix=vqa_prompt(question))
+            options = DecodeOptions(mode="greedy", max_new_tokens=ANSWER_TOKENS, prefix=vqa_prompt(question))
             for start in range(0, len(ns), self.config.batch_size):
                 chunk = ns[start : start + self.config.batch_size]
                 images = pixels[[self.questions[n][0] for n in chunk]]
