@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 
 from app.errors import install_error_handlers
 from app.middleware import install_middleware
-from app.routes import admin, caption, embed, health, items, metrics, rank, search, vqa
+from app.routes import admin, caption, embed, health, items, metrics, rank, search, vqa, web
 from app.runtime import Runtime
 from app.security import KeyRing, RateLimiter, check_exposure, require_read
 from app.settings import Settings, get_settings
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_middleware(app, settings)
     app.include_router(health.router)  # /healthz, /readyz stay open
+    app.include_router(web.router)  # the web page at / is static; its API calls carry the key
     for module in (search, embed, items, caption, vqa, rank):  # every /v1 route needs a read key (app/security.py)
         app.include_router(module.router, dependencies=[Depends(require_read)])
     for module in (admin, metrics):  # they check their own scope
