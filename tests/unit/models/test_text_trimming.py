@@ -34,8 +34,13 @@ def test_trimmed_texts_embed_like_the_full_context(custom_text):
         assert torch.allclose(torch.from_numpy(encoder.encode_texts([text]))[0], row, atol=1e-5)
 
 
-def test_coca_text_keeps_the_full_context(tiny_coca_dir):
-    # CoCa appends its class token after the padding: cutting would move it, so it is not done.
+@pytest.mark.parametrize("correct_cls_mask", [False, True], ids=["legacy-cls-mask", "correct-cls-mask"])
+def test_coca_texts_embed_like_the_full_context(tiny_coca_dir, correct_cls_mask):
+    # CoCa appends a class token after the padding; the cut keeps it at its full-padding position.
     encoder = Encoder.from_spec(f"local-dir:{tiny_coca_dir}", "cpu")
-    assert not can_trim_padding(encoder.model, encoder.loaded.tokenizer)
-    assert torch.allclose(torch.from_numpy(encoder.encode_texts(TEXTS)), _full(encoder, TEXTS), atol=1e-6)
+    encoder.model.text.correct_cls_mask = correct_cls_mask
+    assert can_trim_padding(encoder.model, encoder.loaded.tokenizer)
+    trimmed = torch.from_numpy(encoder.encode_texts(TEXTS))
+    assert torch.allclose(trimmed, _full(encoder, TEXTS), atol=1e-5)
+    for text, row in zip(TEXTS, trimmed):
+        assert torch.allclose(torch.from_numpy(encoder.encode_texts([text]))[0], row, atol=1e-5)
