@@ -3,7 +3,8 @@
     with XmodalClient("http://127.0.0.1:8000", api_key="...") as xm:
         hits = xm.search_text("a dog on a beach", k=5).results
 
-Every method returns the server's response model (app/schemas.py). A 4xx/5xx raises `XmodalError` with the
+Every method returns the server's response model (app/schemas.py). Every method that reads an index or uses a
+model takes `index=NAME` to pick one of the served indexes (GET /v1/indexes); left out, the server's default. A 4xx/5xx raises `XmodalError` with the
 status and the server's `detail`; 429 and 503 are retried (at most `retries` more times), waiting what the
 server's Retry-After says (capped at `max_wait_s`), else an exponential backoff. Images are a path, bytes or a
 PIL image. This module imports no model code: it needs httpx, pydantic and (for PIL images) Pillow.
@@ -18,12 +19,14 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
 from app.schemas import (
-    CaptionResponse, EmbedResponse, Health, IndexSummary, ItemPublic, RankResponse, SearchResponse, VqaResponse,
+    CaptionResponse, EmbedResponse, Health, IndexesResponse, IndexSummary, ItemPublic, RankResponse, SearchResponse,
+    VqaResponse,
 )
 
 ImageLike = Union[str, Path, bytes, "PIL.Image.Image"]  # noqa: F821 - Pillow is optional for callers
@@ -95,67 +98,80 @@ class _Endpoints:
     # search
     def search_text(
         self, text: str, k: int = 10, *, offset: int = 0, min_score: float | None = None,
-        filters: dict | None = None, dedup: float | None = None,
+        filters: dict | None = None, dedup: float | None = None, index: str | None = None,
     ) -> SearchResponse:
-        body = _json(text=text, k=k, offset=offset, min_score=min_score, filters=filters, dedup=dedup)
+        body = _json(text=text, k=k, offset=offset, min_score=min_score, filters=filters, dedup=dedup, index=index)
         return self._call("POST", "/v1/search/text", _model(SearchResponse), json=body)
 
     def search_image(
         self, image: ImageLike, k: int = 10, *, offset: int = 0, min_score: float | None = None,
-        target: Literal["images", "texts"] = "images", dedup: float | None = None,
+        target: Literal["images", "texts"] = "images", dedup: float | None = None, index: str | None = None,
     ) -> SearchResponse:
-        data = _form(k=k, offset=offset, min_score=min_score, target=target, dedup=dedup)
+        data = _form(k=k, offset=offset, min_score=min_score, target=target, dedup=dedup, index=index)
         return self._call("POST", "/v1/search/image", _model(SearchResponse), files=_file(image), data=data)
 
     def search_vector(
         self, vector: list[float], k: int = 10, *, offset: int = 0, min_score: float | None = None,
         filters: dict | None = None, target: Literal["images", "texts"] = "images", dedup: float | None = None,
+        index: str | None = None,
     ) -> SearchResponse:
         vector = [float(x) for x in vector]  # numpy arrays too
-        body = _json(vector=vector, k=k, offset=offset, min_score=min_score, filters=filters, target=target, dedup=dedup)
+        body = _json(vector=vector, k=k, offset=offset, min_score=min_score, filters=filters, target=target, dedup=dedup,
+                     index=index)
         return self._call("POST", "/v1/search/vector", _model(SearchResponse), json=body)
 
     # embeddings
-    def embed_text(self, text: str | list[str]) -> EmbedResponse:
+    def embed_text(self, text: str | list[str], *, index: str | None = None) -> EmbedResponse:
         body = {"texts": list(text)} if isinstance(text, (list, tuple)) else {"text": text}
-        return self._call("POST", "/v1/embed/text", _model(EmbedResponse), json=body)
+        return self._call("POST", "/v1/embed/text", _model(EmbedResponse), json=_json(**body, index=index))
 
-    def embed_image(self, image: ImageLike) -> EmbedResponse:
-        return self._call("POST", "/v1/embed/image", _model(EmbedResponse), files=_file(image))
+    def embed_image(self, image: ImageLike, *, index: str | None = None) -> EmbedResponse:
+        return self._call("POST", "/v1/embed/image", _model(EmbedResponse), files=_file(image), data=_form(index=index))
 
     # zero-shot ranking
-    def rank_texts(self, image: ImageLike, texts: list[str]) -> RankResponse:
-        """Score every text against the image, best first."""
-        return self._call("POST", "/v1/rank", _model(RankResponse), files=_file(image), data=_form(texts=list(texts)))
+    def rank_texts(self, image: ImageLike, texts: list[str], *, index: str | None = None) -> RankResponse:
+        """Score every text against the image, best first (with the index's model)."""
+        data = _form(texts=list(texts), index=index)
+        return self._call("POST", "/v1/rank", _model(RankResponse), files=_file(image), data=data)
 
-    def rank_items(self, text: str, item_ids: list[int]) -> RankResponse:
+    def rank_items(self, text: str, item_ids: list[int], *, index: str | None = None) -> RankResponse:
         """Score indexed items (by id) against the text, best first."""
-        body = {"text": text, "images": [int(i) for i in item_ids]}
+        body = _json(text=text, images=[int(i) for i in item_ids], index=index)
         return self._call("POST", "/v1/rank", _model(RankResponse), json=body)
 
-    # items and the index
-    def item(self, item_id: int) -> ItemPublic:
-        return self._call("GET", f"/v1/items/{int(item_id)}", _model(ItemPublic))
+    # items and the indexes
+    def item(self, item_id: int, *, index: str | None = None) -> ItemPublic:
+        return self._call("GET", f"/v1/items/{int(item_id)}", _model(ItemPublic), params=_json(index=index))
 
-    def item_image(self, item_id: int) -> bytes:
+    def item_image(self, item_id: int, *, index: str | None = None) -> bytes:
         """The indexed file's bytes (an item indexed from a URL is fetched from that URL)."""
-        return self._call("GET", f"/v1/items/{int(item_id)}/image", _content, follow_redirects=True)
+        return self._call("GET", f"/v1/items/{int(item_id)}/image", _content, params=_json(index=index),
+                          follow_redirects=True)
 
-    def index(self) -> IndexSummary:
-        return self._call("GET", "/v1/index", _model(IndexSummary))
+    def index(self, index: str | None = None) -> IndexSummary:
+        return self._call("GET", "/v1/index", _model(IndexSummary), params=_json(index=index))
+
+    def indexes(self) -> IndexesResponse:
+        """Every served index (name, version, model, counts, index type) and the models loaded."""
+        return self._call("GET", "/v1/indexes", _model(IndexesResponse))
 
     # captions and questions
     def caption(
         self, image: ImageLike, *, mode: Literal["greedy", "beam", "sample"] = "greedy", beams: int | None = None,
         max_tokens: int = 20, alternatives: int = 0, prompt: str = "", seed: int | None = None,
         top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+        index: str | None = None,
     ) -> CaptionResponse:
         data = _form(mode=mode, beams=beams, max_tokens=max_tokens, alternatives=alternatives, prompt=prompt or None,
-                     seed=seed, top_k=top_k, top_p=top_p, temperature=temperature)
+                     seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, index=index)
         return self._call("POST", "/v1/caption", _model(CaptionResponse), files=_file(image), data=data)
 
-    def vqa(self, image: ImageLike, question: str, answers: list[str] | None = None, *, max_tokens: int = 10) -> VqaResponse:
-        data = _form(question=question, answers=list(answers) if answers is not None else None, max_tokens=max_tokens)
+    def vqa(
+        self, image: ImageLike, question: str, answers: list[str] | None = None, *, max_tokens: int = 10,
+        index: str | None = None,
+    ) -> VqaResponse:
+        data = _form(question=question, answers=list(answers) if answers is not None else None, max_tokens=max_tokens,
+                     index=index)
         return self._call("POST", "/v1/vqa", _model(VqaResponse), files=_file(image), data=data)
 
     # health and admin
@@ -169,9 +185,11 @@ class _Endpoints:
     def admin_config(self) -> dict:
         return self._call("GET", "/v1/admin/config", _content_json)
 
-    def reload_index(self) -> dict:
-        """Hot-swap to a newly published index version now: {"swapped", "previous", "version"}."""
-        return self._call("POST", "/v1/admin/index/reload", _content_json)
+    def reload_index(self, index: str | None = None) -> dict:
+        """Hot-swap an index (the default one without `index`) to its newly published version now (admin key):
+        {"index", "swapped", "previous", "version"}."""
+        path = f"/v1/indexes/{quote(index, safe='')}/reload" if index is not None else "/v1/admin/index/reload"
+        return self._call("POST", path, _content_json)
 
 
 def _model(model: type[BaseModel]) -> Callable[[httpx.Response], BaseModel]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from app.errors import ApiError
 from app.runtime import Runtime
-from app.settings import Settings
+from app.served import ServedIndex
+from app.settings import DEFAULT_INDEX, Settings
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -30,6 +31,30 @@ def get_settings_dep(request: Request) -> Settings:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ReadyDep = Annotated[Runtime, Depends(get_ready_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+IndexQuery = Annotated[
+    str | None, Query(alias="index", description="Which served index (GET /v1/indexes); optional when one is served")
+]
+
+
+def pick_index(runtime: Runtime, *names: object) -> ServedIndex:
+    """The served index a request names (in its body and/or query; they must agree), or the default one:
+    the only index, else the one named "default". 404 for an unknown name."""
+    given = [name for name in names if name is not None]
+    if not all(isinstance(name, str) for name in given):
+        raise ApiError(422, "index must be a string: the name of a served index")
+    if len(set(given)) > 1:
+        raise ApiError(422, f"index is named twice, differently: {sorted(set(given))}")
+    name = given[0] if given else None
+    served = runtime.indexes
+    if name is None:
+        if len(served) == 1:
+            return next(iter(served.values()))
+        if DEFAULT_INDEX in served:
+            return served[DEFAULT_INDEX]
+        raise ApiError(422, f"this server has several indexes ({', '.join(served)}): name one with `index`")
+    if name not in served:
+        raise ApiError(404, f"no index named {name!r}; this server has: {', '.join(served)}")
+    return served[name]
 
 
 def check_k(k: int, settings: Settings) -> int:

@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 
 from app.errors import install_error_handlers
 from app.middleware import install_middleware
-from app.routes import admin, caption, embed, health, items, metrics, rank, search, vqa, web
+from app.routes import admin, caption, embed, health, indexes, items, metrics, rank, search, vqa, web
 from app.runtime import Runtime
 from app.security import KeyRing, RateLimiter, check_exposure, require_read
 from app.settings import Settings, get_settings
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)  # the web page at / is static; its API calls carry the key
     for module in (search, embed, items, caption, vqa, rank):  # every /v1 route needs a read key (app/security.py)
         app.include_router(module.router, dependencies=[Depends(require_read)])
-    for module in (admin, metrics):  # they check their own scope
+    for module in (indexes, admin, metrics):  # they check their own scope (reload: admin)
         app.include_router(module.router)
     return app
 

@@ -37,36 +37,35 @@ class RuntimeCollector(Collector):
 
     def collect(self):
         runtime = self.get_runtime()
-        ready = GaugeMetricFamily("xmodal_ready", "1 when the index and model are loaded")
+        ready = GaugeMetricFamily("xmodal_ready", "1 when every index and its model are loaded")
         ready.add_metric([], 1.0 if runtime is not None and runtime.ready else 0.0)
         yield ready
         if runtime is None:
             return
-        sizes = HistogramMetricFamily("xmodal_batch_size", "Items per model batch, by batcher", labels=["batcher"])
-        depth = GaugeMetricFamily("xmodal_batch_queue_depth", "Items waiting for a model batch", labels=["batcher"])
-        for name, batcher in (("text", runtime.text_batcher), ("image", runtime.image_batcher)):
-            if batcher is None:
-                continue
-            counts = dict(batcher.size_counts)
-            buckets = [(str(b), sum(n for size, n in counts.items() if size <= b)) for b in BATCH_BUCKETS]
-            buckets.append(("+Inf", sum(counts.values())))
-            sizes.add_metric([name], buckets, sum_value=sum(size * n for size, n in counts.items()))
-            depth.add_metric([name], batcher.depth)
+        sizes = HistogramMetricFamily("xmodal_batch_size", "Items per model batch, by batcher and model",
+                                      labels=["batcher", "model"])
+        depth = GaugeMetricFamily("xmodal_batch_queue_depth", "Items waiting for a model batch", labels=["batcher", "model"])
+        for model in runtime.models.values():
+            for name, batcher in model.batchers.items():
+                counts = dict(batcher.size_counts)
+                buckets = [(str(b), sum(n for size, n in counts.items() if size <= b)) for b in BATCH_BUCKETS]
+                buckets.append(("+Inf", sum(counts.values())))
+                sizes.add_metric([name, model.spec], buckets, sum_value=sum(size * n for size, n in counts.items()))
+                depth.add_metric([name, model.spec], batcher.depth)
         yield sizes
         yield depth
-        if not runtime.ready:
-            return
-        index, encoder = runtime.index, runtime.encoder
-        manifest = index.manifest
-        info = InfoMetricFamily("xmodal_model", "The served model and index")
-        info.add_metric([], {
-            "spec": runtime.settings.model or manifest.model.spec,
-            "fingerprint": encoder.fingerprint,
-            "device": str(encoder.device),
-            "index_version": getattr(index.version, "name", str(index.version)),
-        })
+        info = InfoMetricFamily("xmodal_model", "The model serving each index, and the index version", labels=["index"])
+        vectors = GaugeMetricFamily("xmodal_index_vectors", "Vectors in each served index", labels=["index", "kind"])
+        for name, served in runtime.indexes.items():
+            index, encoder = served.index, served.model.encoder
+            manifest = index.manifest
+            info.add_metric([name], {
+                "spec": served.model.spec,
+                "fingerprint": encoder.fingerprint,
+                "device": str(encoder.device),
+                "index_version": getattr(index.version, "name", str(index.version)),
+            })
+            vectors.add_metric([name, "images"], manifest.images.count)
+            vectors.add_metric([name, "texts"], manifest.texts.count if manifest.texts else 0)
         yield info
-        vectors = GaugeMetricFamily("xmodal_index_vectors", "Vectors in the served index", labels=["kind"])
-        vectors.add_metric(["images"], manifest.images.count)
-        vectors.add_metric(["texts"], manifest.texts.count if manifest.texts else 0)
         yield vectors

@@ -1,4 +1,5 @@
-"""What the server holds once loaded: the index, its model, and the model's thread."""
+"""What the server holds once loaded: the named indexes, the models they need (one per distinct model), and
+the single model thread."""
 
 from __future__ import annotations
 
@@ -6,20 +7,14 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
 
-import numpy as np
-import torch
-
-from app.batching import DynamicBatcher
+from app.served import ServedIndex, ServedModel
 from app.settings import Settings
-from indexer import store
 from indexer.reader import OpenIndex
 from models.encoders import Encoder
 from models.generation import Captioner
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class IndexModelMismatch(RuntimeError):
@@ -27,53 +22,63 @@ class IndexModelMismatch(RuntimeError):
 
 
 class Runtime:
-    """Loads in the background so /healthz answers at once and /readyz says when we are ready."""
+    """Loads in the background so /healthz answers at once and /readyz says when we are ready.
+
+    Ready means every configured index is open with its model: one failing index fails the whole load."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.index: OpenIndex | None = None
-        self.encoder: Encoder | None = None
-        self.captioner: Captioner | None = None  # captions and VQA from the same model
+        self.indexes: dict[str, ServedIndex] = {}  # set all at once, when everything has loaded
+        self.models: dict[str, ServedModel] = {}  # by the spec loaded
         self.error: str | None = None
-        self.watcher: asyncio.Task | None = None  # polls the index's CURRENT for hot swaps
-        self.text_batcher: DynamicBatcher | None = None  # set once loaded, when settings.batching
-        self.image_batcher: DynamicBatcher | None = None
-        # One thread owns the model: requests queue for it instead of oversubscribing the cores.
+        self.watcher: asyncio.Task | None = None  # polls every index's CURRENT for hot swaps
+        # One thread owns the models: requests queue for it instead of oversubscribing the cores.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-model")
 
     @property
     def ready(self) -> bool:
-        return self.index is not None and self.encoder is not None
+        return bool(self.indexes)
 
     @property
     def status(self) -> str:
         return "ready" if self.ready else "failed" if self.error else "loading"
 
     def load(self) -> None:
-        """Open the index, then the model it names, and check they belong together."""
+        """Open each index, then the model it names (once per spec), and check they belong together."""
         started = time.perf_counter()
         settings = self.settings
-        if settings.index is None:
+        if not settings.indexes:
             raise ValueError("no index configured: pass --index DIR or set XMODAL_INDEX")
-        index = OpenIndex(settings.index)
-        spec = settings.model or index.manifest.model.spec
+        indexes: dict[str, ServedIndex] = {}
+        models: dict[str, ServedModel] = {}
+        for name, path in settings.indexes.items():
+            index = OpenIndex(path)
+            spec = settings.model_for(name) or index.manifest.model.spec
+            model = models.get(spec) or self._load_model(spec)
+            models[spec] = model
+            if model.encoder.fingerprint != index.manifest.model.fingerprint:
+                raise IndexModelMismatch(
+                    f"index {name}: model {spec} has weights {model.encoder.fingerprint}, but index {index.version} "
+                    f"was built with {index.manifest.model.spec} ({index.manifest.model.fingerprint}); searching it "
+                    "with other weights would return meaningless results"
+                )
+            model.index_names.append(name)
+            indexes[name] = ServedIndex(name, path, index, model)
+            log.info("index %s: %s (%d images, %d texts), model %s", name, index.version,
+                     index.manifest.images.count, index.manifest.texts.count if index.manifest.texts else 0, spec)
+        for model in models.values():
+            log.info("model %s on %s serves indexes: %s", model.spec, model.encoder.device, ", ".join(model.index_names))
+        self.models, self.indexes = models, indexes
+        log.info("ready in %.1fs: %d indexes, %d models", time.perf_counter() - started, len(indexes), len(models))
+
+    def _load_model(self, spec: str) -> ServedModel:
+        settings = self.settings
         encoder = Encoder.from_spec(
             spec, settings.device, offline=settings.offline or None, cache_dir=settings.model_cache_dir,
             threads=settings.threads,
         )
-        if encoder.fingerprint != index.manifest.model.fingerprint:
-            raise IndexModelMismatch(
-                f"model {spec} has weights {encoder.fingerprint}, but index {index.version} was built with "
-                f"{index.manifest.model.spec} ({index.manifest.model.fingerprint}); searching it with other "
-                "weights would return meaningless results"
-            )
-        self.captioner = Captioner(encoder, settings.vqa_prompt, int8=settings.caption_int8)
-        self.index, self.encoder = index, encoder
-        log.info(
-            "ready in %.1fs: index %s (%d images, %d texts), model %s on %s",
-            time.perf_counter() - started, index.version, index.manifest.images.count,
-            index.manifest.texts.count if index.manifest.texts else 0, spec, encoder.device,
-        )
+        captioner = Captioner(encoder, settings.vqa_prompt, int8=settings.caption_int8)
+        return ServedModel(spec, encoder, captioner, self.model_thread)
 
     async def load_in_background(self) -> None:
         try:
@@ -83,64 +88,27 @@ class Runtime:
             log.error("loading failed: %s", self.error)
             return
         if self.settings.reload_interval_s > 0:
-            self.watcher = asyncio.get_running_loop().create_task(self._watch_index(), name="index-watcher")
+            self.watcher = asyncio.get_running_loop().create_task(self._watch_indexes(), name="index-watcher")
         if self.settings.batching:
-            self.text_batcher = self._batcher("text", lambda texts: list(self.encoder.encode_texts(texts)))
-            self.image_batcher = self._batcher("image", lambda pixels: list(self.encoder.encode_images(torch.stack(pixels))))
+            for model in self.models.values():
+                model.start_batchers(self.settings)
 
-    async def _watch_index(self) -> None:
+    async def _watch_indexes(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reload_interval_s)
-            try:
-                await self.reload_if_changed()
-            except Exception:  # noqa: BLE001 - a bad new version must not stop the watcher or the server
-                log.exception("could not load the new index version; still serving %s", self.index.version.name)
-
-    async def reload_if_changed(self) -> bool:
-        """Hot swap: when CURRENT names a new version, open it off the event loop and swap.
-
-        Handlers take `runtime.index` once per request, so in-flight requests finish on the version
-        they started with, and the swap itself is one reference assignment."""
-        version = store.resolve_version(self.settings.index)
-        if self.index is None or version == self.index.version:
-            return False
-        fresh = await asyncio.get_running_loop().run_in_executor(None, OpenIndex, version)
-        if fresh.manifest.model.fingerprint != self.encoder.fingerprint:
-            log.error("not serving %s: built with %s, not the loaded model", version.name, fresh.manifest.model.spec)
-            return False
-        previous, self.index = self.index, fresh
-        log.info("hot swap: %s -> %s (%d images)", previous.version.name, version.name, fresh.manifest.images.count)
-        return True
-
-    def _batcher(self, name: str, run_batch) -> DynamicBatcher:
-        settings = self.settings
-        batcher = DynamicBatcher(name, run_batch, self.model_thread, settings.batch_max_size,
-                                 settings.batch_max_wait_ms, settings.batch_max_queue)
-        batcher.start()
-        return batcher
-
-    async def embed_texts(self, texts: list[str]) -> np.ndarray:
-        """Unit vectors for texts; concurrent requests share model calls when batching is on."""
-        if self.text_batcher is None:
-            return await self.run_model(self.encoder.encode_texts, texts)
-        return np.stack(await asyncio.gather(*(self.text_batcher.submit(text) for text in texts)))
-
-    async def embed_images(self, pixels: list[torch.Tensor]) -> np.ndarray:
-        """Unit vectors for preprocessed images (3, H, W each)."""
-        if self.image_batcher is None:
-            return await self.run_model(self.encoder.encode_images, torch.stack(pixels))
-        return np.stack(await asyncio.gather(*(self.image_batcher.submit(p) for p in pixels)))
+            for served in list(self.indexes.values()):
+                try:
+                    await served.reload_if_changed()
+                except Exception:  # noqa: BLE001 - a bad new version must not stop the watcher or the server
+                    log.exception("index %s: could not load the new index version; still serving %s",
+                                  served.name, served.index.version.name)
 
     async def aclose(self) -> None:
         if self.watcher is not None:
             self.watcher.cancel()
-        for batcher in (self.text_batcher, self.image_batcher):
-            if batcher is not None:
-                await batcher.stop()
+        for model in self.models.values():
+            await model.aclose()
         self.close()
-
-    async def run_model(self, fn: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
 
     def close(self) -> None:
         self.model_thread.shutdown(wait=False, cancel_futures=True)

@@ -13,7 +13,16 @@ class Target(str, Enum):
     texts = "texts"
 
 
-class SearchOptions(BaseModel):
+class IndexChoice(BaseModel):
+    """Which served index a request reads (or whose model it uses)."""
+
+    index: str | None = Field(
+        None, description="A served index by name (GET /v1/indexes); optional when one is served (or one is named "
+        "default). The `index` query parameter does the same"
+    )
+
+
+class SearchOptions(IndexChoice):
     """Paging and narrowing, the same for every search."""
 
     k: int = Field(10, description="How many results (1..max_k)")
@@ -39,7 +48,7 @@ class VectorSearchRequest(SearchOptions):
     target: Literal["images", "texts"] = "images"
 
 
-class ImageSearchFields(BaseModel):
+class ImageSearchFields(IndexChoice):
     """/v1/search/image's fields besides the image (multipart form fields, or JSON next to image_b64)."""
 
     k: int = Field(10, description="How many results (1..max_k)")
@@ -49,11 +58,11 @@ class ImageSearchFields(BaseModel):
     dedup: float | None = Field(None, description="Drop near-duplicates: cosine threshold in (0, 1] (see SearchOptions)")
 
 
-class NoFields(BaseModel):
-    """An image endpoint that takes the image alone."""
+class NoFields(IndexChoice):
+    """An image endpoint that takes the image alone (and which index's model embeds it)."""
 
 
-class EmbedTextRequest(BaseModel):
+class EmbedTextRequest(IndexChoice):
     text: str | None = None
     texts: list[str] | None = None
 
@@ -104,6 +113,7 @@ class EmbedResponse(BaseModel):
 
 
 class IndexSummary(BaseModel):
+    name: str | None = Field(None, description="The name the server serves this index under")
     version: str
     created_at: str
     model: str
@@ -113,18 +123,40 @@ class IndexSummary(BaseModel):
     images: int
     texts: int
     index_key: str
+    search_params: str = Field("", description="The image index's search parameters (e.g. nprobe=16)")
+    texts_index_key: str | None = Field(None, description="The caption index's faiss key (with captions)")
+    texts_search_params: str | None = None
     skipped: int
     skipped_by_reason: dict[str, int]
     xmodal_version: str
 
 
-class RankImageFields(BaseModel):
+class ModelSummary(BaseModel):
+    spec: str = Field(description="The spec the server loaded")
+    fingerprint: str
+    device: str
+    indexes: list[str] = Field(description="The indexes this one loaded model serves")
+
+
+class IndexesResponse(BaseModel):
+    indexes: list[IndexSummary]
+    models: list[ModelSummary] = Field(description="Each model loaded once, however many indexes use it")
+
+
+class ReloadResponse(BaseModel):
+    index: str | None = None
+    swapped: bool
+    previous: str
+    version: str
+
+
+class RankImageFields(IndexChoice):
     """/v1/rank with an image: the candidate texts (in a multipart form, a JSON array string)."""
 
     texts: list[str] = Field(description="Candidate texts (1..max_rank_candidates), each scored against the image")
 
 
-class RankTextRequest(BaseModel):
+class RankTextRequest(IndexChoice):
     """/v1/rank with a text: indexed items to score against it."""
 
     text: str = Field(description="The query; empty or over-long text is refused")
@@ -153,7 +185,7 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class CaptionRequest(BaseModel):
+class CaptionRequest(IndexChoice):
     """/v1/caption's fields besides the image (multipart form fields, or JSON next to image_b64)."""
 
     mode: Literal["greedy", "beam", "sample"] = "greedy"
@@ -180,7 +212,7 @@ class CaptionResponse(BaseModel):
     took_ms: float
 
 
-class VqaRequest(BaseModel):
+class VqaRequest(IndexChoice):
     """/v1/vqa's fields besides the image. In a multipart form, `answers` is a JSON array string."""
 
     question: str = Field(description="The question; empty or over-long text is refused")

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_INDEX = "default"  # the name of an index given without one (`--index DIR`, XMODAL_INDEX=DIR)
+INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XMODAL_", env_nested_delimiter="__", extra="ignore")
 
-    index: Path | None = Field(None, description="Index folder (with CURRENT) or one version folder")
-    model: str | None = Field(
+    index: Annotated[Path | dict[str, Path] | None, NoDecode] = Field(
+        None,
+        description='Index folder (with CURRENT) or one version folder, served as "default"; or a JSON object '
+        '{"NAME": "FOLDER", ...} to serve several',
+    )
+    model: Annotated[str | dict[str, str] | None, NoDecode] = Field(
         None,
         description="Load this spec instead of the one in the manifest (e.g. another path to the same weights); "
-        "its weights must still match the manifest's fingerprint",
+        'its weights must still match the manifest\'s fingerprint. A JSON object {"NAME": "SPEC"} names it per index',
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -42,6 +51,9 @@ class Settings(BaseSettings):
     allow_image_url: bool = Field(False, description="Let image endpoints fetch JSON {'image_url': 'https://...'}")
     image_url_timeout_s: float = Field(10.0, gt=0, description="Whole-fetch deadline for one image_url, redirects included")
 
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: how long in-flight requests may take to finish before they are cancelled"
+    )
     reload_interval_s: float = Field(
         5.0, ge=0, description="How often to check the index's CURRENT for a new version to hot-swap (0: never)"
     )
@@ -69,6 +81,37 @@ class Settings(BaseSettings):
         False, description="CPU only: decode captions and answers with int8 weight copies (faster, within a "
         "measured tolerance of fp32; see bench/bench_caption.py --int8)"
     )
+
+    @field_validator("index", "model", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        """XMODAL_INDEX / XMODAL_MODEL: a JSON object when it looks like one, else a plain path or spec."""
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON object: {exc}") from exc
+        return value
+
+    @field_validator("index")
+    @classmethod
+    def _index_names(cls, value: Path | dict[str, Path] | None) -> Path | dict[str, Path] | None:
+        if isinstance(value, dict):
+            bad = [name for name in value if not INDEX_NAME.match(name)]
+            if bad:
+                raise ValueError(f"index names must be 1-64 of A-Z a-z 0-9 _ . - (starting with a letter or digit): {bad}")
+        return value
+
+    @property
+    def indexes(self) -> dict[str, Path]:
+        """Every served index by name (a single folder is named "default")."""
+        if self.index is None:
+            return {}
+        return dict(self.index) if isinstance(self.index, dict) else {DEFAULT_INDEX: self.index}
+
+    def model_for(self, name: str) -> str | None:
+        """The spec to load for index `name` instead of its manifest's, if any."""
+        return self.model.get(name) if isinstance(self.model, dict) else self.model
 
 
 @lru_cache

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import ReadyDep, SettingsDep
+from app.deps import IndexQuery, ReadyDep, SettingsDep, pick_index
+from app.routes.indexes import reload
+from app.schemas import ErrorBody, ReloadResponse
 from app.security import AdminDep
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -17,8 +19,12 @@ async def config(settings: SettingsDep, principal: AdminDep) -> dict:
     return values
 
 
-@router.post("/index/reload", summary="Look for a newly published index version now and hot-swap to it (admin key)")
-async def reload_index(runtime: ReadyDep, principal: AdminDep) -> dict:
-    previous = runtime.index.version.name
-    swapped = await runtime.reload_if_changed()
-    return {"swapped": swapped, "previous": previous, "version": runtime.index.version.name}
+@router.post(
+    "/index/reload",
+    response_model=ReloadResponse,
+    responses={404: {"model": ErrorBody}},
+    summary="Look for a newly published index version now and hot-swap to it (admin key); the default index, "
+    "or ?index=NAME (as POST /v1/indexes/{name}/reload)",
+)
+async def reload_index(runtime: ReadyDep, principal: AdminDep, index_name: IndexQuery = None) -> ReloadResponse:
+    return await reload(pick_index(runtime, index_name))

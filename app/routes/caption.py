@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadyDep, SettingsDep
+from app.deps import IndexQuery, ReadyDep, SettingsDep, pick_index
 from app.errors import ApiError
 from app.schemas import CaptionAlternative, CaptionRequest, CaptionResponse, ErrorBody, image_request_body
 from app.settings import Settings
@@ -17,7 +17,7 @@ from models.decoding import DecodeOptions
 from models.generation import DecoderUnavailable
 
 router = APIRouter(prefix="/v1/caption", tags=["caption"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 501, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 501, 503)}
 DEFAULT_BEAMS = 3
 
 
@@ -29,18 +29,21 @@ DEFAULT_BEAMS = 3
     openapi_extra=image_request_body(CaptionRequest),
     summary="An image → its caption (501 for a model without a caption decoder)",
 )
-async def caption_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> CaptionResponse:
+async def caption_image(
+    request: Request, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> CaptionResponse:
     started = time.perf_counter()
-    try:
-        runtime.captioner.require_decoder("captioning")
-    except DecoderUnavailable as exc:
-        raise ApiError(501, str(exc)) from exc
     upload = await read_image_input(request, settings)
     fields = parse_fields(CaptionRequest, upload.fields)
-    options = decode_options(fields, settings)
-    pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
+    model = pick_index(runtime, fields.index, index_name).model
     try:
-        candidates = (await runtime.run_model(runtime.captioner.caption, pixels[None], options))[0]
+        model.captioner.require_decoder("captioning")
+    except DecoderUnavailable as exc:
+        raise ApiError(501, str(exc)) from exc
+    options = decode_options(fields, settings)
+    pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
+    try:
+        candidates = (await model.run_model(model.captioner.caption, pixels[None], options))[0]
     except ValueError as exc:  # e.g. a prompt that leaves no room in the context
         raise ApiError(422, str(exc)) from exc
     alternatives = [CaptionAlternative(text=c.text, score=c.score) for c in candidates] if fields.alternatives else None

@@ -5,23 +5,27 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadyDep, SettingsDep, check_text
+from app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
 from app.errors import ApiError
 from app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody, NoFields, image_request_body
+from app.served import ServedModel
 from app.uploads import read_image_input
 
 router = APIRouter(prefix="/v1/embed", tags=["embed"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)}
 
 
-@router.post("/text", response_model=EmbedResponse, responses=ERRORS, summary="Texts → unit vectors")
-async def embed_text(body: EmbedTextRequest, runtime: ReadyDep, settings: SettingsDep) -> EmbedResponse:
+@router.post("/text", response_model=EmbedResponse, responses=ERRORS, summary="Texts → unit vectors (the index's model)")
+async def embed_text(
+    body: EmbedTextRequest, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> EmbedResponse:
     started = time.perf_counter()
     texts = [check_text(text, settings) for text in body.all_texts]
     if not 1 <= len(texts) <= settings.max_embed_batch:
         raise ApiError(422, f"give 1 to {settings.max_embed_batch} texts, got {len(texts)}")
-    vectors = await runtime.embed_texts(texts)
-    return _response(runtime, vectors, started)
+    model = pick_index(runtime, body.index, index_name).model
+    vectors = await model.embed_texts(texts)
+    return _response(model, vectors, started)
 
 
 @router.post(
@@ -29,20 +33,23 @@ async def embed_text(body: EmbedTextRequest, runtime: ReadyDep, settings: Settin
     response_model=EmbedResponse,
     responses=ERRORS,
     openapi_extra=image_request_body(NoFields),
-    summary="An image → its unit vector",
+    summary="An image → its unit vector (the index's model)",
 )
-async def embed_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> EmbedResponse:
+async def embed_image(
+    request: Request, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> EmbedResponse:
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
-    pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
-    vectors = await runtime.embed_images([pixels])
-    return _response(runtime, vectors, started)
+    model = pick_index(runtime, upload.fields.get("index"), index_name).model
+    pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
+    vectors = await model.embed_images([pixels])
+    return _response(model, vectors, started)
 
 
-def _response(runtime, vectors, started: float) -> EmbedResponse:
+def _response(model: ServedModel, vectors, started: float) -> EmbedResponse:
     return EmbedResponse(
         embeddings=vectors.tolist(),
         dim=int(vectors.shape[1]),
-        model=runtime.encoder.spec,
+        model=model.encoder.spec,
         took_ms=round((time.perf_counter() - started) * 1000, 3),
     )

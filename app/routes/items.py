@@ -6,16 +6,17 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadyDep
+from app.deps import IndexQuery, ReadyDep, pick_index
 from app.errors import ApiError
+from app.routes.indexes import summarize
 from app.schemas import ErrorBody, IndexSummary, ItemPublic
 
 router = APIRouter(prefix="/v1", tags=["items"])
 
 
 @router.get("/items/{item_id}", response_model=ItemPublic, responses={404: {"model": ErrorBody}})
-async def get_item(item_id: int, runtime: ReadyDep) -> ItemPublic:
-    row = runtime.index.item(item_id)
+async def get_item(item_id: int, runtime: ReadyDep, index_name: IndexQuery = None) -> ItemPublic:
+    row = pick_index(runtime, index_name).index.item(item_id)
     if row is None:
         raise ApiError(404, f"no item with id {item_id}")
     return ItemPublic(**row)
@@ -27,8 +28,8 @@ async def get_item(item_id: int, runtime: ReadyDep) -> ItemPublic:
     responses={200: {"content": {"image/*": {}}}, 307: {"description": "items indexed from a URL"}, 404: {"model": ErrorBody}},
     summary="The indexed image file (found by id only; no path comes from the request)",
 )
-async def get_item_image(item_id: int, runtime: ReadyDep) -> Response:
-    index = runtime.index  # one version for the whole request
+async def get_item_image(item_id: int, runtime: ReadyDep, index_name: IndexQuery = None) -> Response:
+    index = pick_index(runtime, index_name).index  # one version for the whole request
     content = await run_in_threadpool(index.item_content, item_id)
     if content is None:
         raise ApiError(404, f"no image file for item {item_id} (unknown id, or the file was moved)")
@@ -40,21 +41,7 @@ async def get_item_image(item_id: int, runtime: ReadyDep) -> Response:
     return FileResponse(content)
 
 
-@router.get("/index", response_model=IndexSummary, summary="What the served index holds")
-async def get_index(runtime: ReadyDep) -> IndexSummary:
-    index = runtime.index
-    manifest = index.manifest
-    return IndexSummary(
-        version=index.version.name,
-        created_at=manifest.created_at,
-        model=manifest.model.spec,
-        fingerprint=manifest.model.fingerprint,
-        embed_dim=manifest.model.embed_dim,
-        metric=manifest.metric,
-        images=manifest.images.count,
-        texts=manifest.texts.count if manifest.texts else 0,
-        index_key=manifest.images.index_key,
-        skipped=manifest.skipped.total,
-        skipped_by_reason=manifest.skipped.by_reason,
-        xmodal_version=manifest.xmodal_version,
-    )
+@router.get("/index", response_model=IndexSummary, responses={404: {"model": ErrorBody}},
+            summary="What a served index holds (GET /v1/indexes: all of them)")
+async def get_index(runtime: ReadyDep, index_name: IndexQuery = None) -> IndexSummary:
+    return summarize(pick_index(runtime, index_name))

@@ -9,20 +9,22 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadyDep, SettingsDep, check_text
+from app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
 from app.errors import ApiError
 from app.routes.caption import parse_fields
 from app.runtime import Runtime
 from app.schemas import ErrorBody, RankHit, RankImageFields, RankResponse, RankTextRequest
+from app.served import ServedIndex
 from app.settings import Settings
 from app.uploads import ImageInput, image_from_payload, read_image_input, read_json_payload
 from app.vectors import stored_vectors
 
 router = APIRouter(prefix="/v1/rank", tags=["rank"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
 
 _IMAGE_B64 = {"type": "string", "description": "base64 of the image file"}
 _TEXTS = RankImageFields.model_json_schema()["properties"]["texts"]
+_INDEX = RankImageFields.model_json_schema()["properties"]["index"]
 _TEXT_QUERY = RankTextRequest.model_json_schema()
 OPENAPI = {
     "requestBody": {
@@ -35,6 +37,7 @@ OPENAPI = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "texts": {"type": "string", "description": 'Candidate texts as a JSON array string, e.g. ["a dog", "a cat"]'},
+                        "index": _INDEX,
                     },
                 }
             },
@@ -45,7 +48,7 @@ OPENAPI = {
                             "title": "RankImageRequest",
                             "type": "object",
                             "required": ["image_b64", "texts"],
-                            "properties": {"image_b64": _IMAGE_B64, "texts": _TEXTS},
+                            "properties": {"image_b64": _IMAGE_B64, "texts": _TEXTS, "index": _INDEX},
                         },
                         {k: v for k, v in _TEXT_QUERY.items() if k != "description"},
                     ]
@@ -64,50 +67,55 @@ OPENAPI = {
     openapi_extra=OPENAPI,
     summary="Zero-shot ranking: an image against given texts, or a text against given item ids",
 )
-async def rank(request: Request, runtime: ReadyDep, settings: SettingsDep) -> RankResponse:
+async def rank(request: Request, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None) -> RankResponse:
     started = time.perf_counter()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         payload = await read_json_payload(request, settings)
         if isinstance(payload, dict) and "text" in payload and "image_b64" not in payload and "image_url" not in payload:
-            return await _rank_items(parse_fields(RankTextRequest, payload), runtime, settings, started)
+            body = parse_fields(RankTextRequest, payload)
+            return await _rank_items(body, pick_index(runtime, body.index, index_name), settings, started)
         if not isinstance(payload, dict):
             raise ApiError(422, "JSON body must be an object: {image_b64, texts} or {text, images}")
         upload = await image_from_payload(payload, settings)
     else:
         upload = await read_image_input(request, settings)  # multipart, or a 415 for anything else
-    return await _rank_texts(upload, runtime, settings, started)
+    return await _rank_texts(upload, runtime, settings, started, index_name)
 
 
-async def _rank_texts(upload: ImageInput, runtime: Runtime, settings: Settings, started: float) -> RankResponse:
+async def _rank_texts(
+    upload: ImageInput, runtime: Runtime, settings: Settings, started: float, index_name: str | None
+) -> RankResponse:
     fields = upload.fields
     if isinstance(fields.get("texts"), str):  # a multipart form carries the list as one JSON string
         try:
             fields = {**fields, "texts": json.loads(fields["texts"])}
         except json.JSONDecodeError as exc:
             raise ApiError(422, f'texts must be a JSON array of strings, e.g. ["a dog", "a cat"] ({exc})') from exc
-    texts = parse_fields(RankImageFields, fields).texts
+    parsed = parse_fields(RankImageFields, fields)
+    model = pick_index(runtime, parsed.index, index_name).model
+    texts = parsed.texts
     _check_count(len(texts), "texts", settings)
     texts = [check_text(text, settings, "a candidate text") for text in texts]
-    pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
-    image_emb = (await runtime.embed_images([pixels]))[0]
-    text_emb = await runtime.embed_texts(texts)
+    pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
+    image_emb = (await model.embed_images([pixels]))[0]
+    text_emb = await model.embed_texts(texts)
     scores = text_emb @ image_emb
     order = np.argsort(-scores, kind="stable")
     results = [RankHit(position=int(i), score=float(scores[i]), text=texts[i]) for i in order]
     return RankResponse(results=results, took_ms=_ms(started))
 
 
-async def _rank_items(body: RankTextRequest, runtime: Runtime, settings: Settings, started: float) -> RankResponse:
+async def _rank_items(body: RankTextRequest, served: ServedIndex, settings: Settings, started: float) -> RankResponse:
     text = check_text(body.text, settings)
     _check_count(len(body.images), "images", settings)
-    index = runtime.index  # one version for the whole request
+    index = served.index  # one version for the whole request
     count = index.manifest.images.count
     unknown = [item_id for item_id in body.images if not 0 <= item_id < count]
     if unknown:
         raise ApiError(422, f"unknown item ids: {unknown[:10]} (this index has ids 0..{count - 1})")
     vectors = await run_in_threadpool(stored_vectors, index, "images")
-    query_emb = (await runtime.embed_texts([text]))[0]
+    query_emb = (await served.model.embed_texts([text]))[0]
     scores = vectors[body.images] @ query_emb
     order = np.argsort(-scores, kind="stable")
     paths = index.items.column("path")

@@ -7,7 +7,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadyDep, SettingsDep, check_k, check_text
+from app.deps import IndexQuery, ReadyDep, SettingsDep, check_k, check_text, pick_index
 from app.errors import ApiError
 from app.schemas import (
     ErrorBody, ImageHit, ImageSearchFields, SearchOptions, SearchResponse, Target, TextHit, TextSearchRequest,
@@ -20,17 +20,20 @@ from indexer.filters import FilterError
 from indexer.reader import OpenIndex
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 429, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
 DEDUP_MAX_POOL = 16  # with dedup, at most 16 x (offset + k) candidates are examined
 
 
 @router.post("/text", response_model=SearchResponse, responses=ERRORS, summary="Text → images")
-async def search_text(body: TextSearchRequest, runtime: ReadyDep, settings: SettingsDep) -> SearchResponse:
+async def search_text(
+    body: TextSearchRequest, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> SearchResponse:
     started = time.perf_counter()
     text = check_text(body.text, settings)
-    index = runtime.index  # one version for the whole request, even if a hot swap happens meanwhile
+    served = pick_index(runtime, body.index, index_name)
+    index = served.index  # one version for the whole request, even if a hot swap happens meanwhile
     options = _checked(body, settings)
-    query_emb = await runtime.embed_texts([text])
+    query_emb = await served.model.embed_texts([text])
     return SearchResponse(results=_image_hits(index, query_emb, options), took_ms=_ms(started))
 
 
@@ -41,21 +44,26 @@ async def search_text(body: TextSearchRequest, runtime: ReadyDep, settings: Sett
     openapi_extra=image_request_body(ImageSearchFields),
     summary="Image → images (target=images) or image → captions (target=texts)",
 )
-async def search_image(request: Request, runtime: ReadyDep, settings: SettingsDep) -> SearchResponse:
+async def search_image(
+    request: Request, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> SearchResponse:
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
     options, target = _image_query_fields(upload.fields, settings)
-    index = runtime.index
+    served = pick_index(runtime, upload.fields.get("index"), index_name)
+    index = served.index
     _check_target(index, target)
-    pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
-    query_emb = await runtime.embed_images([pixels])
+    pixels = await run_in_threadpool(served.model.encoder.preprocess_image, upload.image)
+    query_emb = await served.model.embed_images([pixels])
     return SearchResponse(results=_hits(index, query_emb, options, target), took_ms=_ms(started))
 
 
 @router.post("/vector", response_model=SearchResponse, responses=ERRORS, summary="A raw embedding → images or captions")
-async def search_vector(body: VectorSearchRequest, runtime: ReadyDep, settings: SettingsDep) -> SearchResponse:
+async def search_vector(
+    body: VectorSearchRequest, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> SearchResponse:
     started = time.perf_counter()
-    index = runtime.index
+    index = pick_index(runtime, body.index, index_name).index
     options, target = _checked(body, settings), Target(body.target)
     _check_target(index, target)
     vector = np.asarray(body.vector, dtype=np.float32)

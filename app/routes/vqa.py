@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import ReadyDep, SettingsDep, check_text
+from app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
 from app.errors import ApiError
 from app.routes.caption import check_max_tokens, elapsed_ms, parse_fields
 from app.schemas import ErrorBody, VqaRequest, VqaResponse, image_request_body
@@ -18,7 +18,7 @@ from app.uploads import read_image_input
 from models.generation import DecoderUnavailable
 
 router = APIRouter(prefix="/v1/vqa", tags=["vqa"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 413, 415, 422, 501, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 501, 503)}
 MULTIPART_ANSWERS = {
     "answers": {"type": "string", "description": 'Candidate answers as a JSON array string, e.g. ["red", "blue"]'}
 }
@@ -32,20 +32,23 @@ MULTIPART_ANSWERS = {
     openapi_extra=image_request_body(VqaRequest, MULTIPART_ANSWERS),
     summary="A question about an image → an answer (with candidate answers: the best one and every score)",
 )
-async def answer_question(request: Request, runtime: ReadyDep, settings: SettingsDep) -> VqaResponse:
+async def answer_question(
+    request: Request, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> VqaResponse:
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
     fields = parse_fields(VqaRequest, _answers_from_json_string(upload.fields))
+    model = pick_index(runtime, fields.index, index_name).model
     question = check_text(fields.question, settings, "question")
     answers = _check_answers(fields.answers, settings)
     if answers is None:
         check_max_tokens(fields.max_tokens, settings)
-    answer = functools.partial(runtime.captioner.answer, max_new_tokens=fields.max_tokens)
+    answer = functools.partial(model.captioner.answer, max_new_tokens=fields.max_tokens)
     try:
         if answers is None:
-            runtime.captioner.require_decoder("open-ended VQA")
-        pixels = await run_in_threadpool(runtime.encoder.preprocess_image, upload.image)
-        result = await runtime.run_model(answer, pixels, question, answers)
+            model.captioner.require_decoder("open-ended VQA")
+        pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
+        result = await model.run_model(answer, pixels, question, answers)
     except DecoderUnavailable as exc:
         raise ApiError(501, str(exc)) from exc
     except ValueError as exc:  # duplicate answers, a prompt and answer over the context length, ...

@@ -29,13 +29,16 @@ def free_port() -> int:
 class Server:
     """`xmodal serve` in a subprocess; `url` once it listens. Always stopped on exit."""
 
-    def __init__(self, index: Path, log_path: Path, env: dict | None = None):
+    def __init__(self, index: Path | list[str], log_path: Path, env: dict | None = None):
+        """index: one folder, or several `--index` values (`NAME=FOLDER`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
+        indexes = [str(value) for value in index] if isinstance(index, list) else [str(index)]
         self.process = subprocess.Popen(
-            [XMODAL, "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(self.port)],
+            [XMODAL, "serve", *(arg for value in indexes for arg in ("--index", value)),
+             "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

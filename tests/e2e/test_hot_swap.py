@@ -69,5 +69,6 @@ def test_admin_reload_swaps_at_once_when_polling_is_off(tiny_coca_dir, tmp_path)
         second = build_index(BuildConfig(photos, out, workers=0, progress=False), encoder)
         assert httpx.get(server.url + "/v1/index").json()["version"] == first.version.name  # no polling
         reload = httpx.post(server.url + "/v1/admin/index/reload").json()
-        assert reload == {"swapped": True, "previous": first.version.name, "version": second.version.name}
+        assert reload == {"index": "default", "swapped": True, "previous": first.version.name,
+                          "version": second.version.name}
         assert httpx.post(server.url + "/v1/admin/index/reload").json()["swapped"] is False

@@ -120,10 +120,12 @@ def test_metrics_after_a_few_requests(secure):
     body = httpx.get(secure.url + "/metrics", headers=_auth("metrics")).text
     assert 'xmodal_request_duration_seconds_count{method="POST",route="/v1/search/text",status="200"}' in body
     assert 'route="/v1/index",status="401"' in body  # statuses other than 200 too
-    assert 'xmodal_batch_size_bucket{batcher="text",le="+Inf"}' in body
-    assert 'xmodal_batch_queue_depth{batcher="text"} 0.0' in body
-    assert "xmodal_model_info{" in body and "fingerprint=" in body and "index_version=" in body
-    assert 'xmodal_index_vectors{kind="images"} 159.0' in body and "xmodal_ready 1.0" in body
+    model = json.loads(httpx.get(secure.url + "/v1/indexes", headers=_auth("metrics")).text)["models"][0]["spec"]
+    text_buckets = [line for line in body.splitlines() if line.startswith('xmodal_batch_size_bucket{batcher="text"')]
+    assert any('le="+Inf"' in line and f'model="{model}"' in line for line in text_buckets)
+    assert f'xmodal_batch_queue_depth{{batcher="text",model="{model}"}} 0.0' in body
+    assert 'xmodal_model_info{' in body and 'index="default"' in body and "index_version=" in body
+    assert 'xmodal_index_vectors{index="default",kind="images"} 159.0' in body and "xmodal_ready 1.0" in body
 
 
 def test_metrics_are_open_when_auth_is_off(client):

@@ -103,3 +103,21 @@ def test_async_client_retries_the_same_way():
             return await client.index()
 
     assert asyncio.run(main()).images == 3 and waits == [1.0] and len(seen) == 2
+
+
+def test_index_goes_in_the_json_body_the_form_or_the_query():
+    search = (200, {}, {"results": [], "took_ms": 1})
+    listing = (200, {}, {"indexes": [SUMMARY], "models": []})
+    reloaded = (200, {}, {"index": "docs", "swapped": False, "previous": "v1", "version": "v1"})
+    transport, seen = _replies(search, search, (200, {}, SUMMARY), listing, reloaded, reloaded)
+    client, _ = _client(transport)
+    client.search_text("dog", index="docs")
+    client.search_image(b"png", index="docs")
+    client.index("docs")
+    assert client.indexes().indexes[0].images == 3
+    assert client.reload_index("docs")["index"] == "docs"
+    client.reload_index()
+    assert json.loads(seen[0].content)["index"] == "docs"
+    assert b'name="index"\r\n\r\ndocs' in seen[1].read()
+    assert seen[2].url.params["index"] == "docs" and seen[3].url.path == "/v1/indexes"
+    assert [r.url.path for r in seen[4:]] == ["/v1/indexes/docs/reload", "/v1/admin/index/reload"]
