@@ -4,13 +4,17 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "xmodal.apiKey";
+const INDEX_STORAGE = "xmodal.index";
 const state = {
-  index: null,        // GET /v1/index, once it answers
+  indexes: [],        // GET /v1/indexes: every served index's summary
+  index: null,        // the chosen one's, once it answers
+  indexName: null,    // its name, sent as `index` with every call; null when the server serves one index
   image: null,        // the query image (a File)
   preview: null,      // its blob URL
   thumbs: [],         // blob URLs of the shown thumbnails, revoked when replaced
   search: 0,          // number of the latest search: older answers are dropped
-  noDecoder: null,    // the server's 501 message once the model turned out to have no caption decoder
+  lastSearch: null,   // the latest search ({text} or {image: true}), run again when another index is chosen
+  noDecoder: new Map(),  // model (spec + fingerprint) → the server's 501 message: that model has no caption decoder
 };
 
 class ApiError extends Error {
@@ -52,15 +56,22 @@ async function errorText(response) {
 
 const getJson = async (path, options) => (await api(path, options)).json();
 
+// The chosen index goes with every call that reads an index or uses its model: a JSON or form field `index`
+// (a query parameter for GETs). With one index served nothing is added, as before there were several.
+const withIndex = (fields) => (state.indexName === null ? fields : { ...fields, index: state.indexName });
+const indexQuery = () => (state.indexName === null ? "" : `?index=${encodeURIComponent(state.indexName)}`);
+
 function postJson(path, body) {
-  return getJson(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  return getJson(path, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(withIndex(body)),
+  });
 }
 
 // Image endpoints take multipart: the image as `file`, other fields as strings.
 function postImage(path, fields) {
   const form = new FormData();
   form.append("file", state.image, state.image.name || "image");
-  for (const [name, value] of Object.entries(fields)) form.append(name, String(value));
+  for (const [name, value] of Object.entries(withIndex(fields))) form.append(name, String(value));
   return getJson(path, { method: "POST", body: form });
 }
 
@@ -81,22 +92,31 @@ function showError(err) {
   showStatus(err.status ? `Error ${err.status}: ${err.message}${hint}` : `Error: ${err.message}`, true);
 }
 
-// ---------------------------------------------------------------- index info
+// ---------------------------------------------------------------- the served indexes
 
-async function loadIndex() {
+// GET /v1/indexes: with several, a select in the header picks one (remembered in this browser); the info
+// line describes the chosen one.
+async function loadIndexes() {
   clearTimeout(state.retry);
   const info = $("index-info");
   try {
-    const index = await getJson("/v1/index");
-    state.index = index;
-    const captions = index.texts ? ` · ${index.texts.toLocaleString()} captions` : "";
-    info.textContent = `${index.images.toLocaleString()} images${captions} · ${index.model} · ${index.version}`;
-    info.title = `${index.index_key}, ${index.embed_dim}-d ${index.metric}, built ${index.created_at}`;
+    const { indexes } = await getJson("/v1/indexes");
+    if (indexes.length === 0) throw new ApiError(0, "the server serves no index");
+    state.indexes = indexes;
+    const several = indexes.length > 1;
+    const select = $("index-select");
+    select.replaceChildren(...(several ? indexes.map((index) => new Option(index.name, index.name)) : []));
+    $("index-pick").hidden = !several;
+    const names = indexes.map((index) => index.name);
+    const saved = localStorage.getItem(INDEX_STORAGE);
+    // The saved choice while it is served; else the one named default, else the first.
+    const name = names.includes(saved) ? saved : (names.includes("default") ? "default" : names[0]);
+    chooseIndex(several ? name : null);
   } catch (err) {
     state.index = null;
     if (err.status === 503) {
-      info.textContent = "The server is still loading its model and index…";
-      state.retry = setTimeout(loadIndex, 2000);
+      info.textContent = "The server is still loading its models and indexes…";
+      state.retry = setTimeout(loadIndexes, 2000);
     } else if (err.status === 401) {
       info.textContent = "This server needs an API key: enter it at the right.";
     } else {
@@ -105,13 +125,41 @@ async function loadIndex() {
   }
 }
 
+// name: the chosen index (null: the only one served).
+function chooseIndex(name) {
+  state.indexName = name;
+  const index = name === null ? state.indexes[0] : state.indexes.find((candidate) => candidate.name === name);
+  state.index = index;
+  if (name !== null) $("index-select").value = name;
+  const info = $("index-info");
+  const captions = index.texts ? ` · ${index.texts.toLocaleString()} captions` : "";
+  info.textContent = `${index.images.toLocaleString()} images${captions} · ${index.model} · ${index.version}`;
+  info.title = `${index.index_key}, ${index.embed_dim}-d ${index.metric}, built ${index.created_at}`;
+  updateTools();
+}
+
+function pickIndex() {
+  const name = $("index-select").value;
+  if (name === state.indexName) return;
+  localStorage.setItem(INDEX_STORAGE, name);
+  chooseIndex(name);
+  $("answer").hidden = true;  // a caption or answer by the other index's model
+  renderTexts([]);
+  // The same query on the chosen index, so the page never shows one index's results under another's name.
+  if (state.lastSearch && state.lastSearch.image) searchByImage();
+  else if (state.lastSearch) runTextSearch(state.lastSearch.text);
+}
+
+// Which model answers for the chosen index: indexes built with the same weights share one.
+const modelKey = () => (state.index ? `${state.index.model} ${state.index.fingerprint}` : "");
+
 function saveKey(event) {
   event.preventDefault();
   const key = $("api-key").value.trim();
   if (key) localStorage.setItem(KEY_STORAGE, key);
   else localStorage.removeItem(KEY_STORAGE);
   showStatus(key ? "API key saved in this browser." : "API key removed.");
-  loadIndex();
+  loadIndexes();
 }
 
 // ---------------------------------------------------------------- searches
@@ -124,7 +172,8 @@ async function runSearch(label, request) {
     if (number !== state.search) return;  // a newer search has started
     renderResults(body.results);
     const plural = body.results.length === 1 ? "" : "s";
-    showStatus(`${body.results.length} result${plural} for ${label} in ${Math.round(body.took_ms)} ms`);
+    const where = state.indexName === null ? "" : ` from ${state.indexName}`;
+    showStatus(`${body.results.length} result${plural} for ${label}${where} in ${Math.round(body.took_ms)} ms`);
   } catch (err) {
     if (number === state.search) showError(err);
   }
@@ -132,7 +181,11 @@ async function runSearch(label, request) {
 
 function searchText(event) {
   event.preventDefault();
-  const text = $("query").value;
+  runTextSearch($("query").value);
+}
+
+function runTextSearch(text) {
+  state.lastSearch = { text };
   runSearch(`“${text}”`, () => postJson("/v1/search/text", { text, k: readK() }));
 }
 
@@ -141,14 +194,18 @@ const readK = () => Number($("k").value);
 
 async function searchByImage() {
   const image = state.image;
+  const index = state.index;
+  const indexName = state.indexName;
+  state.lastSearch = { image: true };
   renderTexts([]);
   await runSearch(`the image ${image.name || ""}`.trim(), () => postImage("/v1/search/image", { k: readK() }));
-  if (!state.index || !state.index.texts || image !== state.image) return;
+  const current = () => image === state.image && indexName === state.indexName;
+  if (!index || !index.texts || !current()) return;
   try {  // image → text: the index's captions nearest to this image
     const body = await postImage("/v1/search/image", { k: Math.min(readK(), 10), target: "texts" });
-    if (image === state.image) renderTexts(body.results);
+    if (current()) renderTexts(body.results);
   } catch (err) {
-    showError(err);
+    if (current()) showError(err);
   }
 }
 
@@ -182,7 +239,7 @@ function card(hit) {
 async function loadThumb(thumb, hit) {
   try {
     // Items indexed from a URL answer with a redirect to it; the page's policy does not show remote images.
-    const response = await api(`/v1/items/${hit.id}/image`, { redirect: "manual" });
+    const response = await api(`/v1/items/${hit.id}/image${indexQuery()}`, { redirect: "manual" });
     if (response.type === "opaqueredirect") {
       thumb.textContent = "image at its source URL";
       thumb.disabled = true;
@@ -228,11 +285,13 @@ function useImage(file) {
 }
 
 function updateTools() {
-  const usable = state.image !== null && state.noDecoder === null;
+  const noDecoder = state.noDecoder.get(modelKey());
+  const usable = state.image !== null && noDecoder === undefined;
   ["caption", "question", "ask"].forEach((id) => { $(id).disabled = !usable; });
-  if (state.noDecoder !== null) {
+  if (noDecoder !== undefined) {
+    const whose = state.indexName === null ? "this server's model" : `the model of the index ${state.indexName}`;
     $("tools-note").textContent = "Caption and Ask need a model with a caption decoder (a CoCa model); "
-      + `this server's model has none (plain CLIP). The server said: ${state.noDecoder}`;
+      + `${whose} has none (plain CLIP). The server said: ${noDecoder}`;
   } else {
     $("tools-note").textContent = state.image ? "" : "Choose an image to search with it, caption it or ask about it.";
   }
@@ -241,17 +300,20 @@ function updateTools() {
 async function generate(label, path, fields) {
   const button = label === "Caption" ? $("caption") : $("ask");
   const image = state.image;
+  const indexName = state.indexName;
+  const model = modelKey();
+  const current = () => image === state.image && indexName === state.indexName;
   button.disabled = true;
   showAnswer(label, "…");
   try {
     const body = await postImage(path, fields);
-    if (image !== state.image) return;  // about an image that is no longer the query
-    showAnswer(label, body.caption !== undefined ? body.caption : body.answer);
+    // Not shown when about an image that is no longer the query, or by the model of an index no longer chosen.
+    if (current()) showAnswer(label, body.caption !== undefined ? body.caption : body.answer);
   } catch (err) {
-    if (image === state.image) $("answer").hidden = true;
+    if (current()) $("answer").hidden = true;
     if (err.status === 501) {
-      state.noDecoder = err.message;
-    } else {
+      state.noDecoder.set(model, err.message);
+    } else if (current()) {
       showError(err);
     }
   }
@@ -295,6 +357,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("text-form").addEventListener("submit", searchText);
   $("ask-form").addEventListener("submit", ask);
   $("caption").addEventListener("click", () => generate("Caption", "/v1/caption", {}));
+  $("index-select").addEventListener("change", pickIndex);
   wireDropZone();
-  loadIndex();
+  loadIndexes();
 });

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import COCO_MINI
@@ -88,6 +89,7 @@ def test_page_is_static_with_a_strict_policy_and_shows_the_index(page, server):
     assert response.headers["x-content-type-options"] == "nosniff"
     expect(page.locator("#index-info")).to_contain_text("159 images · 795 captions")
     expect(page.locator("#index-info")).to_contain_text("local-dir:")
+    expect(page.locator("#index-pick")).to_be_hidden()  # one index: no choice to make
     for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css")]:
         asset = httpx.get(f"{server.url}/static/{name}")
         assert asset.headers["content-type"].startswith(kind) and asset.headers["x-content-type-options"] == "nosniff"
@@ -168,17 +170,23 @@ def test_api_errors_show_the_servers_message(page, server, console):
 
 
 @pytest.fixture(scope="module")
-def keyed_clip_server(tiny_clip_dir, tmp_path_factory):
-    """A plain CLIP index of three photos behind an API key."""
+def clip_index_dir(tiny_clip_dir, coco_index_dir, tmp_path_factory):
+    """A plain CLIP index of coco-mini's last three photos (so its item ids name other photos than coco's)."""
     photos = tmp_path_factory.mktemp("web-photos")
-    for path in sorted((COCO_MINI / "images").glob("*.jpg"))[:3]:
+    for path in sorted((COCO_MINI / "images").glob("*.jpg"))[-3:]:
         shutil.copy(path, photos)
     out = tmp_path_factory.mktemp("web-clip-index")
     built = run_xmodal("index", photos, "--out", out, "--model", f"local-dir:{tiny_clip_dir}", "--workers", "0",
                        "--no-progress")
     assert built.returncode == 0, built.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def keyed_clip_server(clip_index_dir, tmp_path_factory):
+    """The plain CLIP index behind an API key."""
     env = {"XMODAL_API_KEYS": json.dumps({KEY: "read"}), "XMODAL_RATE_LIMIT_RPS": "0"}
-    with Server(out, tmp_path_factory.mktemp("web-logs") / "server.log", env=env) as running:
+    with Server(clip_index_dir, tmp_path_factory.mktemp("web-logs") / "server.log", env=env) as running:
         running.wait_ready()
         yield running
 
@@ -203,4 +211,79 @@ def test_with_keys_the_page_loads_sends_the_key_and_explains_a_model_without_dec
     for control in ("#caption", "#question", "#ask"):
         expect(page.locator(control)).to_be_disabled()
     _provoked(console, 401, 1)
+    _provoked(console, 501, 1)
+
+
+@pytest.fixture(scope="module")
+def two_indexes(coco_index_dir, clip_index_dir, tmp_path_factory):
+    """coco (tiny CoCa, with captions) and clip (tiny CLIP, none), and no index named default: every call
+    that reads an index must name one (a 422 otherwise, which the console check would catch)."""
+    indexes = [f"coco={coco_index_dir}", f"clip={clip_index_dir}"]
+    log = tmp_path_factory.mktemp("web-many-logs") / "server.log"
+    with Server(indexes, log, env={"XMODAL_RATE_LIMIT_RPS": "0"}) as running:
+        running.wait_ready()
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            yield running, http
+
+
+def test_several_indexes_a_select_picks_the_index_searched_thumbnailed_and_captioned(
+    page, two_indexes, console, tmp_path
+):
+    server, http = two_indexes
+    photo = {"file": (PHOTO.name, PHOTO.read_bytes(), "image/jpeg")}
+    page.goto(server.url + "/")
+    expect(page.locator("#index-select option")).to_have_text(["coco", "clip"])
+    expect(page.locator("#index-select")).to_have_value("coco")  # nothing saved and none named default: the first
+    expect(page.locator("#index-info")).to_contain_text("159 images · 795 captions")
+
+    for name, count in [("coco", 5), ("clip", 3)]:  # clip: the same query again, on its three photos
+        if name == "clip":
+            page.select_option("#index-select", "clip")
+            expect(page.locator("#index-info")).to_contain_text("3 images · local-dir:")
+        else:
+            _search_text(page, QUERY, 5)
+        expect(page.locator("#status")).to_contain_text(f"{count} results for “{QUERY}” from {name}")
+        want = http.post("/v1/search/text", json={"text": QUERY, "k": 5, "index": name}).json()["results"]
+        assert len(want) == count and _card_ids(page) == [hit["id"] for hit in want]
+        # That index's own files. (The sizes are the files', not the hits': `xmodal index` with draft decoding, as
+        # clip was built, records the draft-decoded size.)
+        files = [Image.open(COCO_MINI / "images" / Path(hit["path"]).name).size for hit in want]
+        assert _wait_thumbnails(page, count) == [list(size) for size in files]
+
+    # An image on clip: its similar images, no captions (clip has none); its model has no caption decoder.
+    page.set_input_files("#file", str(PHOTO))
+    expect(page.locator("#status")).to_contain_text(f"3 results for the image {PHOTO.name} from clip")
+    want = http.post("/v1/search/image", files=photo, data={"k": "5", "index": "clip"}).json()["results"]
+    assert _card_ids(page) == [hit["id"] for hit in want]
+    expect(page.locator("#texts-section")).to_be_hidden()
+    page.click("#caption")
+    expect(page.locator("#tools-note")).to_contain_text("the model of the index clip has none (plain CLIP)")
+    for control in ("#caption", "#question", "#ask"):
+        expect(page.locator(control)).to_be_disabled()
+    page.screenshot(path=tmp_path / "web-page-clip.png", full_page=True)
+
+    # Back to coco (a CoCa): the image is searched there, its captions shown, and Caption works again.
+    page.select_option("#index-select", "coco")
+    expect(page.locator("#status")).to_contain_text(f"5 results for the image {PHOTO.name} from coco")
+    want = http.post("/v1/search/image", files=photo, data={"k": "5", "index": "coco"}).json()["results"]
+    assert _card_ids(page) == [hit["id"] for hit in want]
+    texts = http.post("/v1/search/image", files=photo, data={"k": "5", "target": "texts", "index": "coco"}).json()
+    expect(page.locator("#texts .text")).to_have_text([hit["text"] for hit in texts["results"]])
+    expect(page.locator("#caption")).to_be_enabled()
+    expect(page.locator("#tools-note")).to_have_text("")
+    page.click("#caption")
+    caption = http.post("/v1/caption", files=photo, data={"index": "coco"}).json()["caption"]
+    expect(page.locator("#answer-text")).to_have_text(caption)
+    _wait_thumbnails(page, 5)
+    page.screenshot(path=tmp_path / "web-page-indexes.png", full_page=True)  # for a person to look at
+
+    # The choice stays in this browser; a saved name the server no longer serves falls back to the first.
+    page.select_option("#index-select", "clip")
+    page.reload()
+    expect(page.locator("#index-select")).to_have_value("clip")
+    expect(page.locator("#index-info")).to_contain_text("3 images")
+    page.evaluate("() => localStorage.setItem('xmodal.index', 'gone')")
+    page.reload()
+    expect(page.locator("#index-select")).to_have_value("coco")
+    expect(page.locator("#index-info")).to_contain_text("159 images")
     _provoked(console, 501, 1)
