@@ -27,13 +27,15 @@ class OpenIndex:
         self.source = Path(self.manifest.source)
         self.image_index = store.read_index(self.version, "images", tuning.read_flags(self.manifest.images.index_key))
         self._image_searcher = _searcher(self.version, self.manifest.images, self.image_index)
-        self.items: pa.Table = store.read_table(self.version, "items")
+        # One chunk per column: Table.take over Parquet's many chunks costs O(rows) (23 ms for 10 rows
+        # of a 1M-item index, bench/bench_latency.py), over one chunk it is O(k).
+        self.items: pa.Table = store.read_table(self.version, "items").combine_chunks()
         self.text_index: faiss.Index | None = None
         self.texts: pa.Table | None = None
         if self.manifest.texts is not None:
             self.text_index = store.read_index(self.version, "texts", tuning.read_flags(self.manifest.texts.index_key))
             self._text_searcher = _searcher(self.version, self.manifest.texts, self.text_index)
-            self.texts = store.read_table(self.version, "texts")
+            self.texts = store.read_table(self.version, "texts").combine_chunks()
 
     @property
     def has_texts(self) -> bool:
