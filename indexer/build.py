@@ -32,7 +32,7 @@ from indexer.sources import Record, Source, captions_for, open_source, read_capt
 from indexer.tuning import build_vector_index
 from models.encoders import Encoder
 from models.generation import can_caption, generate_captions
-from models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image
+from models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, source_size
 from models.specs import DEFAULT_SPEC
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ class _Records(Dataset):
                 item["reused"] = True  # unchanged since the published version: no decode needed
                 return item
             image = load_image(data, self.max_pixels, self.draft_size)
-            item.update(pixels=self.preprocess(image), width=image.width, height=image.height)
+            width, height = source_size(image)  # the file's size, also when it was draft-decoded smaller
+            item.update(pixels=self.preprocess(image), width=width, height=height)
         except ImageError as exc:
             item["reason"] = str(exc)
         except OSError as exc:

@@ -61,7 +61,10 @@ def load_image(
                     img.draft(None, (max(1, round(width * scale)), max(1, round(height * scale))))
                 img.load()
                 upright = ImageOps.exif_transpose(img)
-                return to_rgb(upright)
+                rgb = to_rgb(upright)
+                turned = upright.size != img.size  # EXIF rotated by 90 degrees: width and height swap
+                rgb.info[SOURCE_SIZE] = (height, width) if turned else (width, height)
+                return rgb
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -71,6 +74,14 @@ def load_image(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Truncated or corrupt data surfaces as any of these from Pillow's plugins.
         raise ImageError(f"corrupt or truncated image: {exc}") from exc
+
+
+SOURCE_SIZE = "xmodal_source_size"  # Image.info key: the upright file's size, before any draft reduction
+
+
+def source_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the upright image as stored in its file: a draft-decoded JPEG is smaller."""
+    return image.info.get(SOURCE_SIZE, image.size)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -165,3 +165,14 @@ def test_an_index_over_the_memory_budget_fails_before_publishing_and_the_rerun_r
     assert (info.index_key, info.search_params, info.measured_recall_at_10) == ("Flat", "", None)
     assert info.index_bytes == (fits.version / "images.faiss").stat().st_size
     assert fits.indexes == {"images": "Flat (exact)"}
+
+
+def test_items_record_the_files_size_also_when_decoded_in_draft_mode(encoder, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (1600, 1200), (30, 120, 200)).save(folder / "big.jpg", quality=90)
+    report = build_index(BuildConfig(folder, tmp_path / "index", workers=0, progress=False, draft=True), encoder)
+    item = OpenIndex(report.version).item_rows([0])[0]
+    assert (item["width"], item["height"]) == (1600, 1200)

@@ -1,8 +1,10 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from models.images import ImageError, ImageTooLarge, load_image
+from models.images import ImageError, ImageTooLarge, load_image, source_size
 from tests.conftest import EDGE_UNDECODABLE, IMAGES_EDGE, requires_data
 
 pytestmark = requires_data(IMAGES_EDGE)
@@ -56,3 +58,16 @@ def test_bytes_and_paths_decode_alike():
     assert np.array_equal(np.asarray(load_image(data)), np.asarray(load_image(IMAGES_EDGE / "hopper.webp")))
     with pytest.raises(ImageError):
         load_image(b"")
+
+
+@pytest.mark.parametrize("orientation, upright", [(1, (1600, 1200)), (6, (1200, 1600))])
+def test_a_draft_decode_keeps_the_files_upright_size(orientation, upright):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (200, 30, 30)).save(buffer, "JPEG", exif=exif)
+    drafted = load_image(buffer.getvalue(), draft_size=224)
+    assert max(drafted.size) < 1600 and source_size(drafted) == upright
+    assert (drafted.width < drafted.height) == (upright[0] < upright[1])
+    full = load_image(buffer.getvalue())
+    assert full.size == upright and source_size(full) == upright
