@@ -29,7 +29,7 @@ from indexer.manifest import Manifest, ModelInfo, SkipCounts, VectorIndexInfo, p
 from indexer.reader import OpenIndex
 from indexer.selection import DEFAULT_LATENCY_MS, split_budget
 from indexer.sources import Record, Source, captions_for, open_source, read_captions, read_record_bytes
-from indexer.tuning import build_vector_index
+from indexer.tuning import StoredRows, build_vector_index
 from models.encoders import Encoder
 from models.generation import can_caption, generate_captions
 from models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, source_size
@@ -154,27 +154,28 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
     counts = _embed_into_journal(config, source, encoder, previous, journal)
     embed_seconds = time.perf_counter() - embed_started
 
-    items, vectors, skipped, duplicates = _assemble(journal, source)
-    if not items:
-        raise BuildError(f"none of the {len(source.records)} images in {config.source} could be decoded; nothing to index")
-    records = {record.key: record for record in source.records}
-    for item in items:
-        record = records[item["path"]]
-        generated = [item["generated_caption"]] if item["generated_caption"] else []
-        item["captions"] = list(record.captions) + captions_for(item["path"], csv_captions) + generated
-        item["location"] = record.location
-        item["extra"] = record.extra
-
-    text_rows = [(item["id"], text) for item in items for text in item["captions"]]
-    budgets = split_budget(config.budget_bytes, {"images": len(vectors), "texts": len(text_rows)})
     writer = store.VersionWriter(config.out)
     try:
+        image_shards = writer.shard_writer("images", encoder.embed_dim)
+        items, skipped, duplicates = _assemble(journal, image_shards)
+        if not items:
+            raise BuildError(f"none of the {len(source.records)} images in {config.source} could be decoded; nothing to index")
+        records = {record.key: record for record in source.records}
+        for item in items:
+            record = records[item["path"]]
+            generated = [item["generated_caption"]] if item["generated_caption"] else []
+            item["captions"] = list(record.captions) + captions_for(item["path"], csv_captions) + generated
+            item["location"] = record.location
+            item["extra"] = record.extra
+
+        text_rows = [(item["id"], text) for item in items for text in item["captions"]]
+        budgets = split_budget(config.budget_bytes, {"images": len(items), "texts": len(text_rows)})
         manifest = Manifest(
             xmodal_version=package_version(),
             model=ModelInfo(spec=encoder.spec, fingerprint=encoder.fingerprint, embed_dim=encoder.embed_dim),
             source=source.root,
             source_kind=source.kind,
-            images=_write_vectors(writer, "images", vectors, config, budgets["images"]),
+            images=_index_vectors(writer, "images", image_shards.close(), config, budgets["images"]),
             skipped=SkipCounts(total=len(skipped), by_reason=dict(Counter(_reason_kind(r) for r in skipped.values()))),
             ignored_files=len(source.ignored),
             duplicates=duplicates,
@@ -270,7 +271,8 @@ def _embed_batch(batch: list[dict], encoder: Encoder, previous_rows: dict, seen:
             row.update(status="duplicate", duplicate_of=seen[row["sha256"]])
         elif item["reused"]:
             old = previous_rows[item["key"]]
-            row.update(status="reused", width=old["width"], height=old["height"], vector=old["vector"])
+            row.update(status="reused", width=old["width"], height=old["height"],
+                       vector=old["vectors"].take([old["row"]])[0])
             if caption and old["generated_caption"]:  # keep the caption generated last time
                 row["generated_caption"] = old["generated_caption"]
         else:
@@ -294,24 +296,26 @@ def _embed_batch(batch: list[dict], encoder: Encoder, previous_rows: dict, seen:
 
 
 def _previous_rows(previous: OpenIndex | None) -> dict[str, dict]:
-    """key -> {sha256, width, height, vector} of the published version (for --update)."""
+    """key -> {sha256, width, height, generated_caption, row, vectors} of the published version (for
+    --update); its vector is vectors.take([row]), read from the memory-mapped shards when reused."""
     if previous is None:
         return {}
-    vectors = store.read_vectors(previous.version, previous.manifest.images.embeddings)
+    vectors = StoredRows(store.map_vectors(previous.version, previous.manifest.images.embeddings))
     columns = previous.items.select(["path", "sha256", "width", "height", "generated_caption"]).to_pydict()
     return {
-        key: {"sha256": sha, "width": w, "height": h, "generated_caption": text, "vector": vectors[i]}
+        key: {"sha256": sha, "width": w, "height": h, "generated_caption": text, "row": i, "vectors": vectors}
         for i, (key, sha, w, h, text) in enumerate(
             zip(columns["path"], columns["sha256"], columns["width"], columns["height"], columns["generated_caption"])
         )
     }
 
 
-def _assemble(journal: Journal, source: Source):
-    """Items (ids in record order), their vectors, skips and the duplicate count, from the journal."""
-    items, chunks, skipped, by_key, duplicates = [], [], {}, {}, 0
+def _assemble(journal: Journal, shards: store.ShardWriter):
+    """Items (ids in record order), skips and the duplicate count from the journal; the items' vectors go
+    to `shards` batch by batch (float16 as the journal holds them: never all in memory at once)."""
+    items, skipped, by_key, duplicates = [], {}, {}, 0
     for rows, vectors in journal.read_batches():
-        chunks.append(vectors)
+        shards.add(vectors)
         for row in rows:
             if row["status"] == "skipped":
                 skipped[row["key"]] = row["reason"]
@@ -324,17 +328,16 @@ def _assemble(journal: Journal, source: Source):
                         "generated_caption": row.get("generated_caption")}
                 items.append(item)
                 by_key[row["key"]] = item
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float16)
-    return items, np.ascontiguousarray(vectors.astype(np.float32)), skipped, duplicates
+    return items, skipped, duplicates
 
 
 def _write_texts(writer: store.VersionWriter, encoder: Encoder, text_rows, config: BuildConfig,
                  budget_bytes: int | None) -> VectorIndexInfo:
     texts = [text for _, text in text_rows]
-    chunks = []
+    shards = writer.shard_writer("texts", encoder.embed_dim)
     for start in tqdm(range(0, len(texts), TEXT_BATCH), desc="embedding captions", unit="batch", disable=not config.progress):
-        chunks.append(encoder.encode_texts(texts[start : start + TEXT_BATCH]))
-    info = _write_vectors(writer, "texts", _rounded(np.concatenate(chunks)), config, budget_bytes)
+        shards.add(encoder.encode_texts(texts[start : start + TEXT_BATCH]))  # stored (and indexed) as float16
+    info = _index_vectors(writer, "texts", shards.close(), config, budget_bytes)
     writer.write_table(
         "texts",
         pa.table({
@@ -346,14 +349,16 @@ def _write_texts(writer: store.VersionWriter, encoder: Encoder, text_rows, confi
     return info
 
 
-def _write_vectors(writer: store.VersionWriter, name: str, vectors: np.ndarray, config: BuildConfig,
+def _index_vectors(writer: store.VersionWriter, name: str, shards: list[str], config: BuildConfig,
                    budget_bytes: int | None) -> VectorIndexInfo:
-    """Shards plus the FAISS index chosen for the budget and tuned to the recall target (exact Flat for
-    small sets: see indexer.selection)."""
-    built = build_vector_index(vectors, budget_bytes, config.recall, latency_ms=config.latency_ms)
-    shards = writer.write_vectors(name, vectors, built.index)
-    size = (writer.tmp / f"{name}.faiss").stat().st_size
-    return VectorIndexInfo(file=f"{name}.faiss", embeddings=shards, count=len(vectors), index_bytes=size,
+    """The FAISS index over the float16 shards just written, chosen for the budget and tuned to the recall
+    target (exact Flat for small sets: see indexer.selection). It is built from the shards memory-mapped,
+    so it holds exactly the stored vectors (a rebuild from them, `xmodal reindex`, is identical) and no
+    float32 copy of all of them exists."""
+    rows = StoredRows(store.map_vectors(writer.tmp, shards), file_reads=True)
+    built = build_vector_index(rows, budget_bytes, config.recall, latency_ms=config.latency_ms)
+    size = writer.write_index(name, built.index)
+    return VectorIndexInfo(file=f"{name}.faiss", embeddings=shards, count=len(rows), index_bytes=size,
                            **built.manifest_fields())
 
 
@@ -361,11 +366,6 @@ def _describe(info: VectorIndexInfo) -> str:
     if info.measured_recall_at_10 is None:
         return f"{info.index_key} (exact)"
     return f"{info.index_key} {info.search_params} (recall@10 {info.measured_recall_at_10:.3f})"
-
-
-def _rounded(vectors: np.ndarray) -> np.ndarray:
-    """Index exactly the float16 vectors we store, so a rebuild from shards is identical."""
-    return np.ascontiguousarray(vectors.astype(np.float16).astype(np.float32))
 
 
 def _items_table(items: list[dict]) -> pa.Table:

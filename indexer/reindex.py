@@ -2,7 +2,9 @@
 
 No image is decoded and nothing is re-encoded: the new version takes every other file of the current
 one unchanged (hard links where possible), gets indexes chosen for the memory budget and tuned to the
-recall target (indexer.tuning), and is published like any build, so CURRENT switches atomically.
+recall target (indexer.tuning), and is published like any build, so CURRENT switches atomically. The
+stored shards are read memory-mapped, a chunk at a time: memory is the new index plus its training
+sample, not all vectors (bench/bench_build_memory.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from indexer import store
 from indexer.manifest import Manifest, VectorIndexInfo, package_version
 from indexer.selection import DEFAULT_LATENCY_MS, split_budget
-from indexer.tuning import BuiltIndex, build_vector_index
+from indexer.tuning import BuiltIndex, StoredRows, build_vector_index
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ def reindex(
     try:
         updates: dict[str, VectorIndexInfo] = {}
         for name, info in infos.items():
-            vectors = store.read_vectors(source, info.embeddings)
+            # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.tuning.StoredRows)
+            vectors = StoredRows(store.map_vectors(source, info.embeddings), file_reads=True)
             built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key)
             size = writer.write_index(name, built.index)
             report.built[name], report.index_bytes[name] = built, size

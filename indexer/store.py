@@ -50,13 +50,14 @@ class VersionWriter:
 
     def write_vectors(self, name: str, vectors: np.ndarray, index: faiss.Index) -> list[str]:
         """Write float16 shards of `vectors` and the FAISS index; returns the shard names."""
-        shards = []
-        for number, start in enumerate(range(0, max(len(vectors), 1), SHARD_ROWS)):
-            shard = f"{name}-{number:05d}.npy"
-            np.save(self.tmp / shard, vectors[start : start + SHARD_ROWS].astype(np.float16))
-            shards.append(shard)
+        shards = self.shard_writer(name, vectors.shape[1])
+        shards.add(vectors)
         faiss.write_index(index, str(self.tmp / f"{name}.faiss"))
-        return shards
+        return shards.close()
+
+    def shard_writer(self, name: str, dim: int) -> ShardWriter:
+        """Write `name`'s float16 shards from batches of rows as they come (see ShardWriter)."""
+        return ShardWriter(self.tmp, name, dim)
 
     def write_table(self, name: str, table: pa.Table) -> None:
         pq.write_table(table, self.tmp / f"{name}.parquet")
@@ -92,6 +93,44 @@ class VersionWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ShardWriter:
+    """float16 shards of SHARD_ROWS rows, written from batches of rows as they come: one shard's rows
+    (100 MB at 512-d) are in memory at a time, never all of them. `close()` writes the last, partial
+    shard (an empty one when no row came, as before) and returns the shard names."""
+
+    def __init__(self, folder: Path, name: str, dim: int):
+        self.folder, self.name = Path(folder), name
+        self.buffer = np.empty((SHARD_ROWS, dim), np.float16)
+        self.filled, self.rows = 0, 0
+        self.shards: list[str] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.buffer.shape[1]:
+            raise ValueError(f"{self.name}: rows of shape {rows.shape}, expected (n, {self.buffer.shape[1]})")
+        done = 0
+        while done < len(rows):
+            take = min(len(rows) - done, SHARD_ROWS - self.filled)
+            self.buffer[self.filled : self.filled + take] = rows[done : done + take]  # cast to float16 here
+            self.filled += take
+            done += take
+            if self.filled == SHARD_ROWS:
+                self._flush()
+        self.rows += len(rows)
+
+    def close(self) -> list[str]:
+        if self.filled or not self.shards:
+            self._flush()
+        self.buffer = np.empty((0, self.buffer.shape[1]), np.float16)
+        return self.shards
+
+    def _flush(self) -> None:
+        shard = f"{self.name}-{len(self.shards):05d}.npy"
+        np.save(self.folder / shard, self.buffer[: self.filled])
+        self.shards.append(shard)
+        self.filled = 0
 
 
 def resolve_version(path: str | Path) -> Path:

@@ -6,6 +6,12 @@ those are the held-out queries. Ground truth is exact search over the indexed ro
 parameters are the cheapest reaching the recall@10 target, then the held-out rows are added too. A
 candidate that cannot reach the target gives way to the next one.
 
+Memory: a build passes the rows as StoredRows over its memory-mapped float16 shards, and nothing here
+holds all of them in float32: training takes the sampled rows only (selection's train sizes), adds go a
+chunk at a time (add_ranges), and the tuning queries' exact neighbours are a running top-k merge over
+blocks of rows. What a build holds beyond the index is the training sample and faiss's training copies
+of it (about 100k rows at 1M); bench/bench_build_memory.py measures it.
+
 Why hold the queries out of the index instead of sampling indexed rows (autofaiss's way): a vector
 that is in the index finds its own graph or list neighbours far too easily. HNSW32 on 30k x 64 clustered
 vectors, tuned on indexed rows (own row left out): recall@10 0.974 at efSearch=16; the same setting on
@@ -35,6 +41,8 @@ maps IVF indexes with IO_FLAG_MMAP and loads Flat and HNSW into memory, as befor
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,6 +69,8 @@ EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4
 OPQ_ITERATIONS = 20  # faiss's default is 50; 20 bounds training time on small machines (not compared for recall)
 BLAS_THRESHOLD = 20  # faiss < 1.15's default; see blas_for_small_batches
 TIE_TOLERANCE = 1e-5  # a result scoring within this of the true k-th score counts as a true neighbour
+ADD_BLOCK = 100_000  # rows an HNSW build adds at a time (and every build did before streaming): see add_ranges
+ADD_ROWS = 32_768  # float32 rows a Flat or IVF build adds at a time (64 MiB at 512-d)
 
 
 class RecallNotReached(RuntimeError):
@@ -118,25 +128,133 @@ def read_flags(key: str) -> int:
 
 
 class StoredRows:
-    """Rows by id over the float16 shards (memory-mapped arrays, row i of the whole = id i) or one array."""
+    """Rows by id over the float16 shards (memory-mapped arrays, row i of the whole = id i) or one array.
 
-    def __init__(self, shards: list[np.ndarray] | np.ndarray):
+    A build reads its rows through this too, so that no float32 copy of all of them ever exists: `block`
+    gives a range of rows, `take` any rows, both as float32. With `file_reads=True` (a build's rows),
+    memory-mapped shards are read with plain file reads (pread) instead of through the mapping: reading a
+    mapped row maps the whole page-cache folio around it into this process (on this machine's ext4,
+    kernel 6.18: 10 random rows mapped 16 MB, 100 rows 82 MB of a 100 MB shard; no madvise hint
+    changed it), so tuning's re-ranking reads would count all shards, 1 GB at 1M x 512, in the build's
+    RSS. The page cache serves both. The reader reads through the mapping (it keeps its pages).
+    """
+
+    def __init__(self, shards: list[np.ndarray] | np.ndarray, *, file_reads: bool = False):
         self.shards = [shards] if isinstance(shards, np.ndarray) else list(shards)
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])
+        self.file_reads = file_reads
+        self.files = [_mapped_file(s) if file_reads else None for s in self.shards]
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    @property
+    def dim(self) -> int:
+        return int(self.shards[0].shape[1])
+
+    def head(self, count: int) -> StoredRows:
+        """The first `count` rows (views: nothing is read)."""
+        shards, left = [], count
+        for shard in self.shards:
+            if left <= 0:
+                break
+            shards.append(shard[:left])
+            left -= len(shards[-1])
+        return StoredRows(shards or [self.shards[0][:0]], file_reads=self.file_reads)
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as one contiguous float32 array."""
+        parts = []
+        for number, shard in enumerate(self.shards):
+            low, high = max(start - self.starts[number], 0), min(stop - self.starts[number], len(shard))
+            if low < high:
+                file = self.files[number]
+                parts.append(shard[low:high] if file is None else file.range(low, high))
+        if not parts:
+            return np.empty((0, self.dim), np.float32)
+        if len(parts) == 1:
+            return np.ascontiguousarray(parts[0], np.float32)
+        return np.concatenate(parts, dtype=np.float32)
+
     def take(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if len(self.shards) == 1:
-            return np.asarray(self.shards[0][ids], dtype=np.float32)
+            return np.asarray(self._rows(0, ids), dtype=np.float32)
         shard_of = np.searchsorted(self.starts, ids, side="right") - 1
-        out = np.empty((len(ids), self.shards[0].shape[1]), np.float32)
+        out = np.empty((len(ids), self.dim), np.float32)
         for shard in np.unique(shard_of):
             mask = shard_of == shard
-            out[mask] = self.shards[shard][ids[mask] - self.starts[shard]]
+            out[mask] = self._rows(shard, ids[mask] - self.starts[shard])
         return out
+
+    def _rows(self, number: int, rows: np.ndarray) -> np.ndarray:
+        file = self.files[number]
+        return self.shards[number][rows] if file is None else file.rows(rows)
+
+
+@dataclass(frozen=True)
+class _ShardFile:
+    """A C-ordered array stored in a file from byte `offset` on: rows read with pread, nothing mapped."""
+
+    path: str
+    offset: int
+    dtype: np.dtype
+    dim: int
+
+    def range(self, low: int, high: int) -> np.ndarray:
+        row_bytes = self.dim * self.dtype.itemsize
+        data = np.fromfile(self.path, self.dtype, (high - low) * self.dim, offset=self.offset + low * row_bytes)
+        if len(data) != (high - low) * self.dim:
+            raise OSError(f"{self.path}: rows {low}-{high} are past the end of the file")
+        return data.reshape(high - low, self.dim)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.dim), self.dtype)
+        row_bytes = self.dim * self.dtype.itemsize
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, row in enumerate(rows.tolist()):
+                target = view[i * row_bytes : (i + 1) * row_bytes]
+                if os.preadv(fd, [target], self.offset + row * row_bytes) != row_bytes:
+                    raise OSError(f"{self.path}: row {row} is past the end of the file")
+        finally:
+            os.close(fd)
+        return out
+
+
+def _mapped_file(array: np.ndarray) -> _ShardFile | None:
+    """Where a memory-mapped array (np.load(..., mmap_mode="r")), or a view of its first rows, lies in
+    its file; None for arrays in RAM and views it cannot place."""
+    base = array
+    while isinstance(base, np.ndarray) and not isinstance(base.base, mmap.mmap):
+        base = base.base
+    if not (isinstance(base, np.memmap) and base.filename and base.flags.c_contiguous and array.flags.c_contiguous
+            and array.ndim == 2 and array.ctypes.data == base.ctypes.data):
+        return None
+    return _ShardFile(base.filename, base.offset, array.dtype, array.shape[1])
+
+
+def as_rows(vectors: np.ndarray | StoredRows) -> StoredRows:
+    return vectors if isinstance(vectors, StoredRows) else StoredRows(np.asarray(vectors))
+
+
+def add_ranges(n: int, kind: str) -> list[tuple[int, int]]:
+    """Row ranges a build adds at a time: bounded float32 chunks, cut where the index stays the same.
+
+    Rows used to be added 100,000 at a time (a float32 copy of all rows existed anyway). An IVF index
+    assigns and encodes every vector on its own (IndexIVF::add_core then works in slices of 65,536), so
+    smaller chunks give the same index byte for byte (checked for IVF-Flat, IVF-PQ and OPQ with chunks of
+    32,768 and 20,000 rows); they restart at every 100,000th row all the same. An HNSW graph depends on
+    its add batches (each is inserted level by level): it keeps 100,000-row chunks, 200 MB of float32 at
+    512-d beside a 2.2 GiB graph.
+    """
+    out = []
+    for start in range(0, n, ADD_BLOCK):
+        stop = min(start + ADD_BLOCK, n)
+        step = ADD_BLOCK if kind == "hnsw" else ADD_ROWS
+        out += [(low, min(low + step, stop)) for low in range(start, stop, step)]
+    return out
 
 
 class Searcher:
@@ -218,7 +336,7 @@ class BuiltIndex:
 
 
 def build_vector_index(
-    vectors: np.ndarray,
+    vectors: np.ndarray | StoredRows,
     budget_bytes: int | None = None,
     recall: float = 0.95,
     *,
@@ -227,14 +345,18 @@ def build_vector_index(
     seed: int = 0,
     tune_queries: int = TUNE_QUERIES,
 ) -> BuiltIndex:
-    """The best index for `vectors` (unit rows, float32) within `budget_bytes`, tuned to `recall`@10.
+    """The best index for `vectors` (unit rows) within `budget_bytes`, tuned to `recall`@10.
 
+    `vectors`: an array, or StoredRows over the memory-mapped float16 shards (what a build passes): rows
+    are read a chunk at a time, the training sample and the tuning queries as a whole, so apart from the
+    index itself memory stays bounded by the training sample (selection's train sizes: about 100k rows
+    at 1M), whatever n is. The result does not depend on which: same sample, same index.
     Small sets (n < 10,000, or exact search within `latency_ms`) get exact `Flat`, untuned, as before.
     `key` forces a faiss factory string instead of choosing (its budget is not checked).
     Raises selection.NoIndexFits when nothing fits, RecallNotReached when no candidate reaches `recall`.
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
+    rows = as_rows(vectors)
+    n, dim = len(rows), rows.dim
     candidates = [describe_key(key, n, dim)] if key else choose_index_keys(
         n, dim, budget_bytes, recall=recall, latency_ms=latency_ms)
     rejected: list[str] = []
@@ -243,7 +365,8 @@ def build_vector_index(
         started = time.perf_counter()
         if choice.kind == "flat":
             index = faiss.index_factory(dim, "Flat", faiss.METRIC_INNER_PRODUCT)
-            index.add(vectors)
+            for start, stop in add_ranges(n, choice.kind):
+                index.add(rows.block(start, stop))
             return BuiltIndex(index, choice, "", None, None, {"add": round(time.perf_counter() - started, 3)},
                               tuple(rejected))
         log.info("building %s for %d x %d vectors (%s)", choice.key, n, dim, choice.reason)
@@ -251,17 +374,18 @@ def build_vector_index(
         rng = np.random.default_rng(seed)
         train_size = min(choice.train_size, indexed)
         train_ids = np.sort(rng.choice(indexed, train_size, replace=False)) if train_size else np.array([], int)
-        index, seconds = train_and_add(vectors[:indexed], choice, train_ids)
+        index, seconds = train_and_add(rows.head(indexed), choice, train_ids)
+        queries = rows.block(indexed, n)
         tune_started = time.perf_counter()
         try:
-            tuning = tune_search_params(index, choice, vectors[:indexed], vectors[indexed:], recall)
+            tuning = tune_search_params(index, choice, rows.head(indexed), queries, recall)
         except RecallNotReached as exc:
             log.warning("%s; trying the next candidate", exc)
             rejected.append(str(exc))
             failure = exc
             continue
         seconds["tune"] = round(time.perf_counter() - tune_started, 3)
-        index.add(vectors[indexed:])
+        index.add(queries)
         log.info("%s: %s gives recall@%d %.3f at %.2f ms a query", choice.key, tuning.params, K, tuning.recall,
                  tuning.query_ms)
         return BuiltIndex(index, choice, tuning.params, round(tuning.recall, 4), round(tuning.query_ms, 3), seconds,
@@ -298,9 +422,12 @@ def describe_key(key: str, n: int, dim: int) -> IndexChoice:
                        reason="given by hand")
 
 
-def train_and_add(vectors: np.ndarray, choice: IndexChoice, train_ids: np.ndarray) -> tuple[faiss.Index, dict]:
-    """faiss.index_factory(dim, key, inner product), trained on vectors[train_ids], holding every vector."""
-    index = faiss.index_factory(vectors.shape[1], choice.key, faiss.METRIC_INNER_PRODUCT)
+def train_and_add(vectors: np.ndarray | StoredRows, choice: IndexChoice, train_ids: np.ndarray
+                  ) -> tuple[faiss.Index, dict]:
+    """faiss.index_factory(dim, key, inner product), trained on vectors[train_ids], holding every vector
+    (added a chunk at a time: see add_ranges)."""
+    rows = as_rows(vectors)
+    index = faiss.index_factory(rows.dim, choice.key, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf = faiss.downcast_index(ivf)
@@ -315,11 +442,11 @@ def train_and_add(vectors: np.ndarray, choice: IndexChoice, train_ids: np.ndarra
     with blas_for_small_batches():
         started = time.perf_counter()
         if not index.is_trained:
-            index.train(vectors[train_ids])
+            index.train(rows.take(train_ids))
         seconds["train"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        for start in range(0, len(vectors), 100_000):
-            index.add(vectors[start : start + 100_000])
+        for start, stop in add_ranges(len(rows), choice.kind):
+            index.add(rows.block(start, stop))
         seconds["add"] = round(time.perf_counter() - started, 3)
     return index, seconds
 
@@ -343,7 +470,7 @@ def blas_for_small_batches(threshold: int = BLAS_THRESHOLD):
 def tune_search_params(
     index: faiss.Index,
     choice: IndexChoice,
-    indexed: np.ndarray,
+    indexed: np.ndarray | StoredRows,
     queries: np.ndarray,
     recall: float = 0.95,
 ) -> Tuning:
@@ -353,7 +480,7 @@ def tune_search_params(
     a vector searched from inside the index finds its own graph or list neighbours far too easily (HNSW
     tuned on in-index rows: 0.974 recall@10 at efSearch=16; the same setting on fresh queries: 0.936).
     """
-    rows = StoredRows(indexed)
+    rows = as_rows(indexed)
     bench = RecallBench(rows, queries)
 
     def measure(params: SearchParams) -> float:
@@ -435,8 +562,7 @@ class RecallBench:
     def __init__(self, rows: StoredRows, queries: np.ndarray, k: int = K):
         self.rows, self.k = rows, k
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
-        vectors = rows.shards[0] if len(rows.shards) == 1 else rows.take(np.arange(len(rows)))
-        self.kth_score = exact_search(vectors, self.queries, k)[0][:, -1]
+        self.kth_score = exact_search(rows, self.queries, k)[0][:, -1]
 
     def recall(self, searcher: Searcher) -> float:
         _, ids = searcher.search(self.queries, self.k)
@@ -479,19 +605,32 @@ def exact_scores(rows: StoredRows, queries: np.ndarray, ids: np.ndarray) -> np.n
     return out
 
 
-def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k (scores, ids), best first, via BLAS over blocks of rows."""
+def exact_search(vectors: np.ndarray | StoredRows, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k (scores, ids), best first, via BLAS over blocks of rows (a running
+    top-k merge: one block of rows in float32 at a time, also over memory-mapped shards)."""
+    rows = as_rows(vectors)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    k = min(k, len(vectors))
+    k = min(k, len(rows))
     best_scores = np.empty((len(queries), 0), np.float32)
     best_ids = np.empty((len(queries), 0), np.int64)
     block = max(k, 25_000_000 // max(len(queries), 1))  # ~100 MB of scores at a time
-    for start in range(0, len(vectors), block):
-        scores = queries @ np.asarray(vectors[start : start + block], dtype=np.float32).T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores, axis=1)
+    for start in range(0, len(rows), block):
+        scores = queries @ rows.block(start, min(start + block, len(rows))).T
+        top = _top_k(scores, k)
         scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
         ids = np.concatenate([best_ids, top + start], axis=1)
         keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         best_scores, best_ids = np.take_along_axis(scores, keep, 1), np.take_along_axis(ids, keep, 1)
     order = np.argsort(-best_scores, axis=1, kind="stable")
     return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_ids, order, 1)
+
+
+def _top_k(scores: np.ndarray, k: int, rows_at_a_time: int = 128) -> np.ndarray:
+    """Column numbers of each row's k best scores (any order), a few rows at a time: argpartition's int64
+    answer for all 1,000 tuning queries x 25,000 rows at once would be 200 MB beside 100 MB of scores."""
+    if scores.shape[1] <= k:
+        return np.argsort(-scores, axis=1)
+    top = np.empty((len(scores), k), np.int64)
+    for low in range(0, len(scores), rows_at_a_time):
+        top[low : low + rows_at_a_time] = np.argpartition(-scores[low : low + rows_at_a_time], k - 1, axis=1)[:, :k]
+    return top
