@@ -3,28 +3,30 @@
     OMP_WAIT_POLICY=PASSIVE python bench/bench_build_memory.py [--n 1000000] [--dim 512]
         [--run 150MB --run 2.1GB ...] [--old-ref HEAD | --no-old] [--cache-dir ~/.cache/xmodal/bench]
 
-Data (written once, cached in --cache-dir, e.g. ~/.cache/xmodal/bench/build-memory-1000000x512): n clustered
-synthetic unit vectors (bench_selection.clustered_vectors, float16 as stored) in a version written with
-store.VersionWriter's shard writer, with a items table like test_reindex's; its own images.faiss is an
-empty Flat placeholder (every run replaces it).
+Data (written once, cached in --cache-dir, e.g. ~/.cache/xmodal/bench/build-memory-1000000x512): n
+clustered synthetic unit vectors (bench_selection.clustered_vectors, float16 as stored) in a version
+written with store.VersionWriter's shard writer, with an items table like test_reindex's; its own
+images.faiss is an empty Flat placeholder (every run replaces it).
 
-Runs (--run, repeated; default 150MB and 2.1GB): a budget (`150MB`: the selector's choice for it, a PQ index at 1M x 512),
-`none` (no budget: HNSW at 1M, 13 minutes of build here, so not a default), or `key=FACTORY` (forced).
-`2.1GB` admits IVF-Flat but not HNSW (2.3 GB): the "no real budget" case within the time this box has.
-Each run: the cached version hard-linked into a scratch index folder, then indexer.reindex.reindex()
-in a fresh Python process (OMP_WAIT_POLICY=PASSIVE, faiss's default threads), which reports:
+Runs (--run, repeated; default 150MB and 2.1GB): a budget (`150MB`: the selector's choice for it, a PQ
+index at 1M x 512), `none` (no budget: HNSW at 1M, 13 minutes of build here, so not a default), or
+`key=FACTORY` (forced). `2.1GB` admits IVF-Flat but not HNSW (2.3 GB): the "no real budget" case within
+the time this box has. Each run: the cached version hard-linked into a scratch index folder, then
+indexer.reindex.reindex() in a fresh Python process (OMP_WAIT_POLICY=PASSIVE, faiss's default
+threads), which reports:
 
     baseline    VmRSS after the imports, before reindex()
     peak RSS    VmHWM at the end: the kernel's high-water mark of the resident set (anonymous memory
-                plus mapped file pages, e.g. memory-mapped shards that were read)
+                plus mapped file pages: libraries, and memory-mapped shards read through the mapping)
     peak anon   the highest RssAnon seen by a thread sampling /proc/self/status every 20 ms (a lower
-                bound: a shorter spike can fall between samples)
-    seconds     reindex() alone; index bytes: the written images.faiss
+                bound: a shorter spike can fall between samples); peak_file_sampled likewise, in the JSON
+    seconds     reindex() alone (this box is shared: compare seconds only within one run)
 
-With --old-ref (default HEAD, the code before streaming: read every shard into one float32 matrix), the
-same runs use that commit's indexer/ package (`git archive`, read-only) in the child process, and the
-two written index files are compared byte for byte. Prints one table, writes JSON
-(bench/results/build_memory.json) after every run.
+Unless --no-old, the same runs also use the indexer/ package of --old-ref (default HEAD: the code before
+streaming, which read every shard into one float32 matrix; `git archive`, read-only) in the child
+process. Each written index file's sha256 is recorded; "same file" compares it with the other code's
+file for the same run. Prints one table and writes JSON (bench/results/build_memory.json) after every
+run, keeping earlier rows of the same data that this invocation does not measure again.
 """
 
 from __future__ import annotations
@@ -91,10 +93,12 @@ def child(spec: dict) -> dict:
     built = report.built["images"]
     return {
         "indexer": str(Path(indexer.__file__).parent), "seconds": round(seconds, 1),
-        "baseline_rss": baseline, "peak_rss": status["VmHWM"], "peak_anon_sampled": max(peaks["RssAnon"], status["RssAnon"]),
+        "baseline_rss": baseline, "peak_rss": status["VmHWM"],
+        "peak_anon_sampled": max(peaks["RssAnon"], status["RssAnon"]),
         "peak_file_sampled": max(peaks["RssFile"], status["RssFile"]),
         "index_key": built.key, "search_params": built.search_params, "recall_at_10": built.measured_recall_at_10,
-        "query_ms": built.measured_query_ms, "index_bytes": report.index_bytes["images"], "build_seconds": built.seconds,
+        "query_ms": built.measured_query_ms, "index_bytes": report.index_bytes["images"],
+        "build_seconds": built.seconds,
         "version": str(report.version),
     }
 
@@ -132,7 +136,8 @@ def ensure_data(folder: Path, n: int, dim: int) -> Path:
         ids = pa.array(range(n), pa.int64())
         paths = pa.array([f"{i}.png" for i in range(n)])
         writer.write_table("items", pa.table({"id": ids, "path": paths, "location": paths}))
-        writer.write_table("skipped", pa.table({"path": pa.array([], pa.string()), "reason": pa.array([], pa.string())}))
+        nothing = pa.array([], pa.string())
+        writer.write_table("skipped", pa.table({"path": nothing, "reason": nothing}))
         manifest = Manifest(
             xmodal_version="bench", model=ModelInfo(spec="synthetic", fingerprint="0" * 64, embed_dim=dim),
             source=str(folder / "no-images"),
@@ -215,7 +220,8 @@ def main() -> None:
     vectors_f32 = args.n * args.dim * 4
     hardware = f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}"
     result = {
-        "data": f"{args.n:,} x {args.dim} clustered synthetic unit vectors (bench_selection.clustered_vectors), float16 shards",
+        "data": (f"{args.n:,} x {args.dim} clustered synthetic unit vectors (bench_selection.clustered_vectors), "
+                 "float16 shards"),
         "n": args.n, "dim": args.dim, "recall_target": args.recall, "hardware": hardware,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "head": _git("rev-parse", "--short", "HEAD"),
         "float32_matrix_bytes": vectors_f32, "rows": [],
@@ -235,7 +241,8 @@ def main() -> None:
             run = parse_run(text.strip())
             for name, code in implementations:
                 root = scratch_copy(version, folder / "scratch")
-                spec = {"root": str(root), "budget": run["budget"], "recall": args.recall, "key": run["key"], "code": code}
+                spec = {"root": str(root), "budget": run["budget"], "recall": args.recall, "key": run["key"],
+                        "code": code}
                 print(f"{run['label']}: {name} ...", flush=True)
                 try:
                     row = run_child(spec, args.timeout)
@@ -256,18 +263,19 @@ def main() -> None:
                 args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\n{result['data']}\n{hardware}; float32 matrix of all rows: {vectors_f32 / MIB:,.0f} MiB")
-    header = (f"{'run':<14}{'code':<18}{'index':<26}{'params':<22}{'R@10':>6}{'index MiB':>10}{'base MiB':>9}"
+    header = (f"{'run':<18}{'code':<18}{'index':<26}{'params':<22}{'R@10':>6}{'index MiB':>10}{'base MiB':>9}"
               f"{'peak RSS MiB':>13}{'peak anon':>10}{'seconds':>8}{'same file':>10}")
     print(header)
     for row in result["rows"]:
         if "error" in row:
-            print(f"{row['run']:<14}{row['code']:<18}failed")
+            print(f"{row['run']:<18}{row['code']:<18}failed")
             continue
         others = {r.get("index_sha256") for r in result["rows"] if r["run"] == row["run"] and r is not row} - {None}
         same = "" if not others else "yes" if others == {row["index_sha256"]} else "NO"
-        print(f"{row['run']:<14}{row['code']:<18}{row['index_key']:<26}{row['search_params'] or '-':<22}"
+        print(f"{row['run']:<18}{row['code']:<18}{row['index_key']:<26}{row['search_params'] or '-':<22}"
               f"{row['recall_at_10'] or 1.0:>6.3f}{row['index_bytes'] / MIB:>10,.0f}{row['baseline_rss'] / MIB:>9,.0f}"
-              f"{row['peak_rss'] / MIB:>13,.0f}{row['peak_anon_sampled'] / MIB:>10,.0f}{row['seconds']:>8.0f}{same:>10}")
+              f"{row['peak_rss'] / MIB:>13,.0f}{row['peak_anon_sampled'] / MIB:>10,.0f}{row['seconds']:>8.0f}"
+              f"{same:>10}")
     print(f"total {result['total_s']:.0f}s; JSON: {args.out}")
 
 

@@ -194,7 +194,8 @@ def test_build_index_writes_shards_batch_by_batch_and_indexes_them(tiny_coca_dir
     rng = np.random.default_rng(0)
     for i in range(7):
         Image.fromarray(rng.integers(0, 255, (28, 36, 3), dtype=np.uint8)).save(photos / f"{i}.png")
-    (photos / "captions.csv").write_text("image,caption\n" + "".join(f"{i}.png,photo {i}\n{i}.png,image {i}\n" for i in range(7)))
+    captions = "".join(f"{i}.png,photo {i}\n{i}.png,image {i}\n" for i in range(7))
+    (photos / "captions.csv").write_text("image,caption\n" + captions)
     monkeypatch.setattr(store, "SHARD_ROWS", 3)
     report = build_index(BuildConfig(photos, tmp_path / "index", model=f"local-dir:{tiny_coca_dir}",
                                      captions=photos / "captions.csv", batch_size=2, workers=0, progress=False))
