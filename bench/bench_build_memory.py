@@ -218,6 +218,8 @@ def main() -> None:
     folder = args.cache_dir / f"build-memory-{args.n}x{args.dim}"
     version = ensure_data(folder, args.n, args.dim)
     vectors_f32 = args.n * args.dim * 4
+    from bench_selection import _cpu_model
+
     hardware = f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}"
     result = {
         "data": (f"{args.n:,} x {args.dim} clustered synthetic unit vectors (bench_selection.clustered_vectors), "
@@ -281,16 +283,6 @@ def main() -> None:
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class Encoder:
         self.model = loaded.model
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
+        self.trims_padding = can_trim_padding(self.model, loaded.tokenizer)  # decided once, not per query
 
     @classmethod
     def from_spec(cls, spec: str, device: str = "auto", **kwargs) -> "Encoder":
@@ -55,13 +56,9 @@ class Encoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts to (n, dim) unit vectors; text past the context length is truncated."""
         tokens = self.tokenize(texts).to(self.device)
-        if self._trims_padding:
+        if self.trims_padding:
             return _unit_rows(_encode_text_trimmed(self.model, tokens))
         return _unit_rows(self.model.encode_text(tokens, normalize=False))
-
-    @property
-    def _trims_padding(self) -> bool:
-        return can_trim_padding(self.model, self.loaded.tokenizer)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Convenience: preprocess + encode decoded RGB images."""

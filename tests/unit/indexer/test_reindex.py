@@ -19,15 +19,8 @@ from indexer.tuning import RecallBench, SearchParams, StoredRows, exact_search
 from tests.e2e.server import XMODAL
 from tests.unit.indexer.synthetic import clustered_unit_vectors
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 N, DIM, TARGET, FRESH_SLACK = 20_000, 64, 0.95, 0.015
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # see test_tuning.py: small shared machines
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 def synthetic_bundle(root, vectors):

@@ -15,15 +15,8 @@ from indexer.reader import OpenIndex
 from indexer.tuning import Searcher, StoredRows, add_ranges, build_vector_index, exact_search
 from tests.unit.indexer.synthetic import clustered_unit_vectors
 
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 N, DIM, SHARD = 20_000, 64, 7_000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # see test_tuning.py: small shared machines
-    yield
-    faiss.omp_set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

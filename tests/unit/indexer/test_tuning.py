@@ -24,16 +24,7 @@ N, DIM, TARGET = 20_000, 64, 0.95
 # The target is met on the tuning queries (the last rows, held out of the index while tuning); fresh
 # queries from the same distribution are a second sample: allow them its sampling error.
 FRESH_SLACK = 0.015
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """On a small shared machine, faiss's OpenMP threads spin against other processes: PQ/OPQ training
-    ran 10x slower with 2 threads than with 1 on this project's 2-core box. Tests stay small and serial."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")
