@@ -10,6 +10,11 @@ agreement when both are fed the fp32 sequence (teacher forcing), and the mean ch
 log-probability of the fp32 tokens. Random weights give flat next-token distributions, so
 these agreement numbers are a pessimistic proxy for trained weights.
 
+At batch 1 a cached step is a chain of matrix-vector products, so its floor is the bytes of
+weight it reads divided by memory bandwidth. The bench measures that bandwidth (a large
+matrix-vector product in the model's dtype) and prints the floor for fp32 and int8 weights next
+to the timings: when the cached row sits near its floor, only fewer bytes per step go faster.
+
     .venv/bin/python bench/bench_caption.py --batch-sizes 1 8 --repeats 2 [--int8]
 """
 
@@ -147,6 +152,35 @@ def measure(decoder: CocaDecoder, args: argparse.Namespace, host: str, int8: Coc
     return rows
 
 
+def bytes_per_step(decoder: CocaDecoder) -> int:
+    """Weight bytes one cached step reads: the text tower's and decoder's blocks and the vocabulary
+    projection. The token embedding is a row lookup, and the image keys and values of cross
+    attention are computed once per image, so neither counts."""
+    text, decoder_tower = decoder.model.text, decoder.model.text_decoder
+    blocks = [*text.transformer.resblocks, *decoder_tower.resblocks, *decoder_tower.cross_attn]
+    read = sum(p.numel() * p.element_size() for block in blocks for p in block.parameters())
+    for block in decoder_tower.cross_attn:  # only the query third of the packed in-projection is read
+        weight = block.attn.in_proj_weight
+        read -= weight.numel() * weight.element_size() * 2 // 3
+    projection = decoder_tower.text_projection
+    return read + projection.numel() * projection.element_size()
+
+
+def matvec_bandwidth(device: torch.device, dtype: torch.dtype, megabytes: int = 256) -> float:
+    """Bytes per second a (1 x n) @ (n x m) product streams from memory, best of 10."""
+    element = torch.empty((), dtype=dtype).element_size()
+    weight = torch.randn(megabytes * 2**20 // element // 1024, 1024, device=device).to(dtype)
+    vector = torch.randn(1, 1024, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(11):
+        _synchronize(device)
+        start = time.perf_counter()
+        torch.nn.functional.linear(vector, weight)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return weight.numel() * element / best
+
+
 def print_table(rows: list[dict], summary: str) -> None:
     print(summary)
     print(
@@ -180,12 +214,27 @@ def main(argv: list[str] | None = None) -> None:
 
     load_before = os.getloadavg()[0]  # the CPU may be shared; a busy host slows every row
     rows = measure(decoder, args, host, int8)
+    bandwidth = matvec_bandwidth(device, DTYPES[args.dtype])
     load = {"before": load_before, "after": os.getloadavg()[0]}
     print_table(
         rows,
         f"hardware: {host}; torch {torch.__version__}; open_clip {open_clip.__version__}; {args.dtype}; "
         f"{args.tokens} new tokens; median of {args.repeats} after 1 warm-up; "
         f"1-min load average {load['before']:.1f} -> {load['after']:.1f} on {os.cpu_count()} CPUs",
+    )
+    step_bytes = bytes_per_step(decoder)
+    int8_bytes = step_bytes // decoder.model.text_decoder.text_projection.element_size()
+    floor = {
+        "matvec_bandwidth_gb_s": bandwidth / 1e9,
+        "weight_bytes_per_step": step_bytes,
+        "floor_ms_per_caption": 1000 * args.tokens * step_bytes / bandwidth,
+        "int8_floor_ms_per_caption": 1000 * args.tokens * int8_bytes / bandwidth,
+    }
+    print(
+        f"batch-1 floor (decoder steps only, image encoder excluded): {step_bytes / 1e6:.0f} MB of {args.dtype} "
+        f"weights per step at a measured {bandwidth / 1e9:.1f} GB/s = {floor['floor_ms_per_caption']:.0f} ms per "
+        f"{args.tokens}-token caption; int8 weights ({int8_bytes / 1e6:.0f} MB): "
+        f"{floor['int8_floor_ms_per_caption']:.0f} ms"
     )
 
     report = {
@@ -196,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "load_average_1m": load,
+        "batch1_floor": floor,
         "results": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
