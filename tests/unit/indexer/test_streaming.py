@@ -199,3 +199,23 @@ def test_build_index_writes_shards_batch_by_batch_and_indexes_them(tiny_coca_dir
     for info, index in ((images, opened.image_index), (texts, opened.text_index)):
         stored = store.read_vectors(report.version, info.embeddings)
         assert np.array_equal(index.reconstruct_n(0, info.count), stored)  # the index holds exactly the shards
+
+
+@pytest.mark.parametrize("key", ["IVF64,Flat", "IVF64,PQ16"])
+def test_sized_inverted_lists_give_the_index_a_plain_add_gives(vectors, mapped, key):
+    """Lists reserved at their final size before adding (rows first, the held-out rest after): the
+    same index, byte for byte, as faiss's own adds."""
+    choice = tuning.describe_key(key, N, DIM)
+    first, rest = 15_000, vectors[15_000:]
+    train_ids = np.arange(0, first, 5)
+    sized, _ = tuning.train_and_add(mapped.head(first), choice, train_ids, size_lists_for=mapped)
+    sized.add(rest)
+    plain = faiss.index_factory(DIM, key, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(plain))
+    if hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False  # as train_and_add does
+    plain.train(vectors[train_ids])
+    for start in range(0, N, 4_000):
+        plain.add(vectors[start : start + 4_000])
+    assert sized.ntotal == N
+    assert np.array_equal(faiss.serialize_index(sized), faiss.serialize_index(plain))
