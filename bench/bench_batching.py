@@ -6,6 +6,10 @@ Builds a small index with the model (random weights for a bare name), starts `xm
 (XMODAL_BATCHING=false, then true) on 127.0.0.1, and drives each from this process with `--clients`
 concurrent httpx clients sending /v1/search/text for `--seconds` (bounded in count and time).
 Prints one table and writes JSON.
+
+It also times the model alone, in this process before the servers start: one text at a time against
+batches of min(clients, --max-batch) texts. Their per-text ratio is the most batching can gain if
+HTTP, queueing and the load generator cost nothing: the ceiling for the on/off ratio on this machine.
 """
 
 from __future__ import annotations
@@ -28,6 +32,33 @@ sys.path.insert(0, str(HERE.parent))
 
 from tests.e2e.server import Server, run_xmodal  # noqa: E402 - the same helpers the e2e tests use
 
+def random_query(rng: np.random.Generator) -> str:
+    return " ".join(rng.choice(WORDS, 3))
+
+
+def model_ceiling(model: str, batch: int, threads: int | None, repeats: int = 5) -> dict:
+    """Per-text encode time at batch 1 and at `batch`, in process (median of `repeats` after a warm-up)."""
+    import statistics
+
+    from models.encoders import Encoder
+
+    encoder = Encoder.from_spec(model, "cpu", threads=threads)
+    rng = np.random.default_rng(1_000)
+    per_text = {}
+    for size in (1, batch):
+        batches = [[random_query(rng) for _ in range(size)] for _ in range(repeats + 1)]
+        encoder.encode_texts(batches[0])
+        seconds = []
+        for texts in batches[1:] * (4 if size == 1 else 1):
+            started = time.perf_counter()
+            encoder.encode_texts(texts)
+            seconds.append(time.perf_counter() - started)
+        per_text[size] = statistics.median(seconds) / size
+    return {"batch": batch, "ms_per_text_batch_1": round(per_text[1] * 1000, 2),
+            "ms_per_text_batched": round(per_text[batch] * 1000, 2),
+            "ceiling_ratio": round(per_text[1] / per_text[batch], 2)}
+
+
 WORDS = ["red", "blue", "dog", "cat", "street", "kitchen", "beach", "mountain", "car", "child", "pizza", "train"]
 
 
@@ -40,7 +71,7 @@ async def drive(url: str, clients: int, seconds: float, max_requests: int = 100_
         rng = np.random.default_rng(number)
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             while time.monotonic() < stop_at and len(latencies) < max_requests:
-                text = " ".join(rng.choice(WORDS, 3))
+                text = random_query(rng)
                 started = time.perf_counter()
                 try:
                     response = await client.post("/v1/search/text", json={"text": text, "k": 10})
@@ -66,9 +97,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--photos", type=Path, default=HERE.parent.parent / "shared/data/coco-mini/images")
+    parser.add_argument("--max-batch", type=int, default=64, help="XMODAL_BATCH_MAX_SIZE (the server's default)")
+    parser.add_argument("--threads", type=int, default=None, help="XMODAL_THREADS, torch CPU threads (default: cores)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "batching.json")
     args = parser.parse_args()
 
+    ceiling = model_ceiling(args.model, min(args.clients, args.max_batch), args.threads)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(tmp) / "index"
@@ -77,7 +111,10 @@ def main() -> None:
             sys.exit(built.stderr)
         for batching in ("false", "true"):
             # All clients share one IP: the default per-client rate limit would cap the server, not the model.
-            env = {"XMODAL_BATCHING": batching, "XMODAL_LOG_LEVEL": "warning", "XMODAL_RATE_LIMIT_RPS": "0"}
+            env = {"XMODAL_BATCHING": batching, "XMODAL_LOG_LEVEL": "warning", "XMODAL_RATE_LIMIT_RPS": "0",
+                   "XMODAL_BATCH_MAX_SIZE": str(args.max_batch)}
+            if args.threads is not None:
+                env["XMODAL_THREADS"] = str(args.threads)
             with Server(index, Path(tmp) / f"server-{batching}.log", env=env) as server:
                 server.wait_ready(timeout=300)
                 asyncio.run(drive(server.url, args.clients, 3))  # warm-up
@@ -87,14 +124,18 @@ def main() -> None:
     report = {
         "model": args.model, "clients": args.clients, "seconds": args.seconds, "query": "3 words, k=10",
         "index": f"Flat over {args.photos}", "hardware": f"{platform.machine()}, {os.cpu_count()} cores (server + load)",
+        "threads": args.threads or "cores", "load_average_1m": round(os.getloadavg()[0], 2),
         "batching_off": off, "batching_on": on, "qps_ratio": round(on["qps"] / off["qps"], 2),
+        "model_alone": ceiling,
     }
     print(f"text search over HTTP, {args.model} text tower, {args.clients} concurrent clients, {args.seconds:.0f}s each, "
           f"{report['hardware']}")
     print(f"{'batching':<10}{'QPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, row in (("off", off), ("on", on)):
         print(f"{name:<10}{row['qps']:>8}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['errors']:>8}")
-    print(f"throughput ratio on/off: {report['qps_ratio']}x")
+    print(f"throughput ratio on/off: {report['qps_ratio']}x; the model alone (in process, no HTTP): "
+          f"{ceiling['ms_per_text_batch_1']} ms a text at batch 1, {ceiling['ms_per_text_batched']} "
+          f"ms at batch {ceiling['batch']}: a ceiling of {ceiling['ceiling_ratio']}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 
