@@ -14,18 +14,21 @@ HTTP, queueing and the load generator cost nothing: the ceiling for the on/off r
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import os
-import platform
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-import httpx
-import numpy as np
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the xmodal command does, for the in-process timing too
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
