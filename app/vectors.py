@@ -9,23 +9,26 @@ import numpy as np
 
 from indexer import store
 from indexer.reader import OpenIndex
+from indexer.tuning import StoredRows
 
-_cache: weakref.WeakKeyDictionary[OpenIndex, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[OpenIndex, dict[str, StoredRows]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def stored_vectors(index: OpenIndex, target: str = "images") -> np.ndarray:
-    """All stored unit vectors of one opened version (row i = id i), float32, read once per version.
+def stored_rows(index: OpenIndex, target: str = "images") -> StoredRows:
+    """The stored unit vectors of one opened version (row i = id i), memory-mapped float16 shards:
+    `.take(ids)` reads just those rows as float32. A request used to load every vector as float32 first
+    (2 GB at 1M x 512, held for the version's life).
 
-    The cache is keyed by the OpenIndex object, so a hot swap reads the new version's vectors and the old
-    ones are dropped with the old version."""
+    The cache is keyed by the OpenIndex object, so a hot swap maps the new version's shards and the old
+    mapping goes with the old version."""
     with _lock:
         per_index = _cache.setdefault(index, {})
         if target not in per_index:
             info = index.manifest.images if target == "images" else index.manifest.texts
             if info is None:
                 raise LookupError(f"this index has no {target} vectors")
-            per_index[target] = store.read_vectors(index.version, info.embeddings)
+            per_index[target] = StoredRows(store.map_vectors(index.version, info.embeddings))
         return per_index[target]
 
 

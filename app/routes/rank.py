@@ -17,7 +17,7 @@ from app.schemas import ErrorBody, RankHit, RankImageFields, RankResponse, RankT
 from app.served import ServedIndex
 from app.settings import Settings
 from app.uploads import ImageInput, image_from_payload, read_image_input, read_json_payload
-from app.vectors import stored_vectors
+from app.vectors import stored_rows
 
 router = APIRouter(prefix="/v1/rank", tags=["rank"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
@@ -114,9 +114,9 @@ async def _rank_items(body: RankTextRequest, served: ServedIndex, settings: Sett
     unknown = [item_id for item_id in body.images if not 0 <= item_id < count]
     if unknown:
         raise ApiError(422, f"unknown item ids: {unknown[:10]} (this index has ids 0..{count - 1})")
-    vectors = await run_in_threadpool(stored_vectors, index, "images")
+    vectors = await run_in_threadpool(stored_rows(index, "images").take, np.asarray(body.images))
     query_emb = (await served.model.embed_texts([text]))[0]
-    scores = vectors[body.images] @ query_emb
+    scores = vectors @ query_emb
     order = np.argsort(-scores, kind="stable")
     paths = index.items.column("path")
     results = [

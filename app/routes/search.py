@@ -15,7 +15,7 @@ from app.schemas import (
 )
 from app.settings import Settings
 from app.uploads import read_image_input
-from app.vectors import dedup, stored_vectors
+from app.vectors import dedup, stored_rows
 from indexer.filters import FilterError
 from indexer.reader import OpenIndex
 
@@ -117,7 +117,7 @@ def _candidates(index: OpenIndex, search, options: SearchOptions, target: Target
     pool, most = want * 2, want * DEDUP_MAX_POOL
     while True:
         hits = search(pool)
-        vectors = stored_vectors(index, target.value)[[item_id for item_id, _ in hits]]
+        vectors = stored_rows(index, target.value).take(np.array([item_id for item_id, _ in hits], dtype=np.int64))
         kept = [hits[position] for position in dedup(vectors, options.dedup)]
         if len(kept) >= want or len(hits) < pool or pool >= most:
             return kept[:want]
