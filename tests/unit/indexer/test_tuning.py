@@ -58,12 +58,14 @@ def test_tuned_indexes_reach_the_recall_target_on_fresh_queries(built, vectors, 
     rows = StoredRows(vectors)
     searcher = Searcher(result.index, result.search_params, rows)
     assert fresh_recall(searcher, vectors, fresh_queries) >= TARGET - FRESH_SLACK
-    # the tuned setting is the cheapest that reaches the target: one step down misses it
+    # the tuned setting is the cheapest whose recall reaches the target with confidence: its lower bound
+    # reaches it, and one step down the bound misses it
+    bounds = {setting: bound for setting, _, bound in result.tried}
+    assert bounds[result.search_params] >= TARGET
     if knob == "nprobe" and int(params.faiss.split("=")[1]) > 1:
         lower = tuning._probe_ladder(256)
         cheaper = lower[lower.index(int(params.faiss.split("=")[1])) - 1]
-        tried = dict(result.tried)
-        assert tried.get(str(SearchParams(f"nprobe={cheaper}", params.rerank)), 0.0) < TARGET
+        assert bounds.get(str(SearchParams(f"nprobe={cheaper}", params.rerank)), 0.0) < TARGET
 
 
 def test_size_estimates_match_the_written_indexes(built):
@@ -170,3 +172,19 @@ class _Relabel:
     def search(self, queries, k, params=None):
         scores, ids = self.index.search(queries, k)
         return scores, np.where(ids >= 0, self.n - 1 - ids, -1)
+
+
+def test_the_recall_bound_sits_below_the_mean_by_the_spread_over_queries(vectors):
+    rows = StoredRows(vectors[:2000])
+    queries = vectors[2000:2400]
+    bench = RecallBench(rows, queries)
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(vectors[:2000])
+    assert bench.recall_bound(Searcher(exact)) == (1.0, 1.0)  # every query perfect: no spread
+    coarse = faiss.index_factory(DIM, "IVF32,Flat", faiss.METRIC_INNER_PRODUCT)
+    coarse.train(vectors[:2000])
+    coarse.add(vectors[:2000])
+    mean, bound = bench.recall_bound(Searcher(coarse, "nprobe=1"))
+    per_query = bench._per_query(Searcher(coarse, "nprobe=1"))
+    assert mean == bench.recall(Searcher(coarse, "nprobe=1")) < 1.0
+    assert bound == pytest.approx(mean - 1.645 * per_query.std(ddof=1) / np.sqrt(len(queries)))
