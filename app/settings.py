@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     max_caption_tokens: int = Field(40, ge=1, description="Most new tokens one caption or answer may ask for")
     max_alternatives: int = Field(5, ge=1, description="Most alternative captions one /v1/caption request may ask for")
     max_beams: int = Field(8, ge=1, description="Widest beam one /v1/caption request may ask for")
+    text_int8: bool = Field(
+        False, description="CPU only: encode request texts (searches, embeddings, rank) with int8 weight copies "
+        "of the text tower: ~4x faster at batch 1, cosine >= 0.999 to fp32 (bench/bench_text_encode.py --int8)"
+    )
     caption_int8: bool = Field(
         False, description="CPU only: decode captions and answers with int8 weight copies (faster, within a "
         "measured tolerance of fp32; see bench/bench_caption.py --int8)"

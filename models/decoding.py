@@ -298,7 +298,7 @@ class _Products:
         return x @ decoder.text_projection
 
 
-class _Int8Products(_Products):
+class Int8Products(_Products):
     """The same products from int8 weight copies (fbgemm/onednn dynamic quantization, CPU).
 
     Covers every weight a step reads: self-attention q/k/v, cross-attention q, output
@@ -307,25 +307,41 @@ class _Int8Products(_Products):
     """
 
     def __init__(self, text: nn.Module, decoder: nn.Module):
-        if decoder.text_projection.device.type != "cpu" or decoder.text_projection.dtype != torch.float32:
-            raise ValueError("int8 decoding needs an fp32 model on the CPU")
-        self.packed: dict[tuple[int, str], object] = {}
-        # Without VNNI the x86 kernels add u8 x s8 pairs in saturating int16: 7-bit activations keep
-        # that exact. VNNI accumulates in int32, so activations keep all 8 bits (about 40% less error).
-        self.reduce_range = not _cpu_has_vnni()
+        self._setup(decoder.text_projection)
         for block in [*text.transformer.resblocks, *decoder.resblocks]:
             self._pack(block.attn, "qkv", block.attn.in_proj_weight, block.attn.in_proj_bias)
         for block in decoder.cross_attn:
             width, bias = block.attn.embed_dim, block.attn.in_proj_bias
             self._pack(block.attn, "q", block.attn.in_proj_weight[:width], bias[:width] if bias is not None else None)
-        for block in [*text.transformer.resblocks, *decoder.resblocks, *decoder.cross_attn]:
+        self._pack_outputs_and_mlps([*text.transformer.resblocks, *decoder.resblocks, *decoder.cross_attn])
+        self._pack(decoder, "vocab", decoder.text_projection.t(), None)
+
+    @classmethod
+    def for_blocks(cls, blocks: Sequence[nn.Module]) -> Int8Products:
+        """int8 copies of self-attention blocks' weights only: a text tower encoding whole texts."""
+        products = cls.__new__(cls)
+        products._setup(blocks[0].attn.in_proj_weight)
+        for block in blocks:
+            products._pack(block.attn, "qkv", block.attn.in_proj_weight, block.attn.in_proj_bias)
+        products._pack_outputs_and_mlps(blocks)
+        return products
+
+    def _setup(self, weight: Tensor) -> None:
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            raise ValueError("int8 weight copies need an fp32 model on the CPU")
+        self.packed: dict[tuple[int, str], object] = {}
+        # Without VNNI the x86 kernels add u8 x s8 pairs in saturating int16: 7-bit activations keep
+        # that exact. VNNI accumulates in int32, so activations keep all 8 bits (about 40% less error).
+        self.reduce_range = not _cpu_has_vnni()
+
+    def _pack_outputs_and_mlps(self, blocks: Sequence[nn.Module]) -> None:
+        for block in blocks:
             self._pack(block.attn, "out", block.attn.out_proj.weight, block.attn.out_proj.bias)
             mlp = block.mlp
             if not (isinstance(mlp, nn.Sequential) and list(dict(mlp.named_children())) == ["c_fc", "gelu", "c_proj"]):
-                raise ValueError(f"int8 decoding supports open_clip's c_fc/gelu/c_proj MLP, not {mlp}")
+                raise ValueError(f"int8 weight copies support open_clip's c_fc/gelu/c_proj MLP, not {mlp}")
             self._pack(mlp, "c_fc", mlp.c_fc.weight, mlp.c_fc.bias)
             self._pack(mlp, "c_proj", mlp.c_proj.weight, mlp.c_proj.bias)
-        self._pack(decoder, "vocab", decoder.text_projection.t(), None)
 
     def _pack(self, module: nn.Module, name: str, weight: Tensor, bias: Tensor | None) -> None:
         """A copy of `weight` (out, in) as int8 with one scale per output row, packed for the CPU kernels."""
@@ -340,7 +356,7 @@ class _Int8Products(_Products):
                 qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
                 self.packed[id(module), name] = torch.ops.quantized.linear_prepack(qweight, bias)
         except (AttributeError, RuntimeError) as exc:
-            raise ValueError(f"int8 decoding needs torch's quantized CPU kernels, which failed here: {exc}") from exc
+            raise ValueError(f"int8 weight copies need torch's quantized CPU kernels, which failed here: {exc}") from exc
 
     def _linear(self, module: nn.Module, name: str, x: Tensor) -> Tensor:
         packed = self.packed[id(module), name]
@@ -376,7 +392,7 @@ def _cpu_has_vnni() -> bool:
 _FLOAT = _Products()
 
 
-def _self_attention_block(
+def self_attention_block(
     block: nn.Module, x: Tensor, kv: Tensor, start: int, mask: Tensor | None, products: _Products = _FLOAT
 ) -> Tensor:
     """open_clip's ResidualAttentionBlock (self-attention) on new tokens.
@@ -454,7 +470,7 @@ class _CachedCoca:
     def __init__(self, model: nn.Module, *, int8: bool = False):
         self.text, self.decoder = model.text, model.text_decoder
         _check_supported(self.text, self.decoder)
-        self.products = _Int8Products(self.text, self.decoder) if int8 else _FLOAT
+        self.products = Int8Products(self.text, self.decoder) if int8 else _FLOAT
         self.capacity = min(self.text.context_length, self.decoder.context_length)
         # open_clip masks padding (pad_id) keys in the text tower whenever a CLS token is appended.
         # Its default (legacy) CoCa mask is shifted one place: key t is dropped when token t-1 is padding.
@@ -493,14 +509,14 @@ class _CachedCoca:
         if self.pad_masked:
             text_mask = causal & self._unpadded_keys(state.tokens[:, :end])[:, None, None, :]
         for layer, block in enumerate(self.text.transformer.resblocks):
-            x = _self_attention_block(block, x, state.text_kv[layer], start, text_mask, self.products)
+            x = self_attention_block(block, x, state.text_kv[layer], start, text_mask, self.products)
         if self.text.cls_emb is None:
             x = self.text.ln_final(x)  # without CLS open_clip normalises the tokens it hands the decoder
 
         decoder_mask = causal if tokens.shape[1] > 1 else None
         layers = zip(self.decoder.resblocks, self.decoder.cross_attn, state.image_keys_values)
         for layer, (self_block, cross_block, (keys, values)) in enumerate(layers):
-            x = _self_attention_block(self_block, x, state.decoder_kv[layer], start, decoder_mask, self.products)
+            x = self_attention_block(self_block, x, state.decoder_kv[layer], start, decoder_mask, self.products)
             x = _cross_attention_block(cross_block, x, keys, values, self.products)
         state.length = end
 

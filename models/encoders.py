@@ -18,18 +18,25 @@ from models.loading import LoadedModel, load_model
 
 
 class Encoder:
-    """Image and text towers of one loaded open_clip model."""
+    """Image and text towers of one loaded open_clip model.
 
-    def __init__(self, loaded: LoadedModel):
+    int8_text=True (fp32 models on the CPU whose texts can be trimmed, see can_trim_padding): the text
+    tower's matrix products read int8 copies of its weights (models.decoding.Int8Products), 4x fewer
+    bytes; a batch-1 query is bound by those bytes. Text vectors then move slightly from fp32's
+    (bench/bench_text_encode.py --int8 measures how far); images are always encoded in fp32.
+    """
+
+    def __init__(self, loaded: LoadedModel, *, int8_text: bool = False):
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
         self.trims_padding = can_trim_padding(self.model, loaded.tokenizer)  # decided once, not per query
+        self.text_products = _int8_text_products(self.model, self.trims_padding) if int8_text else None
 
     @classmethod
-    def from_spec(cls, spec: str, device: str = "auto", **kwargs) -> "Encoder":
-        return cls(load_model(spec, device, **kwargs))
+    def from_spec(cls, spec: str, device: str = "auto", *, int8_text: bool = False, **kwargs) -> "Encoder":
+        return cls(load_model(spec, device, **kwargs), int8_text=int8_text)
 
     @property
     def spec(self) -> str:
@@ -57,7 +64,7 @@ class Encoder:
         """Texts to (n, dim) unit vectors; text past the context length is truncated."""
         tokens = self.tokenize(texts).to(self.device)
         if self.trims_padding:
-            return _unit_rows(_encode_text_trimmed(self.model, tokens))
+            return _unit_rows(_encode_text_trimmed(self.model, tokens, self.text_products))
         return _unit_rows(self.model.encode_text(tokens, normalize=False))
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -87,9 +94,24 @@ def can_trim_padding(model: torch.nn.Module, tokenizer) -> bool:
             and hasattr(model, "positional_embedding") and hasattr(model, "transformer"))
 
 
-def _encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def _text_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """open_clip's TextTransformer (custom text towers, CoCa), or the CLIP model holding its text attributes."""
+    text = getattr(model, "text", None)
+    return text if text is not None else model
+
+
+def _int8_text_products(model: torch.nn.Module, trims_padding: bool):
+    from models.decoding import Int8Products
+
+    if not trims_padding:
+        raise ValueError("int8 text encoding supports open_clip's own causal text towers only")
+    return Int8Products.for_blocks(list(_text_tower(model).transformer.resblocks))
+
+
+def _encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, int8=None) -> torch.Tensor:
     """model.encode_text over the first columns of `tokens` only (see can_trim_padding): open_clip's
-    own steps, with positions and the causal mask sliced to the kept length."""
+    own steps, with positions and the causal mask sliced to the kept length. `int8`: Int8Products for
+    the tower's blocks, run by models.decoding.self_attention_block instead of open_clip's blocks."""
     from open_clip.transformer import text_global_pool
 
     text = getattr(model, "text", None)
@@ -110,7 +132,7 @@ def _encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.
         cls = (cls_emb + tower.positional_embedding[-1]).to(cast_dtype)
         x = torch.cat([x, cls.expand(x.shape[0], 1, -1)], dim=1)
         mask = mask[: length + 1, : length + 1].unsqueeze(0) + tower._build_additive_mask(tokens, length + 1, x.dtype)
-    x = tower.transformer(x, attn_mask=mask)
+    x = tower.transformer(x, attn_mask=mask) if int8 is None else _int8_blocks(tower.transformer, x, mask, int8)
     if cls_emb is not None:
         x = tower.ln_final(x[:, -1])
     else:
@@ -118,6 +140,22 @@ def _encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.
     if isinstance(tower.text_projection, torch.nn.Linear):
         return tower.text_projection(x)
     return x @ tower.text_projection if tower.text_projection is not None else x
+
+
+def _int8_blocks(transformer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, products) -> torch.Tensor:
+    """The tower's blocks over whole texts with int8 products. open_clip hands nn.MultiheadAttention an
+    additive mask of (length, length), or (rows x heads, length, length) with CoCa's padding mask;
+    scaled_dot_product_attention takes it as (rows, heads, length, length)."""
+    from models.decoding import self_attention_block
+
+    rows, length, _ = x.shape
+    heads = transformer.resblocks[0].attn.num_heads
+    if mask.dim() == 3:
+        mask = mask.view(rows, heads, length, length)
+    for block in transformer.resblocks:
+        keys_values = x.new_empty(2, rows, heads, length, block.attn.head_dim)  # filled by the block
+        x = self_attention_block(block, x, keys_values, 0, mask, products)
+    return x
 
 
 def _unit_rows(features: torch.Tensor) -> np.ndarray:

@@ -70,10 +70,10 @@ def test_int8_logits_stay_within_tolerance_of_fp32(decoders, images):
 
 
 def test_every_int8_product_matches_its_fp32_product(model):
-    from models.decoding import _FLOAT, _Int8Products
+    from models.decoding import _FLOAT, Int8Products
 
     text, decoder = model.text, model.text_decoder
-    int8 = _Int8Products(text, decoder)
+    int8 = Int8Products(text, decoder)
     x = torch.randn(2, 3, decoder.width, generator=torch.Generator().manual_seed(5))
     width = decoder.width
 

@@ -1,0 +1,34 @@
+"""XMODAL_TEXT_INT8 on a real `xmodal serve`: request texts encoded with int8 weight copies, close to fp32."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import LIMITS
+from tests.e2e.server import Server
+
+pytestmark = pytest.mark.e2e
+TEXTS = ["a dog on a beach", "two people riding bikes down a busy street", "pizza"]
+
+
+@pytest.fixture(scope="module")
+def int8_client(coco_index_dir, tmp_path_factory):
+    env = {**LIMITS, "XMODAL_TEXT_INT8": "1"}
+    with Server(coco_index_dir, tmp_path_factory.mktemp("int8") / "server.log", env=env) as running:
+        running.wait_ready()
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            yield http
+
+
+def test_int8_text_vectors_and_searches_stay_close_to_fp32(client, int8_client):
+    fp32 = np.array(client.post("/v1/embed/text", json={"texts": TEXTS}).json()["embeddings"])
+    int8 = np.array(int8_client.post("/v1/embed/text", json={"texts": TEXTS}).json()["embeddings"])
+    assert (fp32 * int8).sum(axis=1).min() > 0.99 and not np.allclose(fp32, int8, atol=1e-5)
+    for text in TEXTS:
+        exact = client.post("/v1/search/text", json={"text": text, "k": 20}).json()["results"]
+        quantized = int8_client.post("/v1/search/text", json={"text": text, "k": 20}).json()["results"]
+        # the same items near the top; scores move by about the vectors' difference
+        assert len({r["id"] for r in exact[:10]} & {r["id"] for r in quantized}) >= 8
+        assert abs(exact[0]["score"] - quantized[0]["score"]) < 0.02
