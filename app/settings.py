@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     max_beams: int = Field(8, ge=1, description="Widest beam one /v1/caption request may ask for")
     text_int8: bool = Field(
         False, description="CPU only: encode request texts (searches, embeddings, rank) with int8 weight copies "
-        "of the text tower: ~4x faster at batch 1, cosine >= 0.999 to fp32 (bench/bench_text_encode.py --int8)"
+        "of the text tower: ~4x faster at batch 1, cosine >= 0.999 to fp32 (bench/bench_text_encode.py)"
     )
     caption_int8: bool = Field(
         False, description="CPU only: decode captions and answers with int8 weight copies (faster, within a "
