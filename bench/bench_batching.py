@@ -39,13 +39,13 @@ def random_query(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, 3))
 
 
-def model_ceiling(model: str, batch: int, threads: int | None, repeats: int = 5) -> dict:
+def model_ceiling(model: str, batch: int, threads: int | None, int8_text: bool, repeats: int = 5) -> dict:
     """Per-text encode time at batch 1 and at `batch`, in process (median of `repeats` after a warm-up)."""
     import statistics
 
     from models.encoders import Encoder
 
-    encoder = Encoder.from_spec(model, "cpu", threads=threads)
+    encoder = Encoder.from_spec(model, "cpu", threads=threads, int8_text=int8_text)
     rng = np.random.default_rng(1_000)
     per_text = {}
     for size in (1, batch):
@@ -102,10 +102,11 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=HERE.parent.parent / "shared/data/coco-mini/images")
     parser.add_argument("--max-batch", type=int, default=64, help="XMODAL_BATCH_MAX_SIZE (the server's default)")
     parser.add_argument("--threads", type=int, default=None, help="XMODAL_THREADS, torch CPU threads (default: cores)")
+    parser.add_argument("--int8-text", action="store_true", help="XMODAL_TEXT_INT8: int8 text encoding, both servers")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "batching.json")
     args = parser.parse_args()
 
-    ceiling = model_ceiling(args.model, min(args.clients, args.max_batch), args.threads)
+    ceiling = model_ceiling(args.model, min(args.clients, args.max_batch), args.threads, args.int8_text)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(tmp) / "index"
@@ -118,6 +119,8 @@ def main() -> None:
                    "XMODAL_BATCH_MAX_SIZE": str(args.max_batch)}
             if args.threads is not None:
                 env["XMODAL_THREADS"] = str(args.threads)
+            if args.int8_text:
+                env["XMODAL_TEXT_INT8"] = "true"
             with Server(index, Path(tmp) / f"server-{batching}.log", env=env) as server:
                 server.wait_ready(timeout=300)
                 asyncio.run(drive(server.url, args.clients, 3))  # warm-up
@@ -127,11 +130,11 @@ def main() -> None:
     report = {
         "model": args.model, "clients": args.clients, "seconds": args.seconds, "query": "3 words, k=10",
         "index": f"Flat over {args.photos}", "hardware": f"{platform.machine()}, {os.cpu_count()} cores (server + load)",
-        "threads": args.threads or "cores", "load_average_1m": round(os.getloadavg()[0], 2),
+        "threads": args.threads or "cores", "text_weights": "int8" if args.int8_text else "fp32", "load_average_1m": round(os.getloadavg()[0], 2),
         "batching_off": off, "batching_on": on, "qps_ratio": round(on["qps"] / off["qps"], 2),
         "model_alone": ceiling,
     }
-    print(f"text search over HTTP, {args.model} text tower, {args.clients} concurrent clients, {args.seconds:.0f}s each, "
+    print(f"text search over HTTP, {args.model} text tower ({report['text_weights']}), {args.clients} concurrent clients, {args.seconds:.0f}s each, "
           f"{report['hardware']}")
     print(f"{'batching':<10}{'QPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, row in (("off", off), ("on", on)):
