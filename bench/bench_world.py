@@ -6,6 +6,7 @@ and writes JSON with the settings, the machine, the training curve and every met
 
     .venv/bin/python bench/bench_world.py --threads 1          # about 10 minutes on a 2-core CPU
     .venv/bin/python bench/bench_world.py --steps 200          # a quicker, weaker run
+    .venv/bin/python bench/bench_world.py --set batch_size=128 --set warmup_steps=30  # a recipe variant
 """
 
 from __future__ import annotations
@@ -43,15 +44,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--eval-scenes", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a WORLD_RECIPE setting (a TrainConfig field), e.g. batch_size=128")
     return parser.parse_args(argv)
+
+
+def _overrides(settings: list[str]) -> dict:
+    """`field=value` strings as TrainConfig overrides, each value parsed as the recipe's type."""
+    settable = [k for k in WORLD_RECIPE if k not in ("model", "steps")]  # --steps has its own option
+    overrides = {}
+    for setting in settings:
+        name, _, text = setting.partition("=")
+        if name not in settable:
+            raise SystemExit(f"--set {setting}: not one of {', '.join(settable)}")
+        overrides[name] = type(WORLD_RECIPE[name])(text)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
     shutil.rmtree(f"{args.out}.checkpoints", ignore_errors=True)
-    config = world_config(args.out, steps=args.steps, cpu_threads=args.threads, device=args.device,
-                          warmup_steps=min(WORLD_RECIPE["warmup_steps"], args.steps))
+    overrides = {"warmup_steps": min(WORLD_RECIPE["warmup_steps"], args.steps), **_overrides(args.set)}
+    config = world_config(args.out, steps=args.steps, cpu_threads=args.threads, device=args.device, **overrides)
     load_before = os.getloadavg()[0]
     result = train(config, progress=True)
     load_after = os.getloadavg()[0]

@@ -71,8 +71,13 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     dataset = ExampleDataset(build_source(config.data), preprocess, config.vqa_fraction,
                              config.decoder_targets, config.query_fraction, config.contrastive_texts,
                              config.hard_negatives)
-    objective = Objective(model, config.contrastive_loss_weight, config.caption_loss_weight)
-    optimizer = build_optimizer(model, config, _vocab_size(model))
+    vocab_size = _vocab_size(model)
+    # Sparse gradients for the vocabulary-sized parameters (VocabAdamW takes them): on a CPU, dense
+    # ones cost more memory traffic than the small model's whole text tower. On a GPU they are
+    # cheap, and sparse ones are untested there (no GPU in this project's CI).
+    objective = Objective(model, config.contrastive_loss_weight, config.caption_loss_weight, start.tokenizer,
+                          sparse_gradients=vocab_size is not None and device.type == "cpu")
+    optimizer = build_optimizer(model, config, vocab_size)
     schedule = build_schedule(optimizer, config)
     stateful = {"state_dict": model, "optimizer": optimizer, "schedule": schedule, "scaler": scaler}
 

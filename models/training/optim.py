@@ -5,7 +5,10 @@ tokenizer entry, but a dataset uses a few dozen to a few thousand tokens. A dens
 over them costs more than the whole forward/backward pass of a small model on CPU, so
 VocabAdamW updates only the rows that have ever had a gradient. That is exact: a row with no
 gradient so far has zero moments, so AdamW would only apply weight decay to it, which is
-still applied to the whole tensor.
+still applied to the whole tensor. It also takes sparse gradients for those parameters (the
+trainer's Objective(sparse_gradients=True)), which spares the backward pass a dense
+vocabulary-sized gradient per text-tower call: filling those with zeros cost more than the
+text tower itself once texts run in length groups.
 """
 
 from __future__ import annotations
@@ -55,14 +58,21 @@ class VocabAdamW(torch.optim.AdamW):
         state["step"] += 1
         step = state["step"].item()
 
-        other_dims = tuple(d for d in range(param.ndim) if d != dim)
         # .bool(): Optimizer.load_state_dict casts every state tensor to the parameter's dtype.
-        state["touched"] = state["touched"].bool() | grad.ne(0).any(dim=other_dims)
-        rows = state["touched"].nonzero().squeeze(1)
+        touched = state["touched"].bool()
+        if grad.is_sparse:
+            grad = grad.coalesce()  # duplicate entries (one per use of a token) summed
+            touched[grad.indices()[dim]] = True
+        else:
+            touched |= grad.ne(0).any(dim=tuple(d for d in range(param.ndim) if d != dim))
+        state["touched"] = touched
+        rows = touched.nonzero().squeeze(1)
 
         if weight_decay:
             param.mul_(1 - lr * weight_decay)
         p, g = param.index_select(dim, rows), grad.index_select(dim, rows)
+        if g.is_sparse:
+            g = g.to_dense()
         exp_avg = state["exp_avg"].index_select(dim, rows).lerp_(g, 1 - beta1)
         exp_avg_sq = state["exp_avg_sq"].index_select(dim, rows).mul_(beta2).addcmul_(g, g, value=1 - beta2)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)

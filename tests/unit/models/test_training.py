@@ -129,20 +129,28 @@ def test_plain_clip_trains_with_the_contrastive_loss_alone(tmp_path):
     assert isinstance(open_clip.create_model(f"local-dir:{result.output_dir}"), open_clip.CLIP)
 
 
+TEXTS = ["a red circle", "a small blue square on the left", "two stars", "question: how many? answer: 2",
+         "a large green triangle at the top and a small red circle at the bottom", "a shape", "a circle",
+         "question: what colour is the square? answer: blue"]
+
+
 def _tiny_coca_batch():
     register_configs()
     torch.manual_seed(0)
     model = open_clip.create_model("xmodal-tiny-coca")
     tokenizer = open_clip.get_tokenizer("xmodal-tiny-coca")
-    images = torch.randn(4, 3, 32, 32)
-    texts = tokenizer(["a red circle", "a small blue square on the left", "two stars", "question: how many? answer: 2"])
-    return model, images, texts
+    images = torch.randn(len(TEXTS), 3, 32, 32)
+    return model, images, tokenizer(TEXTS), tokenizer
 
 
+@pytest.mark.parametrize("groups", ["one", "many"])
 @pytest.mark.parametrize("live_columns", ["all", "some"])
-def test_objective_equals_open_clip_coca_loss(live_columns):
-    """Packing, truncation and the zero-column shortcut leave CoCaLoss's value unchanged."""
-    model, images, texts = _tiny_coca_batch()
+def test_objective_equals_open_clip_coca_loss(live_columns, groups, monkeypatch):
+    """Length groups, packing, truncation and the zero-column shortcut leave CoCaLoss's value unchanged."""
+    from models.training import objective
+
+    monkeypatch.setattr(objective, "GROUP_OVERHEAD", 10**6 if groups == "one" else 0)
+    model, images, texts, tokenizer = _tiny_coca_batch()
     projection = model.text_decoder.text_projection
     with torch.no_grad():
         projection.normal_(std=0.2)
@@ -152,13 +160,52 @@ def test_objective_equals_open_clip_coca_loss(live_columns):
             keep[texts[0]] = True
             projection[:, ~keep] = 0
 
-    ours = Objective(model, contrastive_weight=1.0, caption_weight=2.0)(model, images, texts, texts)
+    ours = Objective(model, contrastive_weight=1.0, caption_weight=2.0, tokenizer=tokenizer)
+    assert ours.trims_texts
+    losses = ours(model, images, texts, texts)
     out = model(images, texts)
     contrastive, caption = open_clip.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)(
         out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"]
     )
-    assert torch.allclose(ours["contrastive_loss"], contrastive, atol=1e-5)
-    assert torch.allclose(ours["caption_loss"], caption, atol=1e-5)
+    assert torch.allclose(losses["contrastive_loss"], contrastive, atol=1e-5)
+    assert torch.allclose(losses["caption_loss"], caption, atol=1e-5)
+
+
+def test_length_groups_give_the_gradients_of_full_padding(monkeypatch):
+    """Several texts per image, grouped by length, train exactly as the untrimmed batch does."""
+    from models.training import objective
+
+    model, images, texts, tokenizer = _tiny_coca_batch()
+    with torch.no_grad():
+        model.text_decoder.text_projection.normal_(std=0.2)
+    images = images[:4]  # two contrastive and two decoder texts per image
+    positives = torch.zeros(8, 4, dtype=torch.bool)
+    positives[torch.arange(8), torch.arange(8) // 2] = True
+    positives[5, 0] = True  # "a shape" describes image 0 too
+    complete = torch.tensor([True, True, True, True, True, False, True, True])
+
+    def gradients(overhead: int, tokenizer, sparse=False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        monkeypatch.setattr(objective, "GROUP_OVERHEAD", overhead)
+        model.zero_grad()
+        losses = Objective(model, 1.0, 2.0, tokenizer, sparse_gradients=sparse)(
+            model, images, texts, texts.flip(0), positives, complete
+        )
+        losses["loss"].backward()
+        grads = {n: p.grad.to_dense() for n, p in model.named_parameters() if p.grad is not None}
+        return losses["loss"].detach(), grads
+
+    assert len(objective._length_groups(sorted((texts != 0).sum(1).tolist()), 0)) == 1
+    monkeypatch.setattr(objective, "GROUP_OVERHEAD", 0)
+    assert len(objective._length_groups(sorted((texts != 0).sum(1).tolist()), 0)) > 2
+    full_loss, full = gradients(10**6, None)  # contrastive texts at full length, decoder texts in one group
+    for sparse in (False, True):  # sparse: only the rows (columns) of the tokens used, as in training
+        grouped_loss, grouped = gradients(0, tokenizer, sparse)
+        assert torch.allclose(grouped_loss, full_loss, atol=1e-6)
+        assert full.keys() == grouped.keys()
+        for name, grad in full.items():
+            assert torch.allclose(grouped[name], grad, atol=1e-6, rtol=1e-4), name
+    assert model.text.token_embedding.weight.grad.is_sparse
+    assert model.text_decoder.text_projection.grad.is_sparse
 
 
 def test_vocab_adamw_matches_torch_adamw_bit_for_bit():
@@ -184,6 +231,28 @@ def test_vocab_adamw_matches_torch_adamw_bit_for_bit():
             optimizer.step()
     for a, b in zip((embedding, projection, other), reference):
         assert torch.equal(a, b)
+
+
+def test_vocab_adamw_takes_sparse_gradients():
+    """Sparse gradients (one entry per use of a token, repeats summed) step like their dense sum."""
+    torch.manual_seed(0)
+    embedding = nn.Parameter(torch.randn(50, 4))
+    projection = nn.Parameter(torch.zeros(4, 50))
+    reference = [nn.Parameter(p.detach().clone()) for p in (embedding, projection)]
+    ours = VocabAdamW([{"params": [embedding, projection], "weight_decay": 0.1}], {embedding: 0, projection: 1}, lr=1e-2)
+    theirs = torch.optim.AdamW([{"params": reference, "weight_decay": 0.1}], lr=1e-2)
+    for _ in range(10):
+        rows = torch.randint(0, 50, (6,))  # with repeats
+        values = torch.randn(6, 4)
+        embedding.grad = torch.sparse_coo_tensor(rows[None], values, (50, 4), check_invariants=True)
+        columns = torch.stack([torch.arange(4).repeat_interleave(6), rows.repeat(4)])
+        projection.grad = torch.sparse_coo_tensor(columns, values.T.reshape(-1), (4, 50), check_invariants=True)
+        for p, grad in zip(reference, (embedding.grad, projection.grad)):
+            p.grad = grad.to_dense()
+        ours.step()
+        theirs.step()
+    for a, b in zip((embedding, projection), reference):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_batches_depend_only_on_the_step():
