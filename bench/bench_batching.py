@@ -3,9 +3,11 @@
     python bench/bench_batching.py [--model ViT-B-32] [--clients 32] [--seconds 20]
 
 Builds a small index with the model (random weights for a bare name), starts `xmodal serve` twice
-(XMODAL_BATCHING=false, then true) on 127.0.0.1, and drives each from this process with `--clients`
-concurrent httpx clients sending /v1/search/text for `--seconds` (bounded in count and time).
-Prints one table and writes JSON.
+(XMODAL_BATCHING=false, then true) on 127.0.0.1, and drives each with `--clients` concurrent clients
+sending /v1/search/text for `--seconds` (bounded in count and time): httpx clients in this process
+(`--load httpx`, the default), or wrk (`--load wrk`: `apt install wrk`; one wrk thread, `--clients`
+connections, bench/load/search_text.lua), a C load generator that leaves more of the two cores to the
+server. Prints one table and writes JSON.
 
 It also times the model alone, in this process before the servers start: one text at a time against
 batches of min(clients, --max-batch) texts. Their per-text ratio is the most batching can gain if
@@ -22,6 +24,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -94,6 +97,17 @@ async def drive(url: str, clients: int, seconds: float, max_requests: int = 100_
             "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
 
 
+def drive_wrk(url: str, clients: int, seconds: float) -> dict:
+    """wrk -t1 -c{clients}: the same queries from one C thread; its Lua script prints one JSON line."""
+    script = HERE / "load" / "search_text.lua"
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script), url]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    ok = stats["requests"] - stats["non_2xx"]
+    return {"requests": ok, "errors": stats["non_2xx"] + stats["socket_errors"], "qps": round(ok / stats["seconds"], 1),
+            "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32")
@@ -102,6 +116,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=HERE.parent.parent / "shared/data/coco-mini/images")
     parser.add_argument("--max-batch", type=int, default=64, help="XMODAL_BATCH_MAX_SIZE (the server's default)")
     parser.add_argument("--threads", type=int, default=None, help="XMODAL_THREADS, torch CPU threads (default: cores)")
+    parser.add_argument("--load", choices=["httpx", "wrk"], default="httpx", help="load generator (see above)")
     parser.add_argument("--int8-text", action="store_true", help="XMODAL_TEXT_INT8: int8 text encoding, both servers")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "batching.json")
     args = parser.parse_args()
@@ -123,18 +138,22 @@ def main() -> None:
                 env["XMODAL_TEXT_INT8"] = "true"
             with Server(index, Path(tmp) / f"server-{batching}.log", env=env) as server:
                 server.wait_ready(timeout=300)
-                asyncio.run(drive(server.url, args.clients, 3))  # warm-up
-                results[batching] = asyncio.run(drive(server.url, args.clients, args.seconds))
+                if args.load == "wrk":
+                    drive_wrk(server.url, args.clients, 3)  # warm-up
+                    results[batching] = drive_wrk(server.url, args.clients, args.seconds)
+                else:
+                    asyncio.run(drive(server.url, args.clients, 3))  # warm-up
+                    results[batching] = asyncio.run(drive(server.url, args.clients, args.seconds))
 
     off, on = results["false"], results["true"]
     report = {
         "model": args.model, "clients": args.clients, "seconds": args.seconds, "query": "3 words, k=10",
         "index": f"Flat over {args.photos}", "hardware": f"{platform.machine()}, {os.cpu_count()} cores (server + load)",
-        "threads": args.threads or "cores", "text_weights": "int8" if args.int8_text else "fp32", "load_average_1m": round(os.getloadavg()[0], 2),
+        "load_generator": args.load, "threads": args.threads or "cores", "text_weights": "int8" if args.int8_text else "fp32", "load_average_1m": round(os.getloadavg()[0], 2),
         "batching_off": off, "batching_on": on, "qps_ratio": round(on["qps"] / off["qps"], 2),
         "model_alone": ceiling,
     }
-    print(f"text search over HTTP, {args.model} text tower ({report['text_weights']}), {args.clients} concurrent clients, {args.seconds:.0f}s each, "
+    print(f"text search over HTTP, {args.model} text tower ({report['text_weights']}), {args.clients} concurrent {args.load} clients, {args.seconds:.0f}s each, "
           f"{report['hardware']}")
     print(f"{'batching':<10}{'QPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, row in (("off", off), ("on", on)):
