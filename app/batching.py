@@ -1,8 +1,10 @@
 """Cross-request dynamic batching: concurrent requests share one model call.
 
 Each request `submit()`s one item and awaits its own result. A single task per batcher takes
-whatever is queued (up to `max_batch_size`), waits up to `max_wait_ms` for more only while the
-queue is short, runs the batch function on the model thread, and answers each caller. While the
+whatever is queued (up to `max_batch_size`), waits up to `max_wait_ms` for more while the queue is
+short, runs the batch function on the model thread, and answers each caller. It waits only under
+load, when the previous batch held more than one item: a lone request at low load runs at once
+rather than waiting for company that is not coming. While the
 model is busy, new requests pile up in the queue, so the next batch is as large as the load
 makes it. A bounded queue turns overload into `Overloaded` (HTTP 429), never unbounded latency.
 """
@@ -42,6 +44,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self.batch_sizes: list[int] = []  # recent sizes, for metrics and tests
         self.size_counts: Counter[int] = Counter()  # batch size -> batches run, since start (for /metrics)
         self._task: asyncio.Task | None = None
+        self._last_batch = 0  # size of the previous batch: > 1 means requests are arriving together
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.name}")
@@ -71,7 +74,7 @@ class DynamicBatcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
-            deadline = time.monotonic() + self.max_wait_s
+            deadline = time.monotonic() + (self.max_wait_s if self._last_batch > 1 else 0.0)
             while len(batch) < self.max_batch_size:
                 if not self.queue.empty():
                     batch.append(self.queue.get_nowait())
@@ -86,6 +89,7 @@ class DynamicBatcher(Generic[Item, Result]):
             live = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
             if not live:
                 continue
+            self._last_batch = len(live)
             self.batch_sizes = (self.batch_sizes + [len(live)])[-1000:]
             self.size_counts[len(live)] += 1
             try:

@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     )
     batching: bool = Field(True, description="Gather concurrent text/image encodes into shared model batches")
     batch_max_size: int = Field(64, ge=1, description="Most items in one model batch")
-    batch_max_wait_ms: float = Field(2.0, ge=0, description="How long an idle batcher waits for more requests")
+    batch_max_wait_ms: float = Field(
+        10.0, ge=0, description="Under load (the previous batch held several requests), how long a batcher waits "
+        "to fill a batch; a lone request at low load never waits"
+    )
     batch_max_queue: int = Field(1024, ge=1, description="Waiting items per batcher before answering 429")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image upload or request body")

@@ -71,3 +71,34 @@ def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on():
 
     outcome, after = _run(scenario())
     assert all(isinstance(o, ValueError) for o in outcome) and after == "B"
+
+
+def test_a_lone_request_runs_at_once_and_requests_under_load_wait_to_share_a_batch():
+    async def scenario():
+        calls = []
+
+        def record(items):
+            calls.append(list(items))
+            return items
+
+        patient = DynamicBatcher("t", record, ThreadPoolExecutor(1), max_batch_size=16, max_wait_ms=60_000)
+        patient.start()
+        # Alone (no batch before it held company): it does not sit out the 60 s wait.
+        alone = await asyncio.wait_for(patient.submit("alone"), timeout=5)
+        await patient.stop()
+
+        batcher = DynamicBatcher("t", record, ThreadPoolExecutor(1), max_batch_size=16, max_wait_ms=500)
+        batcher.start()
+        together = await asyncio.gather(*(batcher.submit(f"a{i}") for i in range(4)))  # queued at once
+        # Now under load: arrivals 50 ms apart are gathered into one batch instead of running one by one.
+        staggered = []
+        for i in range(3):
+            staggered.append(asyncio.ensure_future(batcher.submit(f"s{i}")))
+            await asyncio.sleep(0.05)
+        staggered = await asyncio.gather(*staggered)
+        await batcher.stop()
+        return alone, together, staggered, calls
+
+    alone, together, staggered, calls = _run(scenario())
+    assert (alone, together, staggered) == ("alone", ["a0", "a1", "a2", "a3"], ["s0", "s1", "s2"])
+    assert calls == [["alone"], ["a0", "a1", "a2", "a3"], ["s0", "s1", "s2"]]
