@@ -68,33 +68,50 @@ def model_ceiling(model: str, batch: int, threads: int | None, int8_text: bool, 
 WORDS = ["red", "blue", "dog", "cat", "street", "kitchen", "beach", "mountain", "car", "child", "pizza", "train"]
 
 
-async def drive(url: str, clients: int, seconds: float, max_requests: int = 100_000) -> dict:
-    latencies, errors = [], 0
+async def closed_loop(url: str, clients: int, seconds: float, send, max_requests: int = 100_000) -> dict:
+    """`clients` httpx clients, each sending `await send(client, number, i)` (its i-th request) and waiting for
+    the answer before the next, for `seconds` (and at most `max_requests` answers in all): QPS and latency of
+    the 200s, other answers and timeouts counted as errors."""
+    latencies, errors, statuses = [], 0, {}
     stop_at = time.monotonic() + seconds
 
     async def client_loop(number: int) -> None:
         nonlocal errors
-        rng = np.random.default_rng(number)
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            i = 0
             while time.monotonic() < stop_at and len(latencies) < max_requests:
-                text = random_query(rng)
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/v1/search/text", json={"text": text, "k": 10})
+                    response = await send(client, number, i)
                 except httpx.TimeoutException:
                     errors += 1
                     continue
+                finally:
+                    i += 1
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - started)
                 else:
                     errors += 1
+                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
     started = time.monotonic()
-    await asyncio.gather(*(client_loop(i) for i in range(clients)))
+    await asyncio.gather(*(client_loop(number) for number in range(clients)))
     elapsed = time.monotonic() - started
     ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "qps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(ms), "errors": errors,
+            "error_statuses": statuses, "qps": round(len(ms) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
+
+
+async def drive(url: str, clients: int, seconds: float) -> dict:
+    """Text searches of random 3-word queries (each client its own seeded sequence)."""
+    rngs = [np.random.default_rng(number) for number in range(clients)]
+
+    def send(client: httpx.AsyncClient, number: int, i: int):
+        return client.post("/v1/search/text", json={"text": random_query(rngs[number]), "k": 10})
+
+    return await closed_loop(url, clients, seconds, send)
 
 
 def drive_wrk(url: str, clients: int, seconds: float) -> dict:

@@ -40,7 +40,6 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -51,14 +50,17 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
+from bench_batching import closed_loop  # noqa: E402 - the same load loop as the batching bench (repo root on sys.path)
 from bench_selection import _cpu_model, clustered_vectors  # noqa: E402 - same generator as the selection bench
 from indexer import store  # noqa: E402
 from indexer.manifest import Manifest, ModelInfo, VectorIndexInfo, package_version  # noqa: E402
 from indexer.reader import OpenIndex  # noqa: E402
 from indexer.selection import parse_bytes  # noqa: E402
+from tests.e2e.server import Server  # noqa: E402 - the e2e tests' server runner, given the checkout to serve
 from indexer.tuning import (  # noqa: E402
     EF_SEARCH,
     SearchParams,
+    TIE_TOLERANCE,
     Searcher,
     StoredRows,
     _probe_ladder,
@@ -72,7 +74,6 @@ from indexer.tuning import (  # noqa: E402
 HERE = Path(__file__).resolve().parent
 K = 10
 FRESH = 300  # in-distribution queries: the rows after the first n of the same mixture
-TIE_TOLERANCE = 1e-5  # as indexer.tuning: a result within this of the true 10th score is a true neighbour
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "brown", "orange", "purple", "grey"]
 THINGS = ["dog", "cat", "car", "bus", "train", "pizza", "child", "horse", "bicycle", "boat", "kite", "bird"]
 PLACES = ["on a beach", "in a kitchen", "on the street", "in a park", "near a mountain", "at night", "in the snow",
@@ -170,57 +171,13 @@ def synthetic_items(n: int, source: str) -> pa.Table:
 
 # ---------------------------------------------------------------- the server
 
-class Served:
-    """`python -m app.cli serve --index DIR` from app_root on a free 127.0.0.1 port; stopped on exit."""
-
-    def __init__(self, folder: Path, app_root: Path, log_path: Path, env: dict):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--index", str(folder), "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=app_root, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(app_root), **env},
-        )
-
-    def wait_ready(self, timeout: float) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log_path.read_text()[-4000:]}")
-
-    def __enter__(self) -> "Served":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 # ---------------------------------------------------------------- measuring
 
 class Row:
     """One endpoint's client-side latencies, server took_ms, and what it returned per query."""
 
     def __init__(self, name: str):
-        self.name, self.client_ms, self.server_ms, self.ids, self.vectors, self.errors = name, [], [], [], [], 0
+        self.name, self.client_ms, self.server_ms, self.ids, self.vectors = name, [], [], [], []
 
     def call(self, client: httpx.Client, method: str, path: str, **kwargs) -> dict:
         started = time.perf_counter()
@@ -242,7 +199,7 @@ class Row:
 
     def summary(self) -> dict:
         ms = np.array(self.client_ms)
-        out = {"requests": len(ms), "errors": self.errors}
+        out = {"requests": len(ms)}  # every request answered 200 (call stops the run otherwise)
         if len(ms):
             out.update({f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99)})
             out["mean_ms"] = round(float(ms.mean()), 2)
@@ -302,37 +259,13 @@ def sequential_images(url: str, images: list[tuple[str, bytes]], count: int, war
 
 
 async def image_qps(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float) -> dict:
-    latencies, errors, statuses = [], 0, {}
-    stop_at = time.monotonic() + seconds
+    """Image searches from `clients` concurrent clients, taking the images in turn."""
 
-    async def client_loop(number: int) -> None:
-        nonlocal errors
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            i = number
-            while time.monotonic() < stop_at:
-                name, data = images[i % len(images)]
-                i += clients
-                started = time.perf_counter()
-                try:
-                    response = await client.post("/v1/search/image", files={"file": (name, data, "image/jpeg")},
-                                                 data={"k": str(K)})
-                except httpx.TimeoutException:
-                    errors += 1
-                    continue
-                if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
-                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+    def send(client: httpx.AsyncClient, number: int, i: int):
+        name, data = images[(number + i * clients) % len(images)]
+        return client.post("/v1/search/image", files={"file": (name, data, "image/jpeg")}, data={"k": str(K)})
 
-    started = time.monotonic()
-    await asyncio.gather(*(client_loop(i) for i in range(clients)))
-    elapsed = time.monotonic() - started
-    ms = np.array(latencies) * 1000
-    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(ms), "errors": errors,
-            "error_statuses": statuses, "qps": round(len(ms) / elapsed, 2),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
+    return await closed_loop(url, clients, seconds, send)
 
 
 # ---------------------------------------------------------------- recall and the in-process split
@@ -485,7 +418,7 @@ def main() -> None:
     log_path = args.out.with_name(args.out.stem + "-server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     phases = {}
-    with Served(folder, args.app_root, log_path, server_env) as server:
+    with Server(folder, log_path, server_env, app_root=args.app_root) as server:
         ready_s = server.wait_ready(timeout=900)
         print(f"server ready in {ready_s:.0f}s ({server.url}); {args.queries} text queries", flush=True)
         served_index = httpx.get(server.url + "/v1/index", timeout=10).json()

@@ -526,12 +526,10 @@ def tune_search_params(
     def measure(params: SearchParams) -> float:
         value, bound = bench.recall_bound(Searcher(index, params, rows))
         tried.append((str(params), round(value, 4), round(bound, 4)))
-        means[params] = value
         log.debug("%s %s: recall@%d %.4f (lower bound %.4f)", choice.key, params, K, value, bound)
         return bound
 
     tried: list[tuple[str, float, float]] = []
-    means: dict[SearchParams, float] = {}
     if choice.kind == "flat":
         ladders = [[SearchParams()]]
     elif choice.kind == "hnsw":
@@ -557,7 +555,8 @@ def tune_search_params(
         raise RecallNotReached(choice.key, recall, best[1], best[0])
     timed = [(bench.latency_ms(Searcher(index, params, rows)), params) for params, _ in feasible]
     query_ms, params = min(timed, key=lambda t: t[0])
-    return Tuning(str(params), means[params], query_ms, tuple(tried))
+    mean = next(value for setting, value, _ in tried if setting == str(params))
+    return Tuning(str(params), mean, query_ms, tuple(tried))
 
 
 def _probe_ladder(nlist: int) -> list[int]:

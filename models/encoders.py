@@ -64,7 +64,7 @@ class Encoder:
         """Texts to (n, dim) unit vectors; text past the context length is truncated."""
         tokens = self.tokenize(texts).to(self.device)
         if self.trims_padding:
-            return _unit_rows(_encode_text_trimmed(self.model, tokens, self.text_products))
+            return _unit_rows(encode_text_trimmed(self.model, tokens, self.text_products))
         return _unit_rows(self.model.encode_text(tokens, normalize=False))
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -108,14 +108,14 @@ def _int8_text_products(model: torch.nn.Module, trims_padding: bool):
     return Int8Products.for_blocks(list(_text_tower(model).transformer.resblocks))
 
 
-def _encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, int8=None) -> torch.Tensor:
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, int8=None) -> torch.Tensor:
     """model.encode_text over the first columns of `tokens` only (see can_trim_padding): open_clip's
     own steps, with positions and the causal mask sliced to the kept length. `int8`: Int8Products for
     the tower's blocks, run by models.decoding.self_attention_block instead of open_clip's blocks."""
     from open_clip.transformer import text_global_pool
 
     text = getattr(model, "text", None)
-    tower = text if text is not None else model  # TextTransformer, or CLIP's own text attributes
+    tower = _text_tower(model)
     cls_emb = getattr(text, "cls_emb", None)
     # Keep one pad column after the longest text: CoCa's legacy class-token mask lets the class token
     # see the position after end-of-text, and must not let it see itself (as with full padding).

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from open_clip.transformer import MultimodalTransformer
 from torch import nn
 
-from models.encoders import _encode_text_trimmed, can_trim_padding
+from models.encoders import can_trim_padding, encode_text_trimmed
 
 PAD_ID = 0  # open_clip's SimpleTokenizer pads with 0
 # The cost of one more pass through the text tower or decoder, in text positions: a length group
@@ -120,8 +120,8 @@ class Objective:
 
     def _text_latents(self, model: nn.Module, texts: torch.Tensor) -> torch.Tensor:
         """model.encode_text(texts, normalize=False), in length groups where that is exact."""
-        if self.trims_texts:  # one pad column past each group's longest text (see _encode_text_trimmed)
-            return _by_length(texts, 2, lambda rows, cut: _encode_text_trimmed(model, cut))
+        if self.trims_texts:  # one pad column past each group's longest text (see encode_text_trimmed)
+            return _by_length(texts, 2, lambda rows, cut: encode_text_trimmed(model, cut))
         return model.encode_text(texts, normalize=False)
 
 

@@ -29,30 +29,36 @@ def free_port() -> int:
 class Server:
     """`xmodal serve` in a subprocess; `url` once it listens. Always stopped on exit."""
 
-    def __init__(self, index: Path | list[str], log_path: Path, env: dict | None = None):
-        """index: one folder, or several `--index` values (`NAME=FOLDER`)."""
+    def __init__(self, index: Path | list[str], log_path: Path, env: dict | None = None, app_root: Path | None = None):
+        """index: one folder, or several `--index` values (`NAME=FOLDER`). app_root: serve that checkout
+        (`python -m app.cli` with it first on PYTHONPATH, e.g. a `git archive` export) instead of this one."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
         indexes = [str(value) for value in index] if isinstance(index, list) else [str(index)]
+        command, env = [XMODAL], {**os.environ, **(env or {})}
+        if app_root is not None:
+            command, env = [sys.executable, "-m", "app.cli"], {**env, "PYTHONPATH": str(app_root)}
         self.process = subprocess.Popen(
-            [XMODAL, "serve", *(arg for value in indexes for arg in ("--index", value)),
+            [*command, "serve", *(arg for value in indexes for arg in ("--index", value)),
              "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=app_root,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env=env,
         )
 
     def wait_listening(self, timeout: float = 60) -> None:
         self._wait(lambda r: r is not None, timeout, "/healthz")
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        self._wait(lambda r: r is not None and r.status_code == 200, timeout, "/readyz")
+    def wait_ready(self, timeout: float = 120) -> float:
+        """Seconds until /readyz said ready."""
+        return self._wait(lambda r: r is not None and r.status_code == 200, timeout, "/readyz")
 
-    def _wait(self, done, timeout: float, path: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def _wait(self, done, timeout: float, path: str) -> float:
+        started = time.monotonic()
+        while time.monotonic() < started + timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
@@ -60,7 +66,7 @@ class Server:
             except httpx.TransportError:
                 response = None
             if done(response):
-                return
+                return time.monotonic() - started
             time.sleep(0.2)
         raise TimeoutError(f"server not up after {timeout}s:\n{self.log()}")
 
