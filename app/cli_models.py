@@ -56,6 +56,12 @@ def train(
                                                   "partial attribute queries")] = WORLD_RECIPE["query_fraction"],
     hard_negatives: Annotated[int, typer.Option(min=0, help="World: captions of near-miss scenes per image, "
                                                 "as negatives")] = WORLD_RECIPE["hard_negatives"],
+    answers_only: Annotated[bool, typer.Option("--vqa-answers-only/--vqa-whole-text",
+                                               help="Question/answer targets teach the answer only (the "
+                                               "question is a prompt), or the whole text")] = WORLD_RECIPE["vqa_answers_only"],
+    vision_position_std: Annotated[float, typer.Option(min=0.0, help="From scratch: std of the vision "
+                                                       "transformer's initial position embeddings (0: "
+                                                       "open_clip's)")] = WORLD_RECIPE["vision_position_std"],
     train_seed: Annotated[int, typer.Option(help="Seed of the initial weights and batch order")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")] = "auto",
@@ -94,7 +100,8 @@ def train(
             contrastive_loss_weight=contrastive_weight, vqa_fraction=vqa_fraction, decoder_lr_scale=decoder_lr_scale,
             decoder_targets=decoder_targets, contrastive_texts=contrastive_texts,
             query_fraction=query_fraction if data == WORLD else 0.0,
-            hard_negatives=hard_negatives if data == WORLD else 0, seed=train_seed,
+            hard_negatives=hard_negatives if data == WORLD else 0, seed=train_seed, vqa_answers_only=answers_only,
+            vision_position_std=vision_position_std or None,
             device=None if device == "auto" else device, precision=precision, cpu_threads=threads,
             num_workers=workers, checkpoint_every=checkpoint_every, eval_every=eval_every if evaluate else 0,
         )

@@ -57,8 +57,16 @@ def _overrides(settings: list[str]) -> dict:
         name, _, text = setting.partition("=")
         if name not in settable:
             raise SystemExit(f"--set {setting}: not one of {', '.join(settable)}")
-        overrides[name] = type(WORLD_RECIPE[name])(text)
+        overrides[name] = _parse(text, type(WORLD_RECIPE[name]))
     return overrides
+
+
+def _parse(text: str, kind: type):
+    if kind is bool:  # bool("false") is True
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"--set: {text!r} is not true or false")
+        return text.lower() in ("true", "1")
+    return kind(text)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from models.training.objective import PAD_ID
 from models.training.sources import CsvSource, ImageTexts, WorldSource
 from models.world import Query, SceneGraph, canonical_caption, near_miss, partial_query, satisfies, scene_query
 
@@ -29,10 +30,17 @@ def vqa_text(question: str, answer: str) -> str:
     return f"question: {question} answer: {answer}".rstrip()
 
 
+def vqa_prompt(question: str) -> str:
+    return vqa_text(question, "")
+
+
 class Example(NamedTuple):
     image: torch.Tensor
     texts: tuple[str, ...]  # contrastive texts
     targets: tuple[str, ...]  # decoder texts
+    # Per target, the prefix the decoder is given rather than taught (a question's "question: ...
+    # answer:"); "" teaches the whole text.
+    prompts: tuple[str, ...]
     queries: tuple[Query, ...] | None  # what each text asks of a scene (world data only)
     graph: SceneGraph | None  # what the image holds (world data only)
     captions: tuple[str, ...]  # every caption of the image (a user's CSV: the texts that describe it)
@@ -44,6 +52,7 @@ class Batch(NamedTuple):
     targets: torch.Tensor  # (B * decoder_targets, context), likewise
     positives: torch.Tensor  # (texts, images) bool: text j describes image i
     complete: torch.Tensor  # (texts,) bool: the text is a whole caption, not a partial query
+    taught: torch.Tensor  # like targets, bool: the decoder learns to predict this token (not a prompt's)
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -51,8 +60,11 @@ class ExampleDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: WorldSource | CsvSource, preprocess: Callable, vqa_fraction: float,
                  decoder_targets: int = 1, query_fraction: float = 0.0, contrastive_texts: int = 1,
-                 hard_negatives: int = 0):
+                 hard_negatives: int = 0, answers_only: bool = False):
+        """`answers_only`: a question/answer target teaches only its answer; the question is the
+        prompt it is answered from, as at inference (see TrainConfig.vqa_answers_only)."""
         self.source = source
+        self.answers_only = answers_only
         self.preprocess = preprocess
         self.vqa_fraction = vqa_fraction
         self.decoder_targets = decoder_targets
@@ -84,23 +96,29 @@ class ExampleDataset(torch.utils.data.Dataset):
                 other = near_miss(texts.graph, rng)
                 queries.append(scene_query(other))
                 captions.append(canonical_caption(other))
-        return Example(self.preprocess(image), tuple(captions), targets, tuple(queries) if queries else None,
-                       texts.graph, texts.captions)
+        texts_and_prompts = self._targets(texts, rng)
+        targets = tuple(text for text, _ in texts_and_prompts)
+        prompts = tuple(prompt for _, prompt in texts_and_prompts)
+        return Example(self.preprocess(image), tuple(captions), targets, prompts,
+                       tuple(queries) if queries else None, texts.graph, texts.captions)
 
-    def _targets(self, texts: ImageTexts, rng: random.Random) -> tuple[str, ...]:
+    def _targets(self, texts: ImageTexts, rng: random.Random) -> list[tuple[str, str]]:
+        """(decoder text, its prompt) pairs."""
+        def caption() -> tuple[str, str]:
+            return rng.choice(texts.decoder_captions), ""
+
+        def question() -> tuple[str, str]:
+            asked, answer = rng.choice(texts.questions)
+            return vqa_text(asked, answer), vqa_prompt(asked) if self.answers_only else ""
+
         if self.decoder_targets == 1:
-            if texts.questions and rng.random() < self.vqa_fraction:
-                return (vqa_text(*rng.choice(texts.questions)),)
-            return (rng.choice(texts.decoder_captions),)
+            return [question() if texts.questions and rng.random() < self.vqa_fraction else caption()]
         # The first is always a caption: while question/answer texts stay under half of all
         # targets, a caption (not "question: ...") is what the decoder writes without a prompt.
-        targets = [rng.choice(texts.decoder_captions)]
+        targets = [caption()]
         for _ in range(self.decoder_targets - 1):
-            if texts.questions and rng.random() < self.vqa_fraction:
-                targets.append(vqa_text(*rng.choice(texts.questions)))
-            else:
-                targets.append(rng.choice(texts.decoder_captions))
-        return tuple(targets)
+            targets.append(question() if texts.questions and rng.random() < self.vqa_fraction else caption())
+        return targets
 
 
 class Collate:
@@ -119,6 +137,7 @@ class Collate:
         images = torch.stack([e.image for e in batch])
         texts = self._tokenize([t for e in batch for t in e.texts])
         targets = self._tokenize([t for e in batch for t in e.targets])
+        taught = self._taught(targets, [p for e in batch for p in e.prompts])
         if all(e.queries is not None and e.graph is not None for e in batch):
             # Ground truth: a text describes every image that satisfies its query. A caption's query
             # names every attribute of every object, so it holds exactly for scenes with that content.
@@ -134,7 +153,19 @@ class Collate:
             captions = [set(e.captions) | set(e.texts) for e in batch]
             rows = [[t in c for c in captions] for e in batch for t in e.texts]
             complete = [True] * len(rows)
-        return Batch(images, texts, targets, torch.tensor(rows, dtype=torch.bool), torch.tensor(complete))
+        return Batch(images, texts, targets, torch.tensor(rows, dtype=torch.bool), torch.tensor(complete), taught)
+
+    def _taught(self, targets: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Tokens after each target's prompt (the start token is never predicted anyway). A prompt
+        tokenises to the same tokens as the start of its target: the tokenizer splits words and
+        punctuation before its byte-pair merges."""
+        prompted = [i for i, p in enumerate(prompts) if p]
+        given = torch.ones(len(prompts), dtype=torch.long)  # the start token
+        if prompted:
+            # The prompt's own tokens count, not its end token.
+            given[prompted] = (self._tokenize([prompts[i] for i in prompted]) != PAD_ID).sum(dim=1) - 1
+        positions = torch.arange(targets.shape[1])
+        return (targets != PAD_ID) & (positions[None, :] >= given[:, None])
 
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
         new = [t for t in dict.fromkeys(texts) if t not in self._tokens]

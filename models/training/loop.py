@@ -64,13 +64,13 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     autocast, scaler = _mixed_precision(config.precision, device)
     _seed_everything(config.seed)
 
-    start = load_starting_model(config.model, config.pretrained, device)
+    start = load_starting_model(config.model, config.pretrained, device, config.vision_position_std)
     model = start.model
     model.train()
     preprocess = image_transform_v2(PreprocessCfg(**start.preprocess_cfg), is_train=False)
     dataset = ExampleDataset(build_source(config.data), preprocess, config.vqa_fraction,
                              config.decoder_targets, config.query_fraction, config.contrastive_texts,
-                             config.hard_negatives)
+                             config.hard_negatives, config.vqa_answers_only)
     vocab_size = _vocab_size(model)
     # Sparse gradients for the vocabulary-sized parameters (VocabAdamW takes them): on a CPU, dense
     # ones cost more memory traffic than the small model's whole text tower. On a GPU they are
@@ -99,12 +99,12 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     eval_seconds = 0.0
     rate = _Rate()
     with tqdm(total=config.steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True) as bar:
-        for images, texts, targets, positives, complete in loader:
+        for images, texts, targets, positives, complete, taught in loader:
             state.step += 1
             lr = schedule.get_last_lr()[0]
             losses = _train_step(model, objective, optimizer, scaler, autocast, config.grad_clip_norm,
                                  images.to(device, non_blocking=True), texts.to(device), targets.to(device),
-                                 positives.to(device), complete.to(device))
+                                 positives.to(device), complete.to(device), taught.to(device))
             schedule.step()
             state.history.append({"step": state.step, **losses, "lr": lr})
             bar.update(1)
@@ -139,10 +139,10 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
 
 
 def _train_step(model, objective, optimizer, scaler, autocast, clip_norm, images, texts, targets,
-                positives=None, complete=None) -> dict[str, float]:
+                positives=None, complete=None, taught=None) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        losses = objective(model, images, texts, targets, positives, complete)
+        losses = objective(model, images, texts, targets, positives, complete, taught)
     scaler.scale(losses["loss"]).backward()
     if clip_norm is not None:
         scaler.unscale_(optimizer)

@@ -75,11 +75,14 @@ class Objective:
     def __call__(
         self, model: nn.Module, images: torch.Tensor, texts: torch.Tensor, targets: torch.Tensor,
         positives: torch.Tensor | None = None, complete: torch.Tensor | None = None,
+        taught: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch. `texts` (contrastive) and `targets` (the decoder's, ignored by plain
         CLIP) are whole multiples of the images, image i's in consecutive rows; `positives[j, i]`
         marks text j as describing image i (None: each text describes its own image only);
-        `complete` marks the texts image → text matching ranks (default: all)."""
+        `complete` marks the texts image → text matching ranks (default: all); `taught` marks the
+        target tokens the captioning loss covers (default: every non-padding one; a prompt's
+        tokens are context, not taught)."""
         if positives is None and len(texts) != len(images):
             raise ValueError("several contrastive texts per image need `positives`")
         if not self.coca:
@@ -104,7 +107,7 @@ class Objective:
             _, token_embs = model.text(cut)
             return _decoder_states(model.text_decoder, image_embs[rows // per_image], token_embs[:, :-1])
 
-        hidden, labels = _by_length(targets, extra=0, run=decode, labels=True)
+        hidden, labels = _by_length(targets, extra=0, run=decode, labels=True, taught=taught)
         logits, labels = _caption_logits(model.text_decoder, hidden, labels, self.sparse_gradients)
         image_features, text_features = F.normalize(image_latent, dim=-1), F.normalize(text_latent, dim=-1)
         if positives is None:
@@ -200,13 +203,14 @@ def _decoder_states(decoder: MultimodalTransformer, image_embs: torch.Tensor, te
     return x
 
 
-def _by_length(tokens: torch.Tensor, extra: int, run, labels: bool = False):
+def _by_length(tokens: torch.Tensor, extra: int, run, labels: bool = False, taught: torch.Tensor | None = None):
     """`run(rows, cut)` over groups of rows of similar length, each `cut` to its longest text
     plus `extra` columns, reassembled in the order of `tokens`.
 
     Without `labels`: `run` returns one row per text, and the result is those rows in order.
     With `labels` (decoder texts): `run` returns the states at every position, and the result is
-    the states that predict a non-padding next token, and those tokens (grouped, not in order).
+    the states that predict a non-padding next token (a `taught` one, when given), and those
+    tokens (grouped, not in order).
     """
     lengths = (tokens != PAD_ID).sum(dim=1)
     order = torch.argsort(lengths, stable=True)
@@ -218,6 +222,8 @@ def _by_length(tokens: torch.Tensor, extra: int, run, labels: bool = False):
         if labels:
             next_tokens = cut[:, 1:]  # predict token t+1 from tokens .. t, as CoCa.forward does
             keep = next_tokens != PAD_ID
+            if taught is not None:
+                keep &= taught[rows, 1 : cut.shape[1]]
             out = out[keep]
             part_labels.append(next_tokens[keep])
         parts.append(out)

@@ -33,8 +33,11 @@ class StartingModel:
     from_scratch: bool
 
 
-def load_starting_model(model: str, pretrained: str | None, device: torch.device) -> StartingModel:
-    """`model` is a model spec; `pretrained` (a tag or weights file) applies to bare names only."""
+def load_starting_model(model: str, pretrained: str | None, device: torch.device,
+                        vision_position_std: float | None = None) -> StartingModel:
+    """`model` is a model spec; `pretrained` (a tag or weights file) applies to bare names only.
+    `vision_position_std`: from scratch only, the ViT's position embeddings start at this
+    standard deviation instead of open_clip's (see TrainConfig.vision_position_std)."""
     register_configs()
     spec = parse_spec(_spec_text(model, pretrained))
     if spec.kind is not SpecKind.RANDOM:
@@ -52,6 +55,8 @@ def load_starting_model(model: str, pretrained: str | None, device: torch.device
     # Random weights from the global RNG, which train() has seeded with the config's seed.
     net = open_clip.create_model(spec.arch, device=device)
     _initialise_decoder_projection(net)
+    if vision_position_std is not None:
+        _initialise_vision_positions(net, vision_position_std)
     return StartingModel(
         model=net,
         model_cfg=model_cfg,
@@ -79,3 +84,11 @@ def _initialise_decoder_projection(model: nn.Module) -> None:
     if decoder is not None and decoder.text_projection is not None:
         with torch.no_grad():
             decoder.text_projection.zero_()
+
+
+def _initialise_vision_positions(model: nn.Module, std: float) -> None:
+    # Vision transformers only; other towers (ModifiedResNet, timm) keep their own init.
+    positions = getattr(getattr(model, "visual", None), "positional_embedding", None)
+    if isinstance(positions, nn.Parameter):
+        with torch.no_grad():
+            positions.normal_(std=std)

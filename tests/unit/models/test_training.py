@@ -320,14 +320,65 @@ def test_world_batches_mark_every_image_a_text_describes():
         assert e.targets[0] in e.captions and all(t.startswith("question: ") for t in e.targets[1:])
 
 
+@pytest.mark.parametrize("answers_only", [True, False])
+def test_question_targets_teach_only_their_answer(answers_only):
+    from models.training.examples import Collate, ExampleDataset
+    from models.training.sources import WorldSource
+
+    register_configs()
+    tokenizer = open_clip.get_tokenizer("xmodal-tiny-coca")
+    dataset = ExampleDataset(WorldSource(replace(TINY_WORLD, scenes=8)), lambda image: torch.zeros(3, 4, 4),
+                             vqa_fraction=0.5, decoder_targets=4, answers_only=answers_only)
+    examples = [dataset[(i, f"0:1:{i}")] for i in range(8)]
+    batch = Collate(tokenizer)(examples)
+    targets = [t for e in examples for t in e.targets]
+    assert any(t.startswith("question: ") for t in targets) and any(not t.startswith("question: ") for t in targets)
+    for text, tokens, taught in zip(targets, batch.targets, batch.taught):
+        length = int((tokens != 0).sum())
+        assert not taught[0] and not taught[length:].any()  # the start token and padding
+        if text.startswith("question: ") and answers_only:
+            answer = text.rsplit(" answer: ", 1)[1]
+            answer_tokens = len(tokenizer([answer])[0].nonzero()) - 2  # without start and end
+            assert taught.nonzero().squeeze(1).tolist() == list(range(length - answer_tokens - 1, length))
+        else:
+            assert taught[1:length].all()
+
+
+def test_untaught_target_tokens_leave_the_captioning_loss():
+    model, images, texts, tokenizer = _tiny_coca_batch()
+    with torch.no_grad():
+        model.text_decoder.text_projection.normal_(std=0.2)
+    lengths = (texts != 0).sum(1)
+    taught = (texts != 0) & (torch.arange(texts.shape[1])[None, :] >= (lengths // 2)[:, None])
+    losses = Objective(model, 1.0, 2.0, tokenizer)(model, images, texts, texts, taught=taught)
+    out = model(images, texts)
+    labels = out["labels"].masked_fill(~taught[:, 1:], 0)  # CoCaLoss ignores label 0 (padding)
+    _, caption = open_clip.CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)(
+        out["image_features"], out["text_features"], out["logits"], labels, out["logit_scale"]
+    )
+    assert torch.allclose(losses["caption_loss"], caption, atol=1e-5)
+
+
+def test_from_scratch_vision_positions_start_at_the_configured_scale():
+    from models.training.starting_model import load_starting_model
+
+    torch.manual_seed(0)
+    default = load_starting_model("xmodal-tiny-coca", None, torch.device("cpu")).model.visual.positional_embedding
+    assert default.std() < 0.3  # open_clip's width ** -0.5 (0.18 here)
+    for std in (1.0, 2.0):
+        torch.manual_seed(0)
+        start = load_starting_model("xmodal-tiny-clip", None, torch.device("cpu"), vision_position_std=std)
+        assert abs(start.model.visual.positional_embedding.std().item() - std) < 0.1 * std
+
+
 def test_csv_batches_mark_images_sharing_a_caption():
     from models.training.examples import Collate, Example
 
     image = torch.zeros(3, 4, 4)
     batch = Collate(open_clip.get_tokenizer("xmodal-tiny-coca"))([
-        Example(image, ("a dog",), ("a dog",), None, None, ("a dog", "a brown dog")),
-        Example(image, ("a cat",), ("a cat",), None, None, ("a cat",)),
-        Example(image, ("a brown dog",), ("a dog",), None, None, ("a brown dog",)),
+        Example(image, ("a dog",), ("a dog",), ("",), None, None, ("a dog", "a brown dog")),
+        Example(image, ("a cat",), ("a cat",), ("",), None, None, ("a cat",)),
+        Example(image, ("a brown dog",), ("a dog",), ("",), None, None, ("a brown dog",)),
     ])
     assert batch.positives.tolist() == [[True, False, False], [False, True, False], [True, False, True]]
 
