@@ -73,6 +73,10 @@ def index(
     latency_ms: Annotated[
         float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index is chosen")
     ] = 10.0,
+    int8_images: Annotated[
+        bool, typer.Option("--int8-images", help="CPU: run the image tower with int8 weight copies (about 2x "
+                           "faster, vectors within cosine 0.9999 of fp32; see README)")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the build report as JSON (for jobs)")] = False,
 ) -> None:
     """Embed every image of SOURCE and publish an index version under --out.
@@ -96,7 +100,7 @@ def index(
         workers=default_workers() if workers is None else workers, device=device, max_pixels=max_pixels,
         keep_versions=keep, progress=progress and not json_output, update=update, draft=draft, caption=caption,
         download=DownloadConfig(timeout_s=timeout, retries=retries, max_bytes=max_download_bytes, per_host=per_host),
-        budget_bytes=budget_bytes, recall=recall, latency_ms=latency_ms,
+        budget_bytes=budget_bytes, recall=recall, latency_ms=latency_ms, int8_images=int8_images,
     )
     try:
         report = build_index(config)

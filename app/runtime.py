@@ -75,7 +75,7 @@ class Runtime:
         settings = self.settings
         encoder = Encoder.from_spec(
             spec, settings.device, offline=settings.offline or None, cache_dir=settings.model_cache_dir,
-            threads=settings.threads, int8_text=settings.text_int8,
+            threads=settings.threads, int8_text=settings.text_int8, int8_images=settings.image_int8,
         )
         captioner = Captioner(encoder, settings.vqa_prompt, int8=settings.caption_int8)
         return ServedModel(spec, encoder, captioner, self.model_thread)

@@ -135,6 +135,8 @@ def run_xmodal(data: Path, out: Path, args, env: dict) -> tuple[list[float], dic
                "--model", f"{args.arch}:{args.tag}", "--batch-size", str(args.batch_size), "--no-progress", "--json"]
     if args.xmodal_workers is not None:
         command += ["--workers", str(args.xmodal_workers)]
+    if args.int8_images:
+        command += ["--int8-images"]
     log = out.parent / "xmodal.log"
     seconds = timed([command], env, log, args.timeout)
     version = out / (out / "CURRENT").read_text().strip()
@@ -226,6 +228,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights written to the HF cache")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
                         help="clip-retrieval's virtualenv, created on first use (env XMODAL_BENCH_CR_VENV)")
+    parser.add_argument("--int8-images", action="store_true",
+                        help="xmodal index --int8-images: xmodal's image tower with int8 weight copies")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one command")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "vs_clip_retrieval.json")
     args = parser.parse_args()
@@ -292,6 +296,7 @@ def main() -> None:
     result = {
         "model": f"{args.arch}:{args.tag}", "weights": f"random, seed {args.seed}", "batch_size": args.batch_size,
         "clip_retrieval_prepro_workers": args.prepro_workers, "xmodal_workers": args.xmodal_workers or "default",
+        "xmodal_image_weights": "int8" if args.int8_images else "fp32",
         "hardware": hardware, "load_average_after": os.getloadavg(),
         "thread_env": {var: os.environ.get(var) for var in THREAD_VARS},
         "xmodal_env": xmodal_facts, "clip_retrieval_env": cr_facts, "results": rows, "runs": runs, "checks": checks,
@@ -299,7 +304,8 @@ def main() -> None:
 
     print(f"\nxmodal index vs clip-retrieval inference+index: {result['model']} ({result['weights']}), "
           f"batch {args.batch_size}, CPU ({hardware}), torch threads {xmodal_facts['torch_threads']} / "
-          f"{cr_facts['torch_threads']}, clip-retrieval {args.prepro_workers} prepro workers")
+          f"{cr_facts['torch_threads']}, clip-retrieval {args.prepro_workers} prepro workers, xmodal image weights "
+          f"{result['xmodal_image_weights']}")
     print(f"{'dataset':<14}{'images':>7}  {'tool':<16}{'runs':>5}{'seconds':>10}{'images/s':>10}{'speedup':>9}  all runs (s)")
     for row in rows:
         print(f"{row['data']:<14}{row['images']:>7}  {row['tool']:<16}{row['runs']:>5}{row['seconds_median']:>10.1f}"

@@ -68,6 +68,7 @@ class BuildConfig:
     budget_bytes: int | None = None  # memory for all FAISS indexes of the version (None: no limit)
     recall: float = 0.95  # recall@10 target of approximate indexes (indexer.tuning)
     latency_ms: float | None = DEFAULT_LATENCY_MS  # longest exact query before an approximate index pays
+    int8_images: bool = False  # CPU: the image tower's blocks with int8 weight copies (models.encoders.Encoder)
 
 
 @dataclass
@@ -144,7 +145,7 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
     if source.ignored:
         log.info("ignored %d entries that are not images: %s", len(source.ignored), ", ".join(source.ignored[:10]))
     csv_captions = read_captions(config.captions) if config.captions else {}
-    encoder = encoder or Encoder.from_spec(config.model, config.device)
+    encoder = encoder or Encoder.from_spec(config.model, config.device, int8_images=config.int8_images)
     if config.caption and not can_caption(encoder):
         raise BuildError(f"--caption needs a model with a text decoder (CoCa); {encoder.spec} has none")
     previous = _previous_version(config, encoder)
@@ -176,6 +177,7 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
             source=source.root,
             source_kind=source.kind,
             images=_index_vectors(writer, "images", image_shards.close(), config, budgets["images"]),
+            image_weights="int8" if encoder.image_products is not None else "fp32",
             skipped=SkipCounts(total=len(skipped), by_reason=dict(Counter(_reason_kind(r) for r in skipped.values()))),
             ignored_files=len(source.ignored),
             duplicates=duplicates,
@@ -222,6 +224,7 @@ def _signature(config: BuildConfig, source: Source, encoder: Encoder, previous: 
         "source": source.root, "records": len(source.records), "keys_sha256": keys,
         "model": encoder.fingerprint, "batch_size": config.batch_size, "max_pixels": config.max_pixels,
         "draft": config.draft, "caption": config.caption, "update_from": previous.version.name if previous else None,
+        "int8_images": encoder.image_products is not None,
     }
 
 

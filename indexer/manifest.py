@@ -53,6 +53,8 @@ class Manifest(BaseModel):
     source: str = Field(description="absolute folder the item paths are relative to")
     source_kind: str = Field("folder", description="folder, list or webdataset")
     images: VectorIndexInfo
+    image_weights: str = Field("fp32", description="fp32, or int8: the image tower's blocks ran with int8 weight "
+                               "copies (`xmodal index --int8-images`)")
     texts: VectorIndexInfo | None = None
     skipped: SkipCounts = Field(default_factory=SkipCounts)
     ignored_files: int = Field(0, description="files under the source without an image suffix")

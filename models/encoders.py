@@ -23,20 +23,26 @@ class Encoder:
     int8_text=True (fp32 models on the CPU whose texts can be trimmed, see can_trim_padding): the text
     tower's matrix products read int8 copies of its weights (models.decoding.Int8Products), 4x fewer
     bytes; a batch-1 query is bound by those bytes. Text vectors then move slightly from fp32's
-    (bench/bench_text_encode.py measures how far); images are always encoded in fp32.
+    (bench/bench_text_encode.py measures how far).
+
+    int8_images=True (fp32 open_clip vision transformers on the CPU): likewise for the image tower's
+    blocks. Batches of images are bound by arithmetic, which the int8 kernels do faster (VNNI);
+    patch embedding, pooling and projection stay fp32.
     """
 
-    def __init__(self, loaded: LoadedModel, *, int8_text: bool = False):
+    def __init__(self, loaded: LoadedModel, *, int8_text: bool = False, int8_images: bool = False):
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
         self.trims_padding = can_trim_padding(self.model, loaded.tokenizer)  # decided once, not per query
         self.text_products = _int8_text_products(self.model, self.trims_padding) if int8_text else None
+        self.image_products = _int8_image_products(self.model) if int8_images else None
 
     @classmethod
-    def from_spec(cls, spec: str, device: str = "auto", *, int8_text: bool = False, **kwargs) -> "Encoder":
-        return cls(load_model(spec, device, **kwargs), int8_text=int8_text)
+    def from_spec(cls, spec: str, device: str = "auto", *, int8_text: bool = False, int8_images: bool = False,
+                  **kwargs) -> "Encoder":
+        return cls(load_model(spec, device, **kwargs), int8_text=int8_text, int8_images=int8_images)
 
     @property
     def spec(self) -> str:
@@ -57,6 +63,8 @@ class Encoder:
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """A batch (n, 3, H, W) of preprocessed images to (n, dim) unit vectors."""
         pixels = pixels.to(self.device, dtype=self.loaded.dtype, non_blocking=True)
+        if self.image_products is not None:
+            return _unit_rows(encode_image_int8(self.model.visual, pixels, self.image_products))
         return _unit_rows(self.model.encode_image(pixels, normalize=False))
 
     @torch.inference_mode()
@@ -108,6 +116,26 @@ def _int8_text_products(model: torch.nn.Module, trims_padding: bool):
     return Int8Products.for_blocks(list(_text_tower(model).transformer.resblocks))
 
 
+def _int8_image_products(model: torch.nn.Module):
+    from open_clip.transformer import VisionTransformer
+
+    from models.decoding import Int8Products
+
+    visual = getattr(model, "visual", None)
+    # _embeds and _pool are open_clip 3's steps of VisionTransformer.forward around its blocks.
+    if not (isinstance(visual, VisionTransformer) and hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
+        raise ValueError("int8 image encoding supports open_clip's own vision transformers only")
+    return Int8Products.for_blocks(list(visual.transformer.resblocks))
+
+
+def encode_image_int8(visual: torch.nn.Module, pixels: torch.Tensor, products) -> torch.Tensor:
+    """open_clip's VisionTransformer.forward (the pooled, projected features) with the blocks' matrix
+    products from Int8Products, run by models.decoding.self_attention_block."""
+    x = _int8_blocks(visual.transformer, visual._embeds(pixels), None, products)
+    pooled, _ = visual._pool(x)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, int8=None) -> torch.Tensor:
     """model.encode_text over the first columns of `tokens` only (see can_trim_padding): open_clip's
     own steps, with positions and the causal mask sliced to the kept length. `int8`: Int8Products for
@@ -142,15 +170,15 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, int8=None)
     return x @ tower.text_projection if tower.text_projection is not None else x
 
 
-def _int8_blocks(transformer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, products) -> torch.Tensor:
-    """The tower's blocks over whole texts with int8 products. open_clip hands nn.MultiheadAttention an
+def _int8_blocks(transformer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None, products) -> torch.Tensor:
+    """The tower's blocks over whole texts (or images: no mask) with int8 products. open_clip hands nn.MultiheadAttention an
     additive mask of (length, length), or (rows x heads, length, length) with CoCa's padding mask;
     scaled_dot_product_attention takes it as (rows, heads, length, length)."""
     from models.decoding import self_attention_block
 
     rows, length, _ = x.shape
     heads = transformer.resblocks[0].attn.num_heads
-    if mask.dim() == 3:
+    if mask is not None and mask.dim() == 3:
         mask = mask.view(rows, heads, length, length)
     for block in transformer.resblocks:
         keys_values = x.new_empty(2, rows, heads, length, block.attn.head_dim)  # filled by the block

@@ -176,3 +176,19 @@ def test_items_record_the_files_size_also_when_decoded_in_draft_mode(encoder, tm
     report = build_index(BuildConfig(folder, tmp_path / "index", workers=0, progress=False, draft=True), encoder)
     item = OpenIndex(report.version).item_rows([0])[0]
     assert (item["width"], item["height"]) == (1600, 1200)
+
+
+@requires_data(COCO_MINI)
+def test_int8_images_build_records_it_and_stays_close_to_fp32(encoder, tiny_coca_dir, tmp_path):
+    folder = _small_folder(tmp_path)
+    fp32 = build_index(BuildConfig(folder, tmp_path / "fp32", workers=0, progress=False), encoder)
+    config = BuildConfig(folder, tmp_path / "int8", model=f"local-dir:{tiny_coca_dir}", device="cpu", workers=0,
+                         progress=False, int8_images=True)
+    int8 = build_index(config)  # the encoder comes from the config: --int8-images end to end
+    vectors = {}
+    for name, report in (("fp32", fp32), ("int8", int8)):
+        manifest = OpenIndex(report.version).manifest
+        assert manifest.image_weights == name
+        vectors[name] = store.read_vectors(report.version, manifest.images.embeddings).astype(np.float32)
+    cosines = (vectors["fp32"] * vectors["int8"]).sum(axis=1)
+    assert cosines.min() > 0.99 and not np.allclose(vectors["fp32"], vectors["int8"], atol=1e-4)
