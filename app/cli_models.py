@@ -65,7 +65,7 @@ def train(
     train_seed: Annotated[int, typer.Option(help="Seed of the initial weights and batch order")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (1 is often fastest on a busy machine)")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: the cores the data workers leave free)")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes")] = WORLD_RECIPE["num_workers"],
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints")] = WORLD_RECIPE["checkpoint_every"],
     eval_every: Annotated[int, typer.Option(min=0, help="World: steps between held-out evaluations (0: only at the end)")] = 0,

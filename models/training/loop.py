@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -51,12 +52,21 @@ def train(config: TrainConfig, progress: bool = True, evaluate: Evaluate | None 
     `evaluate` propagate, after the checkpoint for that step has been written.
     """
     threads = torch.get_num_threads()
-    if config.cpu_threads is not None:
-        torch.set_num_threads(config.cpu_threads)
+    torch.set_num_threads(training_threads(config))
     try:
         return _train(config, progress, evaluate)
     finally:
         torch.set_num_threads(threads)
+
+
+def training_threads(config: TrainConfig) -> int:
+    """config.cpu_threads, or on a CPU the cores its data workers leave free (see TrainConfig)."""
+    if config.cpu_threads is not None:
+        return config.cpu_threads
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not device.startswith("cpu"):
+        return torch.get_num_threads()
+    return max(1, len(os.sched_getaffinity(0)) - config.num_workers)
 
 
 def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> TrainResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import replace
 
@@ -402,3 +403,14 @@ def test_training_starts_from_any_model_spec(tmp_path, tiny_coca_dir):
     assert tuned.steps == 2
     with pytest.raises(ValueError, match="pretrained"):
         load_starting_model(f"local-dir:{tiny_coca_dir}", "sometag", torch.device("cpu"))
+
+
+def test_cpu_training_leaves_a_core_to_each_data_worker(tmp_path):
+    from models.training.loop import training_threads
+
+    cores = len(os.sched_getaffinity(0))
+    chosen = dict(device="cpu", cpu_threads=None)  # tiny_config pins one thread
+    assert training_threads(tiny_config(tmp_path, **chosen, num_workers=0)) == cores
+    assert training_threads(tiny_config(tmp_path, **chosen, num_workers=1)) == max(1, cores - 1)
+    assert training_threads(tiny_config(tmp_path, **chosen, num_workers=cores + 3)) == 1
+    assert training_threads(tiny_config(tmp_path, device="cpu", num_workers=1, cpu_threads=3)) == 3
