@@ -305,7 +305,7 @@ def demo(
     if serve:
         from app.cli import serve as serve_command
 
-        serve_command(index=index_dir, host=host, port=port, device=device, model=None)
+        serve_command(index=[str(index_dir)], host=host, port=port, device=device, model=None)
 
 
 def _world_evaluation(data, scenes: int = TRAIN_EVAL_SCENES):

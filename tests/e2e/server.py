@@ -29,20 +29,23 @@ def free_port() -> int:
 class Server:
     """`xmodal serve` in a subprocess; `url` once it listens. Always stopped on exit."""
 
-    def __init__(self, index: Path | list[str], log_path: Path, env: dict | None = None, app_root: Path | None = None):
+    def __init__(self, index: Path | list[str] | None, log_path: Path, env: dict | None = None,
+                 app_root: Path | None = None, command: list[str] | None = None):
         """index: one folder, or several `--index` values (`NAME=FOLDER`). app_root: serve that checkout
-        (`python -m app.cli` with it first on PYTHONPATH, e.g. a `git archive` export) instead of this one."""
+        (`python -m app.cli` with it first on PYTHONPATH, e.g. a `git archive` export) instead of this one.
+        command: other `xmodal` arguments that end in serving (`demo`); `--port` is added."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
-        indexes = [str(value) for value in index] if isinstance(index, list) else [str(index)]
-        command, env = [XMODAL], {**os.environ, **(env or {})}
+        if command is None:
+            indexes = [str(value) for value in index] if isinstance(index, list) else [str(index)]
+            command = ["serve", *(arg for value in indexes for arg in ("--index", value)), "--host", "127.0.0.1"]
+        program, env = [XMODAL], {**os.environ, **(env or {})}
         if app_root is not None:
-            command, env = [sys.executable, "-m", "app.cli"], {**env, "PYTHONPATH": str(app_root)}
+            program, env = [sys.executable, "-m", "app.cli"], {**env, "PYTHONPATH": str(app_root)}
         self.process = subprocess.Popen(
-            [*command, "serve", *(arg for value in indexes for arg in ("--index", value)),
-             "--host", "127.0.0.1", "--port", str(self.port)],
+            [*program, *map(str, command), "--port", str(self.port)],
             cwd=app_root,
             stdout=self._log,
             stderr=subprocess.STDOUT,
