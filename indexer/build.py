@@ -177,7 +177,7 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
             source=source.root,
             source_kind=source.kind,
             images=_index_vectors(writer, "images", image_shards.close(), config, budgets["images"]),
-            image_weights="int8" if encoder.image_products is not None else "fp32",
+            image_weights=encoder.image_weights,
             skipped=SkipCounts(total=len(skipped), by_reason=dict(Counter(_reason_kind(r) for r in skipped.values()))),
             ignored_files=len(source.ignored),
             duplicates=duplicates,
@@ -224,7 +224,7 @@ def _signature(config: BuildConfig, source: Source, encoder: Encoder, previous: 
         "source": source.root, "records": len(source.records), "keys_sha256": keys,
         "model": encoder.fingerprint, "batch_size": config.batch_size, "max_pixels": config.max_pixels,
         "draft": config.draft, "caption": config.caption, "update_from": previous.version.name if previous else None,
-        "int8_images": encoder.image_products is not None,
+        "image_weights": encoder.image_weights,
     }
 
 

@@ -49,6 +49,11 @@ class Encoder:
         return str(self.loaded.spec)
 
     @property
+    def image_weights(self) -> str:
+        """How images are encoded: "int8" (int8_images) or "fp32"; an index manifest records it."""
+        return "int8" if self.image_products is not None else "fp32"
+
+    @property
     def fingerprint(self) -> str:
         return self.loaded.fingerprint
 
@@ -171,9 +176,9 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, int8=None)
 
 
 def _int8_blocks(transformer: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None, products) -> torch.Tensor:
-    """The tower's blocks over whole texts (or images: no mask) with int8 products. open_clip hands nn.MultiheadAttention an
-    additive mask of (length, length), or (rows x heads, length, length) with CoCa's padding mask;
-    scaled_dot_product_attention takes it as (rows, heads, length, length)."""
+    """The tower's blocks over whole texts or images (no mask) with int8 products. open_clip hands
+    nn.MultiheadAttention an additive mask of (length, length), or (rows x heads, length, length)
+    with CoCa's padding mask; scaled_dot_product_attention takes it as (rows, heads, length, length)."""
     from models.decoding import self_attention_block
 
     rows, length, _ = x.shape

@@ -30,10 +30,6 @@ def vqa_text(question: str, answer: str) -> str:
     return f"question: {question} answer: {answer}".rstrip()
 
 
-def vqa_prompt(question: str) -> str:
-    return vqa_text(question, "")
-
-
 class Example(NamedTuple):
     image: torch.Tensor
     texts: tuple[str, ...]  # contrastive texts
@@ -109,7 +105,8 @@ class ExampleDataset(torch.utils.data.Dataset):
 
         def question() -> tuple[str, str]:
             asked, answer = rng.choice(texts.questions)
-            return vqa_text(asked, answer), vqa_prompt(asked) if self.answers_only else ""
+            # The prompt is the text up to the answer, as models.evaluation.vqa_prompt decodes from.
+            return vqa_text(asked, answer), vqa_text(asked, "") if self.answers_only else ""
 
         if self.decoder_targets == 1:
             return [question() if texts.questions and rng.random() < self.vqa_fraction else caption()]

@@ -63,14 +63,17 @@ def training_threads(config: TrainConfig) -> int:
     """config.cpu_threads, or on a CPU the cores its data workers leave free (see TrainConfig)."""
     if config.cpu_threads is not None:
         return config.cpu_threads
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not device.startswith("cpu"):
+    if _device(config).type != "cpu":
         return torch.get_num_threads()
     return max(1, len(os.sched_getaffinity(0)) - config.num_workers)
 
 
+def _device(config: TrainConfig) -> torch.device:
+    return torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> TrainResult:
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(config)
     autocast, scaler = _mixed_precision(config.precision, device)
     _seed_everything(config.seed)
 

@@ -42,8 +42,8 @@ two trained alone, the others two at a time, which changes the time, not the res
 
 open_clip starts ViT position embeddings at width ** -0.5 (0.1 here) while world patch embeddings
 start near 0.7 and grow to 2.8: under the layer norm that follows, position all but vanished (a
-linear probe read a patch's position back from the tower's output tokens 75% of the time; at std
-1.0, 100%). Teaching the question's words helps because they are grounded too: a question names
+linear probe read a patch's position back from the tower's output tokens 75% of the time on the
+answers-only run's model; at std 1.0, 100%). Teaching the question's words helps because they are grounded too: a question names
 objects the image holds. What still limits every metric is shape: a probe reads an object's shape
 from its patch token 51% of the time (60% large, 41% small), while a one-hidden-layer MLP on the
 raw patch pixels gets 100%, so the information is there and the tower learns it too slowly.
