@@ -13,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     XMODAL_PORT=8000
 
 WORKDIR /opt/xmodal
-RUN pip install --index-url "${TORCH_INDEX}" torch==2.9.1 torchvision==0.24.1
+COPY requirements-torch.txt ./
+RUN pip install --index-url "${TORCH_INDEX}" -r requirements-torch.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY indexer ./indexer

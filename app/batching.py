@@ -84,7 +84,7 @@ class DynamicBatcher(Generic[Item, Result]):
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             live = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
             if not live:

@@ -18,7 +18,7 @@ from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
-from models.specs import DEFAULT_SPEC  # noqa: E402
+from xmodal.models.specs import DEFAULT_SPEC  # noqa: E402
 
 cli = typer.Typer(
     help="xmodal: index a folder of images, then search it by text or image over HTTP.",
@@ -27,12 +27,12 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_OUR_LOGGERS = ("app", "indexer", "models", "xmodal")
+_OUR_LOGGERS = ("xmodal",)
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     """Our loggers at `level`; third-party libraries (open_clip logs to root) at WARNING. fmt: text or json."""
-    from app.logs import make_handler
+    from xmodal.app.logs import make_handler
 
     logging.basicConfig(level=logging.WARNING, handlers=[make_handler(fmt)], force=fmt == "json")
     for name in _OUR_LOGGERS:
@@ -42,7 +42,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 @cli.command()
 def index(
     source: Annotated[
-        Path, typer.Argument(help="Folder of images (recursive), a .txt/.csv/.parquet list of paths or URLs, or .tar shards")
+        Path,
+        typer.Argument(help="Folder of images (recursive), a .txt/.csv/.parquet list of paths or URLs, or .tar shards"),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder; each build publishes a new version in it")],
     model: Annotated[str, typer.Option(help="Model spec (see README: Models)")] = DEFAULT_SPEC,
@@ -74,8 +75,12 @@ def index(
         float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index is chosen")
     ] = 10.0,
     int8_images: Annotated[
-        bool, typer.Option("--int8-images", help="CPU: run the image tower with int8 weight copies (about 2x "
-                           "faster; worst cosine to fp32 vectors measured 0.99989, see README)")
+        bool,
+        typer.Option(
+            "--int8-images",
+            help="CPU: run the image tower with int8 weight copies (about 2x "
+            "faster; worst cosine to fp32 vectors measured 0.99989, see README)",
+        ),
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the build report as JSON (for jobs)")] = False,
 ) -> None:
@@ -84,11 +89,11 @@ def index(
     A killed build resumes when the same command is run again."""
     import json
 
-    from indexer.build import BuildConfig, BuildError, build_index, default_workers
-    from indexer.download import DownloadConfig
-    from indexer.selection import parse_bytes
-    from indexer.tuning import RecallNotReached
-    from models.loading import ModelNotAvailable, ModelSpecError
+    from xmodal.indexer.build import BuildConfig, BuildError, build_index, default_workers
+    from xmodal.indexer.download import DownloadConfig
+    from xmodal.indexer.selection import parse_bytes
+    from xmodal.indexer.tuning import RecallNotReached
+    from xmodal.models.loading import ModelNotAvailable, ModelSpecError
 
     setup_logging()
     try:
@@ -96,11 +101,24 @@ def index(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--budget") from exc
     config = BuildConfig(
-        source=source, out=out, model=model, captions=captions, batch_size=batch_size,
-        workers=default_workers() if workers is None else workers, device=device, max_pixels=max_pixels,
-        keep_versions=keep, progress=progress and not json_output, update=update, draft=draft, caption=caption,
+        source=source,
+        out=out,
+        model=model,
+        captions=captions,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        device=device,
+        max_pixels=max_pixels,
+        keep_versions=keep,
+        progress=progress and not json_output,
+        update=update,
+        draft=draft,
+        caption=caption,
         download=DownloadConfig(timeout_s=timeout, retries=retries, max_bytes=max_download_bytes, per_host=per_host),
-        budget_bytes=budget_bytes, recall=recall, latency_ms=latency_ms, int8_images=int8_images,
+        budget_bytes=budget_bytes,
+        recall=recall,
+        latency_ms=latency_ms,
+        int8_images=int8_images,
     )
     try:
         report = build_index(config)
@@ -112,8 +130,18 @@ def index(
         return
     summary = report.summary()
     typer.echo(f"published {report.version}")
-    for name in ("indexed", "embedded", "reused", "duplicates", "skipped", "ignored", "captions", "resumed_batches",
-                 "embed_seconds", "images_per_s"):
+    for name in (
+        "indexed",
+        "embedded",
+        "reused",
+        "duplicates",
+        "skipped",
+        "ignored",
+        "captions",
+        "resumed_batches",
+        "embed_seconds",
+        "images_per_s",
+    ):
         typer.echo(f"  {name.replace('_', ' '):<16}{summary[name]:>12}")
     for name, described in report.indexes.items():
         typer.echo(f"  {name + ' index':<16}{described:>12}")
@@ -139,9 +167,9 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from app.main import create_app
-    from app.security import InsecureConfig
-    from app.settings import Settings
+    from xmodal.app.main import create_app
+    from xmodal.app.security import InsecureConfig
+    from xmodal.app.settings import Settings
 
     try:
         indexes = _parse_index_options(index) if index else None
@@ -161,9 +189,17 @@ def serve(
         raise typer.Exit(2) from exc
     # Our middleware writes the access log (with request ids); json: uvicorn's own lines go through our handler.
     log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                           access_log=False, log_config=log_config,
-                                           timeout_graceful_shutdown=settings.shutdown_grace_s))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            log_config=log_config,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+        )
+    )
     app.state.stop_server = lambda: setattr(server, "should_exit", True)
     # While it runs, uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, lifespan shutdown) and then
     # raises the signal again; this handler takes that, so a drained shutdown exits 0 instead of dying by signal.
@@ -182,7 +218,7 @@ def serve(
 
 def _parse_index_options(values: list[str]) -> Path | dict[str, Path]:
     """`--index DIR` (named "default") or `--index NAME=DIR`, repeated; a lone bare DIR stays a plain path."""
-    from app.settings import DEFAULT_INDEX, INDEX_NAME
+    from xmodal.app.settings import DEFAULT_INDEX, INDEX_NAME
 
     named: dict[str, Path] = {}
     for value in values:
@@ -197,9 +233,9 @@ def _parse_index_options(values: list[str]) -> Path | dict[str, Path]:
 
 def _load_captioner(model: str, device: str, vqa_prompt: str | None = None, int8: bool = False):
     """The model as a Captioner, or a readable exit 2."""
-    from models.encoders import Encoder
-    from models.generation import DEFAULT_VQA_PROMPT, Captioner
-    from models.loading import ModelNotAvailable, ModelSpecError
+    from xmodal.models.encoders import Encoder
+    from xmodal.models.generation import DEFAULT_VQA_PROMPT, Captioner
+    from xmodal.models.loading import ModelNotAvailable, ModelSpecError
 
     try:
         return Captioner(Encoder.from_spec(model, device), vqa_prompt or DEFAULT_VQA_PROMPT, int8=int8)
@@ -210,7 +246,7 @@ def _load_captioner(model: str, device: str, vqa_prompt: str | None = None, int8
 
 def _read_pixels(captioner, path: Path, max_pixels: int):
     """The preprocessed image, or None after an error line on stderr."""
-    from models.images import ImageError, load_image
+    from xmodal.models.images import ImageError, load_image
 
     if not path.is_file():
         typer.secho(f"error: {path}: no such file", fg="red", err=True)
@@ -232,15 +268,17 @@ def caption(
     prompt: Annotated[str, typer.Option(help="Text each caption starts with (left out of the output)")] = "",
     seed: Annotated[Optional[int], typer.Option(help="Seed for --mode sample")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model batch")] = 8,
-    int8: Annotated[bool, typer.Option("--int8", help="CPU: decode with int8 weight copies (faster, approximate)")] = False,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="CPU: decode with int8 weight copies (faster, approximate)")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this")] = 50_000_000,
 ) -> None:
     """Caption images: prints PATH<TAB>CAPTION per image. Exit code 1 if any image failed."""
     import torch
 
-    from models.decoding import DecodeOptions
-    from models.generation import DecoderUnavailable
+    from xmodal.models.decoding import DecodeOptions
+    from xmodal.models.generation import DecoderUnavailable
 
     setup_logging("warning")
     try:
@@ -287,7 +325,7 @@ def ask(
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this")] = 50_000_000,
 ) -> None:
     """Answer a question about an image. With --answers: the best one, then ANSWER<TAB>SCORE per candidate, best first."""
-    from models.generation import DecoderUnavailable
+    from xmodal.models.generation import DecoderUnavailable
 
     setup_logging("warning")
     candidates = [a.strip() for a in answers.split(",") if a.strip()] if answers is not None else None
@@ -309,36 +347,47 @@ def ask(
 def reindex(
     index: Annotated[Path, typer.Argument(help="Index folder (with CURRENT)")],
     budget: Annotated[
-        Optional[str], typer.Option(help="Memory for all FAISS indexes of the version: 2GB, 512MiB, ... (default: no limit)")
+        Optional[str],
+        typer.Option(help="Memory for all FAISS indexes of the version: 2GB, 512MiB, ... (default: no limit)"),
     ] = None,
     recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")] = 0.95,
-    latency_ms: Annotated[float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index")] = 10.0,
-    key: Annotated[Optional[str], typer.Option(help="Build this faiss index_factory key instead of choosing one")] = None,
+    latency_ms: Annotated[
+        float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index")
+    ] = 10.0,
+    key: Annotated[
+        Optional[str], typer.Option(help="Build this faiss index_factory key instead of choosing one")
+    ] = None,
     keep: Annotated[int, typer.Option(min=1, help="Versions to keep in the index folder")] = 3,
 ) -> None:
     """Rebuild the current version's FAISS indexes from its stored embeddings (no re-encoding) for a memory
     budget and a recall target, and publish them as a new version."""
-    from indexer.reindex import reindex as rebuild
-    from indexer.selection import NoIndexFits, format_bytes, parse_bytes
-    from indexer.store import IndexNotFound
-    from indexer.tuning import RecallNotReached
+    from xmodal.indexer.reindex import reindex as rebuild
+    from xmodal.indexer.selection import NoIndexFits, format_bytes, parse_bytes
+    from xmodal.indexer.store import IndexNotFound
+    from xmodal.indexer.tuning import RecallNotReached
 
     setup_logging()
     try:
-        report = rebuild(index, parse_bytes(budget) if budget else None, recall, latency_ms=latency_ms, key=key, keep=keep)
+        report = rebuild(
+            index, parse_bytes(budget) if budget else None, recall, latency_ms=latency_ms, key=key, keep=keep
+        )
     except (IndexNotFound, NoIndexFits, RecallNotReached, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"published {report.version} (from {report.source_version.name}) in {report.seconds:.1f}s")
     for name, built in report.built.items():
-        measured = (f"recall@10 {built.measured_recall_at_10:.3f}, {built.measured_query_ms:.2f} ms a query"
-                    if built.measured_recall_at_10 is not None else "exact")
-        typer.echo(f"  {name}: {built.key} {built.search_params or '-'} ({measured}; "
-                   f"{format_bytes(report.index_bytes[name])})")
+        measured = (
+            f"recall@10 {built.measured_recall_at_10:.3f}, {built.measured_query_ms:.2f} ms a query"
+            if built.measured_recall_at_10 is not None
+            else "exact"
+        )
+        typer.echo(
+            f"  {name}: {built.key} {built.search_params or '-'} ({measured}; {format_bytes(report.index_bytes[name])})"
+        )
 
 
 # train, eval, demo live in app/cli_models.py (imported here, after setup_logging exists).
-from app import cli_models  # noqa: E402
+from xmodal.app import cli_models  # noqa: E402
 
 cli.command()(cli_models.train)
 cli.command("eval")(cli_models.evaluate)

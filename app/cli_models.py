@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from models.training.recipes import DEFAULT_MODEL, WORLD_RECIPE, WORLD_SCENES
+from xmodal.models.training.recipes import DEFAULT_MODEL, WORLD_RECIPE, WORLD_SCENES
 
 WORLD = "world"
 TRAINING_RECORD = "training.json"  # written next to the weights in the model folder
@@ -29,48 +29,100 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write (open_clip local-dir); "
-                                      "checkpoints go to OUT.checkpoints, and a rerun resumes from them")],
-    data: Annotated[str, typer.Option(help="'world' (the generated world's train split) or an image,caption CSV")] = WORLD,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Model folder to write (open_clip local-dir); "
+            "checkpoints go to OUT.checkpoints, and a rerun resumes from them",
+        ),
+    ],
+    data: Annotated[
+        str, typer.Option(help="'world' (the generated world's train split) or an image,caption CSV")
+    ] = WORLD,
     scenes: Annotated[int, typer.Option(min=2, help="World: training scenes")] = WORLD_SCENES,
     seed: Annotated[int, typer.Option(help="World: its seed (`xmodal eval` needs the same one)")] = 0,
-    image_root: Annotated[Optional[Path], typer.Option(help="CSV: folder the `image` column is relative to "
-                                                       "(default: CSV_DIR/images if present, else CSV_DIR)")] = None,
+    image_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="CSV: folder the `image` column is relative to (default: CSV_DIR/images if present, else CSV_DIR)"
+        ),
+    ] = None,
     questions: Annotated[Optional[Path], typer.Option(help="CSV: image,question,answer rows for VQA")] = None,
-    model: Annotated[str, typer.Option(help="Start point: an architecture name (from scratch) or any model spec "
-                                       "(fine-tune)")] = DEFAULT_MODEL,
+    model: Annotated[
+        str, typer.Option(help="Start point: an architecture name (from scratch) or any model spec (fine-tune)")
+    ] = DEFAULT_MODEL,
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps")] = WORLD_RECIPE["steps"],
     batch_size: Annotated[int, typer.Option(min=2, help="Images per step")] = WORLD_RECIPE["batch_size"],
     lr: Annotated[float, typer.Option(help="Peak learning rate")] = WORLD_RECIPE["lr"],
-    warmup: Annotated[int, typer.Option(min=0, help="Linear warm-up steps (then cosine decay)")] = WORLD_RECIPE["warmup_steps"],
+    warmup: Annotated[int, typer.Option(min=0, help="Linear warm-up steps (then cosine decay)")] = WORLD_RECIPE[
+        "warmup_steps"
+    ],
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay")] = WORLD_RECIPE["weight_decay"],
-    caption_weight: Annotated[float, typer.Option(help="Caption loss weight (CoCa)")] = WORLD_RECIPE["caption_loss_weight"],
-    contrastive_weight: Annotated[float, typer.Option(help="Contrastive loss weight")] = WORLD_RECIPE["contrastive_loss_weight"],
-    vqa_fraction: Annotated[float, typer.Option(help="Share of decoder targets that are question/answer texts")] = WORLD_RECIPE["vqa_fraction"],
-    decoder_lr_scale: Annotated[float, typer.Option(help="CoCa: the decoder's learning rate is lr times this")] = WORLD_RECIPE["decoder_lr_scale"],
-    decoder_targets: Annotated[int, typer.Option(min=1, help="Decoder texts per image and step: a caption, "
-                                                 "then question/answer texts (each with --vqa-fraction)")] = WORLD_RECIPE["decoder_targets"],
-    contrastive_texts: Annotated[int, typer.Option(min=1, help="Contrastive texts per image and step: a caption, "
-                                                   "then captions or (world) partial queries")] = WORLD_RECIPE["contrastive_texts"],
-    query_fraction: Annotated[float, typer.Option(help="World: share of the extra contrastive texts that are "
-                                                  "partial attribute queries")] = WORLD_RECIPE["query_fraction"],
-    hard_negatives: Annotated[int, typer.Option(min=0, help="World: captions of near-miss scenes per image, "
-                                                "as negatives")] = WORLD_RECIPE["hard_negatives"],
-    answers_only: Annotated[bool, typer.Option("--vqa-answers-only/--vqa-whole-text",
-                                               help="Question/answer targets teach the answer only (the "
-                                               "question is a prompt), or the whole text")] = WORLD_RECIPE["vqa_answers_only"],
-    vision_position_std: Annotated[float, typer.Option(min=0.0, help="From scratch: std of the vision "
-                                                       "transformer's initial position embeddings (0: "
-                                                       "open_clip's)")] = WORLD_RECIPE["vision_position_std"],
+    caption_weight: Annotated[float, typer.Option(help="Caption loss weight (CoCa)")] = WORLD_RECIPE[
+        "caption_loss_weight"
+    ],
+    contrastive_weight: Annotated[float, typer.Option(help="Contrastive loss weight")] = WORLD_RECIPE[
+        "contrastive_loss_weight"
+    ],
+    vqa_fraction: Annotated[
+        float, typer.Option(help="Share of decoder targets that are question/answer texts")
+    ] = WORLD_RECIPE["vqa_fraction"],
+    decoder_lr_scale: Annotated[
+        float, typer.Option(help="CoCa: the decoder's learning rate is lr times this")
+    ] = WORLD_RECIPE["decoder_lr_scale"],
+    decoder_targets: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Decoder texts per image and step: a caption, then question/answer texts (each with --vqa-fraction)",
+        ),
+    ] = WORLD_RECIPE["decoder_targets"],
+    contrastive_texts: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Contrastive texts per image and step: a caption, then captions or (world) partial queries"
+        ),
+    ] = WORLD_RECIPE["contrastive_texts"],
+    query_fraction: Annotated[
+        float, typer.Option(help="World: share of the extra contrastive texts that are partial attribute queries")
+    ] = WORLD_RECIPE["query_fraction"],
+    hard_negatives: Annotated[
+        int, typer.Option(min=0, help="World: captions of near-miss scenes per image, as negatives")
+    ] = WORLD_RECIPE["hard_negatives"],
+    answers_only: Annotated[
+        bool,
+        typer.Option(
+            "--vqa-answers-only/--vqa-whole-text",
+            help="Question/answer targets teach the answer only (the question is a prompt), or the whole text",
+        ),
+    ] = WORLD_RECIPE["vqa_answers_only"],
+    vision_position_std: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="From scratch: std of the vision transformer's initial position embeddings (0: open_clip's)"
+        ),
+    ] = WORLD_RECIPE["vision_position_std"],
     train_seed: Annotated[int, typer.Option(help="Seed of the initial weights and batch order")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: the cores the data workers leave free)")] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(min=1, help="CPU threads (default: the cores the data workers leave free)")
+    ] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes")] = WORLD_RECIPE["num_workers"],
-    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints")] = WORLD_RECIPE["checkpoint_every"],
-    eval_every: Annotated[int, typer.Option(min=0, help="World: steps between held-out evaluations (0: only at the end)")] = 0,
-    evaluate: Annotated[bool, typer.Option(help="World: evaluate on held-out scenes (at the end, and every --eval-every)")] = True,
-    eval_scenes: Annotated[int, typer.Option(min=10, help="World: held-out scenes in those evaluations")] = TRAIN_EVAL_SCENES,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints")] = WORLD_RECIPE[
+        "checkpoint_every"
+    ],
+    eval_every: Annotated[
+        int, typer.Option(min=0, help="World: steps between held-out evaluations (0: only at the end)")
+    ] = 0,
+    evaluate: Annotated[
+        bool, typer.Option(help="World: evaluate on held-out scenes (at the end, and every --eval-every)")
+    ] = True,
+    eval_scenes: Annotated[
+        int, typer.Option(min=10, help="World: held-out scenes in those evaluations")
+    ] = TRAIN_EVAL_SCENES,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (loss and samples/s)")] = True,
 ) -> None:
     """Train a model (CoCa: contrastive + captions + VQA) and write it as a model folder.
@@ -78,10 +130,9 @@ def train(
     Use the result anywhere a model spec goes: `xmodal index ... --model local-dir:OUT`.
     Rerunning the same command after a crash resumes from the last checkpoint.
     """
-    from models.loading import ModelNotAvailable, ModelSpecError
-    from models.training import CheckpointMismatchError, CsvData, TrainConfig, WorldData
-
-    from app.cli import setup_logging
+    from xmodal.app.cli import setup_logging
+    from xmodal.models.loading import ModelNotAvailable, ModelSpecError
+    from xmodal.models.training import CheckpointMismatchError, CsvData, TrainConfig, WorldData
 
     setup_logging()
     try:
@@ -95,15 +146,31 @@ def train(
                 raise _fail(f"--questions {questions} is not a file")
             source = CsvData(captions_csv=csv, questions_csv=questions, image_root=image_root)
         config = TrainConfig(
-            output_dir=out, data=source, model=model, steps=steps, batch_size=batch_size, lr=lr,
-            warmup_steps=min(warmup, steps), weight_decay=weight_decay, caption_loss_weight=caption_weight,
-            contrastive_loss_weight=contrastive_weight, vqa_fraction=vqa_fraction, decoder_lr_scale=decoder_lr_scale,
-            decoder_targets=decoder_targets, contrastive_texts=contrastive_texts,
+            output_dir=out,
+            data=source,
+            model=model,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_steps=min(warmup, steps),
+            weight_decay=weight_decay,
+            caption_loss_weight=caption_weight,
+            contrastive_loss_weight=contrastive_weight,
+            vqa_fraction=vqa_fraction,
+            decoder_lr_scale=decoder_lr_scale,
+            decoder_targets=decoder_targets,
+            contrastive_texts=contrastive_texts,
             query_fraction=query_fraction if data == WORLD else 0.0,
-            hard_negatives=hard_negatives if data == WORLD else 0, seed=train_seed, vqa_answers_only=answers_only,
+            hard_negatives=hard_negatives if data == WORLD else 0,
+            seed=train_seed,
+            vqa_answers_only=answers_only,
             vision_position_std=vision_position_std or None,
-            device=None if device == "auto" else device, precision=precision, cpu_threads=threads,
-            num_workers=workers, checkpoint_every=checkpoint_every, eval_every=eval_every if evaluate else 0,
+            device=None if device == "auto" else device,
+            precision=precision,
+            cpu_threads=threads,
+            num_workers=workers,
+            checkpoint_every=checkpoint_every,
+            eval_every=eval_every if evaluate else 0,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
@@ -117,7 +184,7 @@ def train(
 
 def run_training(config, evaluate=None, progress: bool = True):
     """train() plus a training.json record (settings, curve, evaluations) in the model folder."""
-    from models.training import train as train_model
+    from xmodal.models.training import train as train_model
 
     result = train_model(config, progress=progress, evaluate=evaluate)
     record = {
@@ -139,16 +206,20 @@ def run_training(config, evaluate=None, progress: bool = True):
     for line in _curve_lines(record["curve"]):
         typer.echo(line)
     if result.evaluations:
-        from app.reports import world_table
+        from xmodal.app.reports import world_table
 
         typer.echo(world_table({k: v for k, v in result.evaluations[-1].items() if k != "step"}))
     return result
 
 
 def evaluate(
-    model: Annotated[Optional[str], typer.Option(help="Model spec to evaluate on the generated world's held-out scenes")] = None,
-    index: Annotated[Optional[list[Path]], typer.Option(help="Index folder built with --captions: recall@K "
-                                                        "both ways (repeat for several)")] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="Model spec to evaluate on the generated world's held-out scenes")
+    ] = None,
+    index: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="Index folder built with --captions: recall@K both ways (repeat for several)"),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for eval.json and eval.png")] = Path("eval"),
     scenes: Annotated[int, typer.Option(min=10, help="World: held-out scenes (gallery and captioned images)")] = 1000,
     seed: Annotated[int, typer.Option(help="World: its seed (the one the model was trained on)")] = 0,
@@ -157,9 +228,16 @@ def evaluate(
     captions: Annotated[Optional[int], typer.Option(min=0, help="World: scenes to caption (default: all)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: usable cores)")] = None,
-    server: Annotated[Optional[str], typer.Option(help="World: also measure captions and VQA through this running "
-                                                  "server's /v1/caption and /v1/vqa (e.g. http://127.0.0.1:8000)")] = None,
-    api_key: Annotated[Optional[str], typer.Option(envvar="XMODAL_API_KEY", help="Key for --server, if it needs one")] = None,
+    server: Annotated[
+        Optional[str],
+        typer.Option(
+            help="World: also measure captions and VQA through this running "
+            "server's /v1/caption and /v1/vqa (e.g. http://127.0.0.1:8000)"
+        ),
+    ] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="XMODAL_API_KEY", help="Key for --server, if it needs one")
+    ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="--server: requests in flight")] = 4,
 ) -> None:
     """Measure retrieval, captioning and VQA quality; prints tables, writes OUT/eval.json and OUT/eval.png.
@@ -171,13 +249,15 @@ def evaluate(
     --server: the same caption and VQA metrics through a running server's endpoints; with --model,
     side by side with the in-process numbers (they are equal when the server runs that model).
     """
-    from app.cli import setup_logging
-    from app.reports import comparison_table, draw_plot, index_table, world_table
+    from xmodal.app.cli import setup_logging
+    from xmodal.app.reports import comparison_table, draw_plot, index_table, world_table
 
     setup_logging("warning")
     if model is None and not index and server is None:
-        raise _fail("give --model SPEC (world evaluation), --server URL (its endpoints) and/or --index DIR "
-                    "(recall@K over its captions)")
+        raise _fail(
+            "give --model SPEC (world evaluation), --server URL (its endpoints) and/or --index DIR "
+            "(recall@K over its captions)"
+        )
     report: dict[str, Any] = {}
     world = dict(scenes=scenes, seed=seed, queries=queries, questions_per_type=questions_per_type, captions=captions)
     if model is not None:
@@ -202,9 +282,9 @@ def evaluate(
 def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings) -> dict:
     import httpx
 
-    from app.client import XmodalClient, XmodalError
-    from app.endpoint_eval import evaluate_through_server
-    from models.evaluation import WorldEvalConfig, WorldEvaluation
+    from xmodal.app.client import XmodalClient, XmodalError
+    from xmodal.app.endpoint_eval import evaluate_through_server
+    from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation
 
     started = time.perf_counter()
     # No retrieval queries: the server's index is not the evaluation's gallery.
@@ -217,15 +297,22 @@ def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings
         raise _fail(f"{url} answered {exc.status}: {exc.detail}") from exc
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach {url}: {exc}") from exc
-    return {"url": url, "served": served, "settings": dict(settings), "metrics": result.metrics,
-            "counts": result.counts, "examples": result.examples, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "url": url,
+        "served": served,
+        "settings": dict(settings),
+        "metrics": result.metrics,
+        "counts": result.counts,
+        "examples": result.examples,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _evaluate_world(spec: str, device: str, threads: int | None, **settings) -> dict:
     import torch
 
-    from models.evaluation import WorldEvalConfig, WorldEvaluation
-    from models.loading import ModelNotAvailable, ModelSpecError, load_model
+    from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation
+    from xmodal.models.loading import ModelNotAvailable, ModelSpecError, load_model
 
     try:
         loaded = load_model(spec, device, threads=threads)
@@ -236,14 +323,20 @@ def _evaluate_world(spec: str, device: str, threads: int | None, **settings) -> 
     evaluation = WorldEvaluation(config, tokenizer=loaded.tokenizer, preprocess=loaded.preprocess)
     with torch.inference_mode():
         result = evaluation.evaluate(loaded.model)
-    return {"model": str(loaded.spec), "fingerprint": loaded.fingerprint, "settings": dict(settings),
-            "metrics": result.metrics, "counts": result.counts, "examples": result.examples,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "model": str(loaded.spec),
+        "fingerprint": loaded.fingerprint,
+        "settings": dict(settings),
+        "metrics": result.metrics,
+        "counts": result.counts,
+        "examples": result.examples,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _evaluate_index(folder: Path) -> dict[str, float]:
-    from indexer.evaluation import NoCaptionsError, index_recall
-    from indexer.store import IndexNotFound
+    from xmodal.indexer.evaluation import NoCaptionsError, index_recall
+    from xmodal.indexer.store import IndexNotFound
 
     try:
         return index_recall(folder)
@@ -252,15 +345,19 @@ def _evaluate_index(folder: Path) -> dict[str, float]:
 
 
 def demo(
-    cache_dir: Annotated[Path, typer.Option(envvar="XMODAL_DEMO_DIR", help="Where the trained model, scenes and "
-                                            "index are kept and reused")] = DEMO_DIR,
+    cache_dir: Annotated[
+        Path,
+        typer.Option(envvar="XMODAL_DEMO_DIR", help="Where the trained model, scenes and index are kept and reused"),
+    ] = DEMO_DIR,
     scenes: Annotated[int, typer.Option(min=10, help="Held-out scenes exported and indexed")] = 3000,
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 8000,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N")] = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for training")] = None,
     retrain: Annotated[bool, typer.Option(help="Train again even if a model with these settings is cached")] = False,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps (fewer: a quicker, weaker demo)")] = WORLD_RECIPE["steps"],
+    steps: Annotated[int, typer.Option(min=1, help="Training steps (fewer: a quicker, weaker demo)")] = WORLD_RECIPE[
+        "steps"
+    ],
     model: Annotated[str, typer.Option(help="Architecture to train from scratch")] = DEFAULT_MODEL,
     eval_scenes: Annotated[int, typer.Option(min=10, hidden=True)] = TRAIN_EVAL_SCENES,
     serve: Annotated[bool, typer.Option(help="Start the server at the end (--no-serve: only prepare)")] = True,
@@ -271,15 +368,21 @@ def demo(
     measured on a busy 2-core CPU; on the GPU when there is one) and prints its held-out
     quality; later runs reuse the cached model, scenes and index.
     """
-    from app.cli import setup_logging
-    from models.training import CheckpointMismatchError
-    from models.training.recipes import world_config
+    from xmodal.app.cli import setup_logging
+    from xmodal.models.training import CheckpointMismatchError
+    from xmodal.models.training.recipes import world_config
 
     setup_logging()
     root = cache_dir.expanduser()
     model_dir = root / "demo-model"
-    config = world_config(model_dir, device=None if device == "auto" else device, cpu_threads=threads, steps=steps,
-                          warmup_steps=min(WORLD_RECIPE["warmup_steps"], steps), model=model)
+    config = world_config(
+        model_dir,
+        device=None if device == "auto" else device,
+        cpu_threads=threads,
+        steps=steps,
+        warmup_steps=min(WORLD_RECIPE["warmup_steps"], steps),
+        model=model,
+    )
     record = _training_record(model_dir)
     if retrain or record is None or record.get("trajectory") != config.trajectory():
         typer.echo(f"training {config.model} on the generated world ({config.steps} steps) into {model_dir}")
@@ -294,7 +397,7 @@ def demo(
     else:
         typer.echo(f"reusing the model trained in {model_dir} ({record['steps']} steps, {record['seconds']:.0f}s)")
         if record.get("evaluations"):
-            from app.reports import world_table
+            from xmodal.app.reports import world_table
 
             typer.echo(world_table({k: v for k, v in record["evaluations"][-1].items() if k != "step"}))
 
@@ -303,18 +406,24 @@ def demo(
     example = sorted((data_dir / "images").glob("*.png"))[0]
     _print_examples(host, port, example)
     if serve:
-        from app.cli import serve as serve_command
+        from xmodal.app.cli import serve as serve_command
 
         serve_command(index=[str(index_dir)], host=host, port=port, device=device, model=None)
 
 
 def _world_evaluation(data, scenes: int = TRAIN_EVAL_SCENES):
     """train()'s hook: a quick held-out evaluation (300 queries, up to 200 captions, 50 questions a type)."""
-    from models.evaluation import WorldEvalConfig, WorldEvaluation
+    from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation
 
-    config = WorldEvalConfig(seed=data.seed, heldout_fraction=data.heldout_fraction, image_size=data.image_size,
-                             scenes=scenes, queries=300, captions=min(200, scenes),
-                             questions_per_type=min(50, max(1, scenes // 10)))
+    config = WorldEvalConfig(
+        seed=data.seed,
+        heldout_fraction=data.heldout_fraction,
+        image_size=data.image_size,
+        scenes=scenes,
+        queries=300,
+        captions=min(200, scenes),
+        questions_per_type=min(50, max(1, scenes // 10)),
+    )
     return WorldEvaluation(config)
 
 
@@ -333,9 +442,14 @@ def _export_heldout(folder: Path, data, count: int) -> Path:
     """The first `count` held-out scenes as images + captions.csv (reused when already written)."""
     from tqdm import tqdm
 
-    from models.world import World, write_scenes
+    from xmodal.models.world import World, write_scenes
 
-    stamp = {"seed": data.seed, "heldout_fraction": data.heldout_fraction, "scenes": count, "image_size": data.image_size}
+    stamp = {
+        "seed": data.seed,
+        "heldout_fraction": data.heldout_fraction,
+        "scenes": count,
+        "image_size": data.image_size,
+    }
     marker = folder / "export.json"
     if marker.is_file() and json.loads(marker.read_text()) == stamp:
         typer.echo(f"reusing {count} held-out scenes in {folder}")
@@ -350,38 +464,44 @@ def _export_heldout(folder: Path, data, count: int) -> Path:
 
 def _build_demo_index(folder: Path, data_dir: Path, model_dir: Path, device: str) -> Path:
     """Index the exported scenes with their captions; reused while model and scenes are unchanged."""
-    from indexer.build import BuildConfig, build_index
+    from xmodal.indexer.build import BuildConfig, build_index
 
     weights = model_dir / "open_clip_model.safetensors"
-    stamp = {"model_mtime_ns": weights.stat().st_mtime_ns, "model_size": weights.stat().st_size,
-             "scenes": json.loads((data_dir / "export.json").read_text())}
+    stamp = {
+        "model_mtime_ns": weights.stat().st_mtime_ns,
+        "model_size": weights.stat().st_size,
+        "scenes": json.loads((data_dir / "export.json").read_text()),
+    }
     marker = folder.with_name(folder.name + ".json")
     if (folder / "CURRENT").is_file() and marker.is_file() and json.loads(marker.read_text()) == stamp:
         typer.echo(f"reusing the index in {folder}")
         return folder
-    report = build_index(BuildConfig(source=data_dir / "images", out=folder, model=f"local-dir:{model_dir}",
-                                     captions=data_dir / "captions.csv", workers=0, device=device))
+    report = build_index(
+        BuildConfig(
+            source=data_dir / "images",
+            out=folder,
+            model=f"local-dir:{model_dir}",
+            captions=data_dir / "captions.csv",
+            workers=0,
+            device=device,
+        )
+    )
     typer.echo(f"indexed {report.indexed} scenes and {report.texts} captions into {folder}")
     marker.write_text(json.dumps(stamp) + "\n")
     return folder
 
 
 def _print_examples(host: str, port: int, image: Path) -> None:
-    import importlib.util
-
     url = f"{host}:{port}"
     lines = [
         f"Serving on http://{url} (docs at /docs). Try:",
-        f"  curl -s {url}/v1/search/text -H 'content-type: application/json' -d '{{\"text\": \"a large red circle\", \"k\": 3}}'",
-        f"  curl -s {url}/v1/search/text -H 'content-type: application/json' -d '{{\"text\": \"a blue star on the left and a small yellow square\", \"k\": 3}}'",
+        f'  curl -s {url}/v1/search/text -H \'content-type: application/json\' -d \'{{"text": "a large red circle", "k": 3}}\'',
+        f'  curl -s {url}/v1/search/text -H \'content-type: application/json\' -d \'{{"text": "a blue star on the left and a small yellow square", "k": 3}}\'',
         f"  curl -s {url}/v1/search/image -F file=@{image} -F k=3",
         f"  curl -s {url}/v1/search/image -F file=@{image} -F target=texts -F k=3",
+        f"  curl -s {url}/v1/caption -F file=@{image}",
+        f"  curl -s {url}/v1/vqa -F file=@{image} -F 'question=how many shapes are there?'",
     ]
-    if importlib.util.find_spec("app.routes.caption") and importlib.util.find_spec("app.routes.vqa"):
-        lines += [
-            f"  curl -s {url}/v1/caption -F file=@{image}",
-            f"  curl -s {url}/v1/vqa -F file=@{image} -F 'question=how many shapes are there?'",
-        ]
     typer.echo("\n".join(lines))
 
 
@@ -396,7 +516,9 @@ def _curve(history) -> list[dict[str, float]]:
         if not window:
             continue
         keys = [k for k in window[0] if k.endswith("loss")]
-        points.append({"step": window[-1]["step"], **{k: round(sum(h[k] for h in window) / len(window), 4) for k in keys}})
+        points.append(
+            {"step": window[-1]["step"], **{k: round(sum(h[k] for h in window) / len(window), 4) for k in keys}}
+        )
     return points
 
 

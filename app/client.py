@@ -17,15 +17,23 @@ import email.utils
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal, Union
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from app.schemas import (
-    CaptionResponse, EmbedResponse, Health, IndexesResponse, IndexSummary, ItemPublic, RankResponse, SearchResponse,
+from xmodal.app.schemas import (
+    CaptionResponse,
+    EmbedResponse,
+    Health,
+    IndexesResponse,
+    IndexSummary,
+    ItemPublic,
+    RankResponse,
+    SearchResponse,
     VqaResponse,
 )
 
@@ -58,7 +66,8 @@ def _form(**fields: Any) -> dict[str, str]:
     """Multipart fields: None left out, lists as JSON array strings, the rest as text."""
     return {
         name: json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-        for name, value in fields.items() if value is not None
+        for name, value in fields.items()
+        if value is not None
     }
 
 
@@ -97,27 +106,56 @@ class _Endpoints:
 
     # search
     def search_text(
-        self, text: str, k: int = 10, *, offset: int = 0, min_score: float | None = None,
-        filters: dict | None = None, dedup: float | None = None, index: str | None = None,
+        self,
+        text: str,
+        k: int = 10,
+        *,
+        offset: int = 0,
+        min_score: float | None = None,
+        filters: dict | None = None,
+        dedup: float | None = None,
+        index: str | None = None,
     ) -> SearchResponse:
         body = _json(text=text, k=k, offset=offset, min_score=min_score, filters=filters, dedup=dedup, index=index)
         return self._call("POST", "/v1/search/text", _model(SearchResponse), json=body)
 
     def search_image(
-        self, image: ImageLike, k: int = 10, *, offset: int = 0, min_score: float | None = None,
-        target: Literal["images", "texts"] = "images", dedup: float | None = None, index: str | None = None,
+        self,
+        image: ImageLike,
+        k: int = 10,
+        *,
+        offset: int = 0,
+        min_score: float | None = None,
+        target: Literal["images", "texts"] = "images",
+        dedup: float | None = None,
+        index: str | None = None,
     ) -> SearchResponse:
         data = _form(k=k, offset=offset, min_score=min_score, target=target, dedup=dedup, index=index)
         return self._call("POST", "/v1/search/image", _model(SearchResponse), files=_file(image), data=data)
 
     def search_vector(
-        self, vector: list[float], k: int = 10, *, offset: int = 0, min_score: float | None = None,
-        filters: dict | None = None, target: Literal["images", "texts"] = "images", dedup: float | None = None,
+        self,
+        vector: list[float],
+        k: int = 10,
+        *,
+        offset: int = 0,
+        min_score: float | None = None,
+        filters: dict | None = None,
+        target: Literal["images", "texts"] = "images",
+        dedup: float | None = None,
         index: str | None = None,
     ) -> SearchResponse:
         vector = [float(x) for x in vector]  # numpy arrays too
-        body = _json(vector=vector, k=k, offset=offset, min_score=min_score, filters=filters, target=target, dedup=dedup,
-                     index=index)
+        body = _json(
+            vector=vector,
+            k=k,
+            offset=offset,
+            min_score=min_score,
+            filters=filters,
+            target=target,
+            dedup=dedup,
+            index=index,
+        )
         return self._call("POST", "/v1/search/vector", _model(SearchResponse), json=body)
 
     # embeddings
@@ -145,8 +183,9 @@ class _Endpoints:
 
     def item_image(self, item_id: int, *, index: str | None = None) -> bytes:
         """The indexed file's bytes (an item indexed from a URL is fetched from that URL)."""
-        return self._call("GET", f"/v1/items/{int(item_id)}/image", _content, params=_json(index=index),
-                          follow_redirects=True)
+        return self._call(
+            "GET", f"/v1/items/{int(item_id)}/image", _content, params=_json(index=index), follow_redirects=True
+        )
 
     def index(self, index: str | None = None) -> IndexSummary:
         return self._call("GET", "/v1/index", _model(IndexSummary), params=_json(index=index))
@@ -157,21 +196,49 @@ class _Endpoints:
 
     # captions and questions
     def caption(
-        self, image: ImageLike, *, mode: Literal["greedy", "beam", "sample"] = "greedy", beams: int | None = None,
-        max_tokens: int = 20, alternatives: int = 0, prompt: str = "", seed: int | None = None,
-        top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+        self,
+        image: ImageLike,
+        *,
+        mode: Literal["greedy", "beam", "sample"] = "greedy",
+        beams: int | None = None,
+        max_tokens: int = 20,
+        alternatives: int = 0,
+        prompt: str = "",
+        seed: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
         index: str | None = None,
     ) -> CaptionResponse:
-        data = _form(mode=mode, beams=beams, max_tokens=max_tokens, alternatives=alternatives, prompt=prompt or None,
-                     seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, index=index)
+        data = _form(
+            mode=mode,
+            beams=beams,
+            max_tokens=max_tokens,
+            alternatives=alternatives,
+            prompt=prompt or None,
+            seed=seed,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            index=index,
+        )
         return self._call("POST", "/v1/caption", _model(CaptionResponse), files=_file(image), data=data)
 
     def vqa(
-        self, image: ImageLike, question: str, answers: list[str] | None = None, *, max_tokens: int = 10,
+        self,
+        image: ImageLike,
+        question: str,
+        answers: list[str] | None = None,
+        *,
+        max_tokens: int = 10,
         index: str | None = None,
     ) -> VqaResponse:
-        data = _form(question=question, answers=list(answers) if answers is not None else None, max_tokens=max_tokens,
-                     index=index)
+        data = _form(
+            question=question,
+            answers=list(answers) if answers is not None else None,
+            max_tokens=max_tokens,
+            index=index,
+        )
         return self._call("POST", "/v1/vqa", _model(VqaResponse), files=_file(image), data=data)
 
     # health and admin
@@ -246,9 +313,16 @@ class XmodalClient(_Endpoints, _Retrying):
     """Blocking client. `http` may be your own httpx.Client (its base_url and headers are kept)."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 60.0,
-        retries: int = 3, backoff_s: float = 0.5, max_wait_s: float = 30.0,
-        transport: httpx.BaseTransport | None = None, http: httpx.Client | None = None,
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         _Retrying.__init__(self, retries, backoff_s, max_wait_s)
@@ -271,7 +345,7 @@ class XmodalClient(_Endpoints, _Retrying):
         if self._owned:
             self.http.close()
 
-    def __enter__(self) -> "XmodalClient":
+    def __enter__(self) -> XmodalClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -282,9 +356,16 @@ class AsyncXmodalClient(_Endpoints, _Retrying):
     """asyncio client: the same methods as XmodalClient, awaited (`await xm.search_text(...)`)."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 60.0,
-        retries: int = 3, backoff_s: float = 0.5, max_wait_s: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None, http: httpx.AsyncClient | None = None,
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ):
         _Retrying.__init__(self, retries, backoff_s, max_wait_s)
@@ -307,7 +388,7 @@ class AsyncXmodalClient(_Endpoints, _Retrying):
         if self._owned:
             await self.http.aclose()
 
-    async def __aenter__(self) -> "AsyncXmodalClient":
+    async def __aenter__(self) -> AsyncXmodalClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from app.errors import ApiError
-from app.runtime import Runtime
-from app.served import ServedIndex
-from app.settings import DEFAULT_INDEX, Settings
+from xmodal.app.errors import ApiError
+from xmodal.app.runtime import Runtime
+from xmodal.app.served import ServedIndex
+from xmodal.app.settings import DEFAULT_INDEX, Settings
 
 
 def get_runtime(request: Request) -> Runtime:

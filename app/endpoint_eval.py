@@ -13,12 +13,17 @@ import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from app.client import XmodalClient
-from models.evaluation import ANSWER_TOKENS, CANDIDATES, CAPTION_TOKENS, WorldEvaluation, WorldReport
+from xmodal.app.client import XmodalClient
+from xmodal.models.evaluation import ANSWER_TOKENS, CANDIDATES, CAPTION_TOKENS, WorldEvaluation, WorldReport
 
 
-def evaluate_through_server(client: XmodalClient, evaluation: WorldEvaluation, *, concurrency: int = 4,
-                            methods: Sequence[str] = ("generated", "ranked")) -> WorldReport:
+def evaluate_through_server(
+    client: XmodalClient,
+    evaluation: WorldEvaluation,
+    *,
+    concurrency: int = 4,
+    methods: Sequence[str] = ("generated", "ranked"),
+) -> WorldReport:
     """Caption and VQA metrics of the scenes of `evaluation`, each prediction one request to `client`'s
     server; `concurrency` requests in flight (the server batches them)."""
     images = [_png(image) for image in evaluation.images]
@@ -33,6 +38,7 @@ def evaluate_through_server(client: XmodalClient, evaluation: WorldEvaluation, *
             if method == "generated":
                 return client.vqa(images[i], qa.question, max_tokens=ANSWER_TOKENS).answer
             return client.vqa(images[i], qa.question, list(CANDIDATES[qa.type])).answer
+
         return ask
 
     with ThreadPoolExecutor(concurrency) as pool:

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.batching import Overloaded
+from xmodal.app.batching import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse({"detail": f"overloaded, retry shortly: {exc}"}, status_code=429, headers={"Retry-After": "1"})
+        return JSONResponse(
+            {"detail": f"overloaded, retry shortly: {exc}"}, status_code=429, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -46,4 +48,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _jsonable(errors: list[dict]) -> list[dict]:
-    return [{key: (value if key != "ctx" else {k: str(v) for k, v in value.items()}) for key, value in e.items() if key != "input"} for e in errors]
+    return [
+        {
+            key: (value if key != "ctx" else {k: str(v) for k, v in value.items()})
+            for key, value in e.items()
+            if key != "input"
+        }
+        for e in errors
+    ]

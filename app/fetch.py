@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -42,16 +42,22 @@ def refusal(address: str) -> str | None:
     except ValueError:
         return f"{address} is not an IP address"
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (
-            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        embedded = (
+            ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        )
         if embedded is not None:
             reason = refusal(str(embedded))
             return f"{ip} embeds {reason}" if reason else None
         if ip.teredo:
             return f"{ip} is a Teredo tunnel address"
-    for what, flag in (("loopback", ip.is_loopback), ("unspecified", ip.is_unspecified),
-                       ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-                       ("reserved", ip.is_reserved), ("private", ip.is_private)):
+    for what, flag in (
+        ("loopback", ip.is_loopback),
+        ("unspecified", ip.is_unspecified),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
+    ):
         if flag:
             return f"{ip} is a {what} address"
     if not ip.is_global:
@@ -100,8 +106,9 @@ async def fetch_image(
     try:
         async with asyncio.timeout(timeout_s):
             # trust_env=False: an environment proxy would connect to the name, not the address we checked.
-            async with httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False,
-                                         timeout=timeout_s) as client:
+            async with httpx.AsyncClient(
+                transport=transport, trust_env=False, follow_redirects=False, timeout=timeout_s
+            ) as client:
                 for _ in range(max_redirects + 1):
                     result = await _fetch_once(client, current, resolver, max_bytes)
                     if isinstance(result, bytes):
@@ -116,8 +123,9 @@ async def fetch_image(
         raise FetchError(502, f"image_url could not be fetched: {type(exc).__name__}: {exc}") from exc
 
 
-async def _fetch_once(client: httpx.AsyncClient, url: httpx.URL, resolver: Resolver, max_bytes: int
-                      ) -> bytes | httpx.URL:
+async def _fetch_once(
+    client: httpx.AsyncClient, url: httpx.URL, resolver: Resolver, max_bytes: int
+) -> bytes | httpx.URL:
     """One hop: the body, or the next URL to go to."""
     _check_url(url)
     address = await _resolve_checked(url, resolver)

@@ -1,4 +1,4 @@
-"""The app factory: `uvicorn app.main:create_app --factory` (or `xmodal serve`)."""
+"""The app factory: `uvicorn xmodal.app.main:create_app --factory` (or `xmodal serve`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
-from app.errors import install_error_handlers
-from app.middleware import install_middleware
-from app.routes import admin, caption, embed, health, indexes, items, metrics, rank, search, vqa, web
-from app.runtime import Runtime
-from app.security import KeyRing, RateLimiter, check_exposure, require_read
-from app.settings import Settings, get_settings
-from indexer.manifest import package_version
+from xmodal.app.errors import install_error_handlers
+from xmodal.app.middleware import install_middleware
+from xmodal.app.routes import admin, caption, embed, health, indexes, items, metrics, rank, search, vqa, web
+from xmodal.app.runtime import Runtime
+from xmodal.app.security import KeyRing, RateLimiter, check_exposure, require_read
+from xmodal.app.settings import Settings, get_settings
+from xmodal.indexer.manifest import package_version
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -3,7 +3,7 @@ queue depth, model and index facts, read from the runtime at scrape time. One re
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
@@ -17,8 +17,11 @@ class Metrics:
     def __init__(self, get_runtime: Callable[[], object | None]):
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
-            "xmodal_request_duration_seconds", "Request latency by method, route template and status",
-            ("method", "route", "status"), buckets=LATENCY_BUCKETS, registry=self.registry,
+            "xmodal_request_duration_seconds",
+            "Request latency by method, route template and status",
+            ("method", "route", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(RuntimeCollector(get_runtime))
 
@@ -42,9 +45,12 @@ class RuntimeCollector(Collector):
         yield ready
         if runtime is None:
             return
-        sizes = HistogramMetricFamily("xmodal_batch_size", "Items per model batch, by batcher and model",
-                                      labels=["batcher", "model"])
-        depth = GaugeMetricFamily("xmodal_batch_queue_depth", "Items waiting for a model batch", labels=["batcher", "model"])
+        sizes = HistogramMetricFamily(
+            "xmodal_batch_size", "Items per model batch, by batcher and model", labels=["batcher", "model"]
+        )
+        depth = GaugeMetricFamily(
+            "xmodal_batch_queue_depth", "Items waiting for a model batch", labels=["batcher", "model"]
+        )
         for model in runtime.models.values():
             for name, batcher in model.batchers.items():
                 counts = dict(batcher.size_counts)
@@ -59,12 +65,15 @@ class RuntimeCollector(Collector):
         for name, served in runtime.indexes.items():
             index, encoder = served.index, served.model.encoder
             manifest = index.manifest
-            info.add_metric([name], {
-                "spec": served.model.spec,
-                "fingerprint": encoder.fingerprint,
-                "device": str(encoder.device),
-                "index_version": getattr(index.version, "name", str(index.version)),
-            })
+            info.add_metric(
+                [name],
+                {
+                    "spec": served.model.spec,
+                    "fingerprint": encoder.fingerprint,
+                    "device": str(encoder.device),
+                    "index_version": getattr(index.version, "name", str(index.version)),
+                },
+            )
             vectors.add_metric([name, "images"], manifest.images.count)
             vectors.add_metric([name, "texts"], manifest.texts.count if manifest.texts else 0)
         yield info

@@ -7,13 +7,13 @@ import logging
 import re
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from fastapi import HTTPException
 
-from app.logs import request_id_var
+from xmodal.app.logs import request_id_var
 
-log = logging.getLogger("app.access")
+log = logging.getLogger("xmodal.access")
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -29,7 +29,9 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_json(send, 413, f"request body is {int(declared):,} bytes, over the limit of {self.limit:,}")
+            return await _send_json(
+                send, 413, f"request body is {int(declared):,} bytes, over the limit of {self.limit:,}"
+            )
         received = 0
         started = False
 
@@ -88,12 +90,25 @@ class RequestContextMiddleware:
                 self.observe(scope["method"], route, status, seconds)
             client = scope.get("client")
             fields = {
-                "method": scope["method"], "path": scope["path"], "route": route, "status": status,
-                "ms": round(seconds * 1000, 2), "request_id": request_id,
-                "client": client[0] if client else None, "key": (scope.get("state") or {}).get("key_id"),
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route,
+                "status": status,
+                "ms": round(seconds * 1000, 2),
+                "request_id": request_id,
+                "client": client[0] if client else None,
+                "key": (scope.get("state") or {}).get("key_id"),
             }
-            log.info("%s %s %d %.1fms id=%s client=%s", fields["method"], fields["path"], status, fields["ms"],
-                     request_id, fields["client"], extra={"access": fields})
+            log.info(
+                "%s %s %d %.1fms id=%s client=%s",
+                fields["method"],
+                fields["path"],
+                status,
+                fields["ms"],
+                request_id,
+                fields["client"],
+                extra={"access": fields},
+            )
             request_id_var.reset(token)
 
 
@@ -106,9 +121,17 @@ def _header(scope, name: bytes) -> str | None:
 
 async def _send_json(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -117,15 +140,18 @@ def install_middleware(app, settings) -> None:
     the body limit, then the routes."""
     from fastapi.middleware.cors import CORSMiddleware
 
-    from app.metrics import Metrics
+    from xmodal.app.metrics import Metrics
 
     app.state.metrics = Metrics(lambda: getattr(app.state, "runtime", None))
     # Room for multipart boundaries/headers and base64's 4/3 growth over the image limit (as app/uploads.py).
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 64 * 1024)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"], max_age=600,
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, observe=app.state.metrics.observe)

@@ -13,8 +13,16 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 QUESTION_TYPES = ("colour", "shape", "size", "position", "count", "presence", "all")
-HEADLINE = ("t2i_p@1", "t2i_p@5", "i2t_r@1", "i2t_r@5", "caption_exact", "caption_f1",
-            "vqa_generated_all", "vqa_ranked_all")
+HEADLINE = (
+    "t2i_p@1",
+    "t2i_p@5",
+    "i2t_r@1",
+    "i2t_r@5",
+    "caption_exact",
+    "caption_f1",
+    "vqa_generated_all",
+    "vqa_ranked_all",
+)
 LABELS = {
     "t2i_p": "text→image precision (attribute queries)",
     "t2i_caption_r": "text→image recall (full caption as query)",
@@ -23,8 +31,16 @@ LABELS = {
     "caption_exact": "caption exact match",
     "caption_f1": "caption token F1",
 }
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127))
+PALETTE = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+)
 
 
 def world_table(metrics: Mapping[str, float]) -> str:
@@ -52,8 +68,10 @@ def comparison_table(in_process: Mapping[str, float], served: Mapping[str, float
     """Each caption/VQA metric measured in process and through the endpoints, and their difference."""
     keys = [k for k in served if k in in_process]
     lines = [_row(["metric", "in process", "endpoints", "difference"], [28, 11, 11, 11])]
-    lines += [_row([k, _num(in_process[k]), _num(served[k]), f"{served[k] - in_process[k]:+.3f}"], [28, 11, 11, 11])
-              for k in keys]
+    lines += [
+        _row([k, _num(in_process[k]), _num(served[k]), f"{served[k] - in_process[k]:+.3f}"], [28, 11, 11, 11])
+        for k in keys
+    ]
     return "\n".join(lines)
 
 
@@ -98,8 +116,10 @@ def _curves_panel(draw, font, box, curves: dict[str, dict[int, float]]) -> None:
     x0, y0, x1, y1 = box
     _axes(draw, font, box, "retrieval @K")
     ks = sorted({k for s in curves.values() for k in s}) or [1]
+
     def x_of(k: int) -> float:
         return x0 + (ks.index(k) + 0.5) * (x1 - x0) / len(ks)
+
     for k in ks:
         draw.text((x_of(k) - 8, y1 + 6), f"K={k}", fill="black", font=font)
     for n, (name, series) in enumerate(curves.items()):
@@ -118,7 +138,9 @@ def _bars_panel(draw, font, box, vqa: dict[str, dict[str, float]]) -> None:
     _axes(draw, font, box, "VQA accuracy by question type")
     kinds = [t for t in QUESTION_TYPES if t in vqa]
     if not kinds:
-        draw.text((x0 + 20, (y0 + y1) // 2), "no VQA results (not a CoCa model, or not evaluated)", fill="grey", font=font)
+        draw.text(
+            (x0 + 20, (y0 + y1) // 2), "no VQA results (not a CoCa model, or not evaluated)", fill="grey", font=font
+        )
         return
     methods = sorted({m for per_type in vqa.values() for m in per_type})
     slot = (x1 - x0) / len(kinds)

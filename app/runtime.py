@@ -8,11 +8,11 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from app.served import ServedIndex, ServedModel
-from app.settings import Settings
-from indexer.reader import OpenIndex
-from models.encoders import Encoder
-from models.generation import Captioner
+from xmodal.app.served import ServedIndex, ServedModel
+from xmodal.app.settings import Settings
+from xmodal.indexer.reader import OpenIndex
+from xmodal.models.encoders import Encoder
+from xmodal.models.generation import Captioner
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,31 @@ class Runtime:
                 )
             model.index_names.append(name)
             indexes[name] = ServedIndex(name, path, index, model)
-            log.info("index %s: %s (%d images, %d texts), model %s", name, index.version,
-                     index.manifest.images.count, index.manifest.texts.count if index.manifest.texts else 0, spec)
+            log.info(
+                "index %s: %s (%d images, %d texts), model %s",
+                name,
+                index.version,
+                index.manifest.images.count,
+                index.manifest.texts.count if index.manifest.texts else 0,
+                spec,
+            )
         for model in models.values():
-            log.info("model %s on %s serves indexes: %s", model.spec, model.encoder.device, ", ".join(model.index_names))
+            log.info(
+                "model %s on %s serves indexes: %s", model.spec, model.encoder.device, ", ".join(model.index_names)
+            )
         self.models, self.indexes = models, indexes
         log.info("ready in %.1fs: %d indexes, %d models", time.perf_counter() - started, len(indexes), len(models))
 
     def _load_model(self, spec: str) -> ServedModel:
         settings = self.settings
         encoder = Encoder.from_spec(
-            spec, settings.device, offline=settings.offline or None, cache_dir=settings.model_cache_dir,
-            threads=settings.threads, int8_text=settings.text_int8, int8_images=settings.image_int8,
+            spec,
+            settings.device,
+            offline=settings.offline or None,
+            cache_dir=settings.model_cache_dir,
+            threads=settings.threads,
+            int8_text=settings.text_int8,
+            int8_images=settings.image_int8,
         )
         captioner = Captioner(encoder, settings.vqa_prompt, int8=settings.caption_int8)
         return ServedModel(spec, encoder, captioner, self.model_thread)
@@ -100,8 +113,11 @@ class Runtime:
                 try:
                     await served.reload_if_changed()
                 except Exception:  # noqa: BLE001 - a bad new version must not stop the watcher or the server
-                    log.exception("index %s: could not load the new index version; still serving %s",
-                                  served.name, served.index.version.name)
+                    log.exception(
+                        "index %s: could not load the new index version; still serving %s",
+                        served.name,
+                        served.index.version.name,
+                    )
 
     async def aclose(self) -> None:
         if self.watcher is not None:

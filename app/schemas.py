@@ -17,8 +17,9 @@ class IndexChoice(BaseModel):
     """Which served index a request reads (or whose model it uses)."""
 
     index: str | None = Field(
-        None, description="A served index by name (GET /v1/indexes); optional when one is served (or one is named "
-        "default). The `index` query parameter does the same"
+        None,
+        description="A served index by name (GET /v1/indexes); optional when one is served (or one is named "
+        "default). The `index` query parameter does the same",
     )
 
 
@@ -34,7 +35,8 @@ class SearchOptions(IndexChoice):
         '"camera": "X100"}; a value means equality, an object takes in, gt, gte, lt, lte',
     )
     dedup: float | None = Field(
-        None, description="Near-duplicate removal: drop a result whose stored vector has a cosine >= this (0..1] with a "
+        None,
+        description="Near-duplicate removal: drop a result whose stored vector has a cosine >= this (0..1] with a "
         "higher-ranked kept result; more candidates are fetched so that k results come back when possible",
     )
 
@@ -55,7 +57,9 @@ class ImageSearchFields(IndexChoice):
     offset: int = Field(0, description="Skip this many best results first")
     min_score: float | None = Field(None, description="Leave out results with a lower cosine similarity")
     target: Literal["images", "texts"] = Field("images", description="images: similar images; texts: matching captions")
-    dedup: float | None = Field(None, description="Drop near-duplicates: cosine threshold in (0, 1] (see SearchOptions)")
+    dedup: float | None = Field(
+        None, description="Drop near-duplicates: cosine threshold in (0, 1] (see SearchOptions)"
+    )
 
 
 class NoFields(IndexChoice):
@@ -67,7 +71,7 @@ class EmbedTextRequest(IndexChoice):
     texts: list[str] | None = None
 
     @model_validator(mode="after")
-    def exactly_one(self) -> "EmbedTextRequest":
+    def exactly_one(self) -> EmbedTextRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of 'text' or 'texts'")
         return self
@@ -189,7 +193,9 @@ class CaptionRequest(IndexChoice):
     """/v1/caption's fields besides the image (multipart form fields, or JSON next to image_b64)."""
 
     mode: Literal["greedy", "beam", "sample"] = "greedy"
-    beams: int | None = Field(None, description="Beam width, mode=beam only (1..max_beams; default max(3, alternatives))")
+    beams: int | None = Field(
+        None, description="Beam width, mode=beam only (1..max_beams; default max(3, alternatives))"
+    )
     max_tokens: int = Field(20, description="Most new tokens (1..max_caption_tokens)")
     alternatives: int = Field(
         0, description="Also return the best N captions with scores (0..max_alternatives); N > 1 needs beam or sample"
@@ -217,8 +223,9 @@ class VqaRequest(IndexChoice):
 
     question: str = Field(description="The question; empty or over-long text is refused")
     answers: list[str] | None = Field(
-        None, description="Candidate answers (1..max_answers): the best is chosen and every one scored. "
-        "Without them the model writes an answer (CoCa models only)"
+        None,
+        description="Candidate answers (1..max_answers): the best is chosen and every one scored. "
+        "Without them the model writes an answer (CoCa models only)",
     )
     max_tokens: int = Field(10, description="Open-ended answers: most new tokens (1..max_caption_tokens)")
 
@@ -226,8 +233,9 @@ class VqaRequest(IndexChoice):
 class VqaResponse(BaseModel):
     answer: str
     scores: dict[str, float] | None = Field(
-        None, description="Every candidate's score: mean log-probability per token (method=likelihood) "
-        "or cosine similarity of image and 'question answer' (method=contrastive)"
+        None,
+        description="Every candidate's score: mean log-probability per token (method=likelihood) "
+        "or cosine similarity of image and 'question answer' (method=contrastive)",
     )
     method: Literal["generated", "likelihood", "contrastive"]
     took_ms: float

@@ -13,13 +13,14 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Callable
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.errors import ApiError
-from app.settings import Settings
+from xmodal.app.errors import ApiError
+from xmodal.app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,19 @@ class KeyRing:
         self._entries = [(hashlib.sha256(key.encode()).digest(), scope, key_id(key)) for key, scope in keys.items()]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "KeyRing":
+    def from_settings(cls, settings: Settings) -> KeyRing:
         keys = dict(settings.api_keys)
         if settings.api_keys_file is not None:
             try:
                 loaded = json.loads(settings.api_keys_file.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise InsecureConfig(f"cannot read API keys file {settings.api_keys_file}: {exc}") from exc
-            if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()):
-                raise InsecureConfig(f'API keys file {settings.api_keys_file} must hold a JSON object {{"KEY": "read"}}')
+            if not isinstance(loaded, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
+            ):
+                raise InsecureConfig(
+                    f'API keys file {settings.api_keys_file} must hold a JSON object {{"KEY": "read"}}'
+                )
             keys.update(loaded)
         return cls(keys)
 
@@ -104,15 +109,16 @@ def is_loopback_host(host: str) -> bool:
 def check_exposure(settings: Settings, keys: KeyRing) -> str:
     """The auth mode as a log line; InsecureConfig when a public bind would have no keys."""
     if len(keys):
-        return (f"auth on: {len(keys)} API keys ({keys.count('admin')} admin), rate limit "
-                f"{_rate_text(settings)} per key")
+        return f"auth on: {len(keys)} API keys ({keys.count('admin')} admin), rate limit {_rate_text(settings)} per key"
     if is_loopback_host(settings.host):
         return f"auth off: bound to loopback {settings.host} only; rate limit {_rate_text(settings)} per client IP"
     if settings.allow_unauthenticated:
-        return (f"auth OFF on {settings.host} (XMODAL_ALLOW_UNAUTHENTICATED=true): anyone who can reach this "
-                f"address can use every route; rate limit {_rate_text(settings)} per client IP")
+        return (
+            f"auth OFF on {settings.host} (XMODAL_ALLOW_UNAUTHENTICATED=true): anyone who can reach this "
+            f"address can use every route; rate limit {_rate_text(settings)} per client IP"
+        )
     raise InsecureConfig(
-        f"refusing to serve on {settings.host} without API keys: set XMODAL_API_KEYS='{{\"KEY\": \"read\"}}' "
+        f'refusing to serve on {settings.host} without API keys: set XMODAL_API_KEYS=\'{{"KEY": "read"}}\' '
         "(or XMODAL_API_KEYS_FILE), bind to 127.0.0.1, or set XMODAL_ALLOW_UNAUTHENTICATED=true if a proxy "
         "in front authenticates"
     )
@@ -172,18 +178,23 @@ def _authenticate(request: Request) -> Principal:
     else:
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer KEY'",
-                           headers={"WWW-Authenticate": 'Bearer realm="xmodal"'})
+            raise ApiError(
+                401,
+                "missing API key: send 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": 'Bearer realm="xmodal"'},
+            )
         principal = keys.lookup(presented.strip())
         if principal is None:
-            raise ApiError(401, "invalid API key",
-                           headers={"WWW-Authenticate": 'Bearer realm="xmodal", error="invalid_token"'})
+            raise ApiError(
+                401, "invalid API key", headers={"WWW-Authenticate": 'Bearer realm="xmodal", error="invalid_token"'}
+            )
         identity = f"key:{principal.key_id}"
         request.state.key_id = principal.key_id  # for the access log
     wait = request.app.state.rate_limiter.acquire(identity)
     if wait > 0:
-        raise ApiError(429, f"rate limit exceeded, retry in {wait:.2f}s",
-                       headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        raise ApiError(
+            429, f"rate limit exceeded, retry in {wait:.2f}s", headers={"Retry-After": str(max(1, math.ceil(wait)))}
+        )
     return principal
 
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from app.batching import DynamicBatcher
-from app.settings import Settings
-from indexer import store
-from indexer.reader import OpenIndex
-from models.encoders import Encoder
-from models.generation import Captioner
+from xmodal.app.batching import DynamicBatcher
+from xmodal.app.settings import Settings
+from xmodal.indexer import store
+from xmodal.indexer.reader import OpenIndex
+from xmodal.models.encoders import Encoder
+from xmodal.models.generation import Captioner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,9 +40,16 @@ class ServedModel:
 
     def start_batchers(self, settings: Settings) -> None:
         """On the event loop, once loaded."""
+
         def batcher(name: str, run_batch) -> DynamicBatcher:
-            started = DynamicBatcher(name, run_batch, self.model_thread, settings.batch_max_size,
-                                     settings.batch_max_wait_ms, settings.batch_max_queue)
+            started = DynamicBatcher(
+                name,
+                run_batch,
+                self.model_thread,
+                settings.batch_max_size,
+                settings.batch_max_wait_ms,
+                settings.batch_max_queue,
+            )
             started.start()
             return started
 
@@ -85,10 +93,19 @@ class ServedIndex:
             return False
         fresh = await asyncio.get_running_loop().run_in_executor(None, OpenIndex, version)
         if fresh.manifest.model.fingerprint != self.model.encoder.fingerprint:
-            log.error("index %s: not serving %s: built with %s, not the loaded model", self.name, version.name,
-                      fresh.manifest.model.spec)
+            log.error(
+                "index %s: not serving %s: built with %s, not the loaded model",
+                self.name,
+                version.name,
+                fresh.manifest.model.spec,
+            )
             return False
         previous, self.index = self.index, fresh
-        log.info("index %s: hot swap %s -> %s (%d images)", self.name, previous.version.name, version.name,
-                 fresh.manifest.images.count)
+        log.info(
+            "index %s: hot swap %s -> %s (%d images)",
+            self.name,
+            previous.version.name,
+            version.name,
+            fresh.manifest.images.count,
+        )
         return True

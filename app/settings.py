@@ -45,11 +45,15 @@ class Settings(BaseSettings):
     allow_unauthenticated: bool = Field(
         False, description="Serve without API keys on a non-loopback address (refused otherwise)"
     )
-    rate_limit_rps: float = Field(50.0, ge=0, description="Requests per second per key (per client IP without auth); 0: off")
+    rate_limit_rps: float = Field(
+        50.0, ge=0, description="Requests per second per key (per client IP without auth); 0: off"
+    )
     rate_limit_burst: int = Field(100, ge=1, description="Requests a key may make at once before the rate applies")
     cors_origins: list[str] = Field([], description="Origins allowed by CORS (JSON list); empty: CORS off")
     allow_image_url: bool = Field(False, description="Let image endpoints fetch JSON {'image_url': 'https://...'}")
-    image_url_timeout_s: float = Field(10.0, gt=0, description="Whole-fetch deadline for one image_url, redirects included")
+    image_url_timeout_s: float = Field(
+        10.0, gt=0, description="Whole-fetch deadline for one image_url, redirects included"
+    )
 
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM: how long in-flight requests may take to finish before they are cancelled"
@@ -60,8 +64,10 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="Gather concurrent text/image encodes into shared model batches")
     batch_max_size: int = Field(64, ge=1, description="Most items in one model batch")
     batch_max_wait_ms: float = Field(
-        10.0, ge=0, description="Under load (the previous batch held several requests), how long a batcher waits "
-        "to fill a batch; a lone request at low load never waits"
+        10.0,
+        ge=0,
+        description="Under load (the previous batch held several requests), how long a batcher waits "
+        "to fill a batch; a lone request at low load never waits",
     )
     batch_max_queue: int = Field(1024, ge=1, description="Waiting items per batcher before answering 429")
 
@@ -81,16 +87,19 @@ class Settings(BaseSettings):
     max_alternatives: int = Field(5, ge=1, description="Most alternative captions one /v1/caption request may ask for")
     max_beams: int = Field(8, ge=1, description="Widest beam one /v1/caption request may ask for")
     text_int8: bool = Field(
-        False, description="CPU only: encode request texts (searches, embeddings, rank) with int8 weight copies "
-        "of the text tower: ~4x faster at batch 1, cosine >= 0.999 to fp32 (bench/bench_text_encode.py)"
+        False,
+        description="CPU only: encode request texts (searches, embeddings, rank) with int8 weight copies "
+        "of the text tower: ~4x faster at batch 1, cosine >= 0.999 to fp32 (bench/bench_text_encode.py)",
     )
     image_int8: bool = Field(
-        False, description="CPU only: encode request images (image search, embeddings, rank) with int8 weight "
-        "copies of the image tower's blocks: ~2x faster for ViT-B-32, worst cosine to fp32 0.99989 measured"
+        False,
+        description="CPU only: encode request images (image search, embeddings, rank) with int8 weight "
+        "copies of the image tower's blocks: ~2x faster for ViT-B-32, worst cosine to fp32 0.99989 measured",
     )
     caption_int8: bool = Field(
-        False, description="CPU only: decode captions and answers with int8 weight copies (faster, within a "
-        "measured tolerance of fp32; see bench/bench_caption.py --int8)"
+        False,
+        description="CPU only: decode captions and answers with int8 weight copies (faster, within a "
+        "measured tolerance of fp32; see bench/bench_caption.py --int8)",
     )
 
     @field_validator("index", "model", mode="before")
@@ -110,7 +119,9 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             bad = [name for name in value if not INDEX_NAME.match(name)]
             if bad:
-                raise ValueError(f"index names must be 1-64 of A-Z a-z 0-9 _ . - (starting with a letter or digit): {bad}")
+                raise ValueError(
+                    f"index names must be 1-64 of A-Z a-z 0-9 _ . - (starting with a letter or digit): {bad}"
+                )
         return value
 
     @property

@@ -13,14 +13,13 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.errors import ApiError
-from app.fetch import FetchError, fetch_image
-from app.settings import Settings
-from models.images import ImageError, ImageTooLarge, load_image
+from xmodal.app.errors import ApiError
+from xmodal.app.fetch import FetchError, fetch_image
+from xmodal.app.settings import Settings
+from xmodal.models.images import ImageError, ImageTooLarge, load_image
 
 # Room for multipart boundaries/headers and base64's 4/3 growth over the image limit.
 _ENVELOPE_BYTES = 64 * 1024
-
 
 
 @dataclass
@@ -54,8 +53,9 @@ async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes
         data, fields = await _from_json(request, settings)
     else:
         raise ApiError(
-            415, f"unsupported content type {content_type or '(none)'}: send multipart/form-data "
-            "with a 'file' field, or application/json with 'image_b64'"
+            415,
+            f"unsupported content type {content_type or '(none)'}: send multipart/form-data "
+            "with a 'file' field, or application/json with 'image_b64'",
         )
     _check_size(data, limit)
     return data, fields

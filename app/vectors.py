@@ -7,9 +7,9 @@ import weakref
 
 import numpy as np
 
-from indexer import store
-from indexer.reader import OpenIndex
-from indexer.tuning import StoredRows
+from xmodal.indexer import store
+from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.tuning import StoredRows
 
 _cache: weakref.WeakKeyDictionary[OpenIndex, dict[str, StoredRows]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()

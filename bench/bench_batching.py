@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from tests.e2e.server import Server, run_xmodal  # noqa: E402 - the same helpers the e2e tests use
 
+
 def random_query(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, 3))
 
@@ -46,7 +47,7 @@ def model_ceiling(model: str, batch: int, threads: int | None, int8_text: bool, 
     """Per-text encode time at batch 1 and at `batch`, in process (median of `repeats` after a warm-up)."""
     import statistics
 
-    from models.encoders import Encoder
+    from xmodal.models.encoders import Encoder
 
     encoder = Encoder.from_spec(model, "cpu", threads=threads, int8_text=int8_text)
     rng = np.random.default_rng(1_000)
@@ -60,9 +61,12 @@ def model_ceiling(model: str, batch: int, threads: int | None, int8_text: bool, 
             encoder.encode_texts(texts)
             seconds.append(time.perf_counter() - started)
         per_text[size] = statistics.median(seconds) / size
-    return {"batch": batch, "ms_per_text_batch_1": round(per_text[1] * 1000, 2),
-            "ms_per_text_batched": round(per_text[batch] * 1000, 2),
-            "ceiling_ratio": round(per_text[1] / per_text[batch], 2)}
+    return {
+        "batch": batch,
+        "ms_per_text_batch_1": round(per_text[1] * 1000, 2),
+        "ms_per_text_batched": round(per_text[batch] * 1000, 2),
+        "ceiling_ratio": round(per_text[1] / per_text[batch], 2),
+    }
 
 
 WORDS = ["red", "blue", "dog", "cat", "street", "kitchen", "beach", "mountain", "car", "child", "pizza", "train"]
@@ -98,10 +102,16 @@ async def closed_loop(url: str, clients: int, seconds: float, send, max_requests
     await asyncio.gather(*(client_loop(number) for number in range(clients)))
     elapsed = time.monotonic() - started
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "seconds": round(elapsed, 1), "requests": len(ms), "errors": errors,
-            "error_statuses": statuses, "qps": round(len(ms) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(ms),
+        "errors": errors,
+        "error_statuses": statuses,
+        "qps": round(len(ms) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+    }
 
 
 async def drive(url: str, clients: int, seconds: float) -> dict:
@@ -121,8 +131,13 @@ def drive_wrk(url: str, clients: int, seconds: float) -> dict:
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     ok = stats["requests"] - stats["non_2xx"]
-    return {"requests": ok, "errors": stats["non_2xx"] + stats["socket_errors"], "qps": round(ok / stats["seconds"], 1),
-            "p50_ms": stats["p50_ms"], "p99_ms": stats["p99_ms"]}
+    return {
+        "requests": ok,
+        "errors": stats["non_2xx"] + stats["socket_errors"],
+        "qps": round(ok / stats["seconds"], 1),
+        "p50_ms": stats["p50_ms"],
+        "p99_ms": stats["p99_ms"],
+    }
 
 
 def main() -> None:
@@ -147,8 +162,12 @@ def main() -> None:
             sys.exit(built.stderr)
         for batching in ("false", "true"):
             # All clients share one IP: the default per-client rate limit would cap the server, not the model.
-            env = {"XMODAL_BATCHING": batching, "XMODAL_LOG_LEVEL": "warning", "XMODAL_RATE_LIMIT_RPS": "0",
-                   "XMODAL_BATCH_MAX_SIZE": str(args.max_batch)}
+            env = {
+                "XMODAL_BATCHING": batching,
+                "XMODAL_LOG_LEVEL": "warning",
+                "XMODAL_RATE_LIMIT_RPS": "0",
+                "XMODAL_BATCH_MAX_SIZE": str(args.max_batch),
+            }
             if args.threads is not None:
                 env["XMODAL_THREADS"] = str(args.threads)
             if args.int8_text:
@@ -164,20 +183,33 @@ def main() -> None:
 
     off, on = results["false"], results["true"]
     report = {
-        "model": args.model, "clients": args.clients, "seconds": args.seconds, "query": "3 words, k=10",
-        "index": f"Flat over {args.photos}", "hardware": f"{platform.machine()}, {os.cpu_count()} cores (server + load)",
-        "load_generator": args.load, "threads": args.threads or "cores", "text_weights": "int8" if args.int8_text else "fp32", "load_average_1m": round(os.getloadavg()[0], 2),
-        "batching_off": off, "batching_on": on, "qps_ratio": round(on["qps"] / off["qps"], 2),
+        "model": args.model,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "query": "3 words, k=10",
+        "index": f"Flat over {args.photos}",
+        "hardware": f"{platform.machine()}, {os.cpu_count()} cores (server + load)",
+        "load_generator": args.load,
+        "threads": args.threads or "cores",
+        "text_weights": "int8" if args.int8_text else "fp32",
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "batching_off": off,
+        "batching_on": on,
+        "qps_ratio": round(on["qps"] / off["qps"], 2),
         "model_alone": ceiling,
     }
-    print(f"text search over HTTP, {args.model} text tower ({report['text_weights']}), {args.clients} concurrent {args.load} clients, {args.seconds:.0f}s each, "
-          f"{report['hardware']}")
+    print(
+        f"text search over HTTP, {args.model} text tower ({report['text_weights']}), {args.clients} concurrent {args.load} clients, {args.seconds:.0f}s each, "
+        f"{report['hardware']}"
+    )
     print(f"{'batching':<10}{'QPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, row in (("off", off), ("on", on)):
         print(f"{name:<10}{row['qps']:>8}{row['p50_ms']:>9}{row['p99_ms']:>9}{row['errors']:>8}")
-    print(f"throughput ratio on/off: {report['qps_ratio']}x; the model alone (in process, no HTTP): "
-          f"{ceiling['ms_per_text_batch_1']} ms a text at batch 1, {ceiling['ms_per_text_batched']} "
-          f"ms at batch {ceiling['batch']}: a ceiling of {ceiling['ceiling_ratio']}x")
+    print(
+        f"throughput ratio on/off: {report['qps_ratio']}x; the model alone (in process, no HTTP): "
+        f"{ceiling['ms_per_text_batch_1']} ms a text at batch 1, {ceiling['ms_per_text_batched']} "
+        f"ms at batch {ceiling['batch']}: a ceiling of {ceiling['ceiling_ratio']}x"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

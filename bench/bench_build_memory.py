@@ -54,6 +54,7 @@ MIB = 2**20
 
 # ---------------------------------------------------------------- the child: one reindex, measured
 
+
 def _status() -> dict[str, int]:
     """VmRSS, VmHWM, RssAnon, RssFile of this process, in bytes."""
     out = {}
@@ -67,10 +68,9 @@ def _status() -> dict[str, int]:
 def child(spec: dict) -> dict:
     if spec["code"]:
         sys.path.insert(0, spec["code"])  # the old commit's indexer/ package shadows this checkout's
-    from indexer import store  # noqa: F401 - imported before the baseline, as reindex() needs it
-    from indexer.reindex import reindex
-
-    import indexer
+    from xmodal import indexer
+    from xmodal.indexer import store  # noqa: F401 - imported before the baseline, as reindex() needs it
+    from xmodal.indexer.reindex import reindex
 
     peaks = {"RssAnon": 0, "RssFile": 0}
     done = threading.Event()
@@ -92,12 +92,17 @@ def child(spec: dict) -> dict:
     status = _status()
     built = report.built["images"]
     return {
-        "indexer": str(Path(indexer.__file__).parent), "seconds": round(seconds, 1),
-        "baseline_rss": baseline, "peak_rss": status["VmHWM"],
+        "indexer": str(Path(indexer.__file__).parent),
+        "seconds": round(seconds, 1),
+        "baseline_rss": baseline,
+        "peak_rss": status["VmHWM"],
         "peak_anon_sampled": max(peaks["RssAnon"], status["RssAnon"]),
         "peak_file_sampled": max(peaks["RssFile"], status["RssFile"]),
-        "index_key": built.key, "search_params": built.search_params, "recall_at_10": built.measured_recall_at_10,
-        "query_ms": built.measured_query_ms, "index_bytes": report.index_bytes["images"],
+        "index_key": built.key,
+        "search_params": built.search_params,
+        "recall_at_10": built.measured_recall_at_10,
+        "query_ms": built.measured_query_ms,
+        "index_bytes": report.index_bytes["images"],
         "build_seconds": built.seconds,
         "version": str(report.version),
     }
@@ -105,15 +110,15 @@ def child(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- the parent: data, runs, table
 
+
 def ensure_data(folder: Path, n: int, dim: int) -> Path:
     """The cached synthetic version (written when missing or for other n/dim); its version folder."""
     import faiss
-    import numpy as np
     import pyarrow as pa
-
     from bench_selection import clustered_vectors
-    from indexer import store
-    from indexer.manifest import Manifest, ModelInfo, VectorIndexInfo
+
+    from xmodal.indexer import store
+    from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo
 
     wanted = {"n": n, "dim": dim, "data_seed": 0, "generator": "bench_selection.clustered_vectors"}
     record = folder / "bench.json"
@@ -139,7 +144,8 @@ def ensure_data(folder: Path, n: int, dim: int) -> Path:
         nothing = pa.array([], pa.string())
         writer.write_table("skipped", pa.table({"path": nothing, "reason": nothing}))
         manifest = Manifest(
-            xmodal_version="bench", model=ModelInfo(spec="synthetic", fingerprint="0" * 64, embed_dim=dim),
+            xmodal_version="bench",
+            model=ModelInfo(spec="synthetic", fingerprint="0" * 64, embed_dim=dim),
             source=str(folder / "no-images"),
             images=VectorIndexInfo(file="images.faiss", embeddings=names, count=n, index_key="Flat"),
         )
@@ -164,7 +170,7 @@ def scratch_copy(version: Path, root: Path) -> Path:
 
 
 def parse_run(text: str) -> dict:
-    from indexer.selection import parse_bytes
+    from xmodal.indexer.selection import parse_bytes
 
     if text.startswith("key="):
         return {"label": text, "budget": None, "key": text[4:]}
@@ -222,11 +228,18 @@ def main() -> None:
 
     hardware = f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}"
     result = {
-        "data": (f"{args.n:,} x {args.dim} clustered synthetic unit vectors (bench_selection.clustered_vectors), "
-                 "float16 shards"),
-        "n": args.n, "dim": args.dim, "recall_target": args.recall, "hardware": hardware,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "head": _git("rev-parse", "--short", "HEAD"),
-        "float32_matrix_bytes": vectors_f32, "rows": [],
+        "data": (
+            f"{args.n:,} x {args.dim} clustered synthetic unit vectors (bench_selection.clustered_vectors), "
+            "float16 shards"
+        ),
+        "n": args.n,
+        "dim": args.dim,
+        "recall_target": args.recall,
+        "hardware": hardware,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "head": _git("rev-parse", "--short", "HEAD"),
+        "float32_matrix_bytes": vectors_f32,
+        "rows": [],
     }
     if args.out.is_file():  # rows of earlier runs on the same data stay, unless this run measures them again
         earlier = json.loads(args.out.read_text())
@@ -243,8 +256,13 @@ def main() -> None:
             run = parse_run(text.strip())
             for name, code in implementations:
                 root = scratch_copy(version, folder / "scratch")
-                spec = {"root": str(root), "budget": run["budget"], "recall": args.recall, "key": run["key"],
-                        "code": code}
+                spec = {
+                    "root": str(root),
+                    "budget": run["budget"],
+                    "recall": args.recall,
+                    "key": run["key"],
+                    "code": code,
+                }
                 print(f"{run['label']}: {name} ...", flush=True)
                 try:
                     row = run_child(spec, args.timeout)
@@ -265,8 +283,10 @@ def main() -> None:
                 args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\n{result['data']}\n{hardware}; float32 matrix of all rows: {vectors_f32 / MIB:,.0f} MiB")
-    header = (f"{'run':<18}{'code':<18}{'index':<26}{'params':<22}{'R@10':>6}{'index MiB':>10}{'base MiB':>9}"
-              f"{'peak RSS MiB':>13}{'peak anon':>10}{'seconds':>8}{'same file':>10}")
+    header = (
+        f"{'run':<18}{'code':<18}{'index':<26}{'params':<22}{'R@10':>6}{'index MiB':>10}{'base MiB':>9}"
+        f"{'peak RSS MiB':>13}{'peak anon':>10}{'seconds':>8}{'same file':>10}"
+    )
     print(header)
     for row in result["rows"]:
         if "error" in row:
@@ -274,10 +294,12 @@ def main() -> None:
             continue
         others = {r.get("index_sha256") for r in result["rows"] if r["run"] == row["run"] and r is not row} - {None}
         same = "" if not others else "yes" if others == {row["index_sha256"]} else "NO"
-        print(f"{row['run']:<18}{row['code']:<18}{row['index_key']:<26}{row['search_params'] or '-':<22}"
-              f"{row['recall_at_10'] or 1.0:>6.3f}{row['index_bytes'] / MIB:>10,.0f}{row['baseline_rss'] / MIB:>9,.0f}"
-              f"{row['peak_rss'] / MIB:>13,.0f}{row['peak_anon_sampled'] / MIB:>10,.0f}{row['seconds']:>8.0f}"
-              f"{same:>10}")
+        print(
+            f"{row['run']:<18}{row['code']:<18}{row['index_key']:<26}{row['search_params'] or '-':<22}"
+            f"{row['recall_at_10'] or 1.0:>6.3f}{row['index_bytes'] / MIB:>10,.0f}{row['baseline_rss'] / MIB:>9,.0f}"
+            f"{row['peak_rss'] / MIB:>13,.0f}{row['peak_anon_sampled'] / MIB:>10,.0f}{row['seconds']:>8.0f}"
+            f"{same:>10}"
+        )
     print(f"total {result['total_s']:.0f}s; JSON: {args.out}")
 
 

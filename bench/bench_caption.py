@@ -32,8 +32,8 @@ import open_clip
 import torch
 from torch import nn
 
-from models.decoding import CocaDecoder, DecodeOptions
-from models.registry import register_configs
+from xmodal.models.decoding import CocaDecoder, DecodeOptions
+from xmodal.models.registry import register_configs
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "caption.json"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -127,7 +127,10 @@ def measure(decoder: CocaDecoder, args: argparse.Namespace, host: str, int8: Coc
         images = images.to(decoder.device)
         cached_s, cached_tokens = time_generate(decoder, images, options, use_cache=True, repeats=args.repeats)
         reference_s, reference_tokens = time_generate(decoder, images, options, use_cache=False, repeats=args.repeats)
-        timed = [("cached greedy", cached_s, cached_tokens, {}), ("reference greedy", reference_s, reference_tokens, {})]
+        timed = [
+            ("cached greedy", cached_s, cached_tokens, {}),
+            ("reference greedy", reference_s, reference_tokens, {}),
+        ]
         if int8 is not None:
             int8_s, int8_tokens = time_generate(int8, images, options, use_cache=True, repeats=args.repeats)
             moved = agreement(decoder, int8, images, cached_tokens, int8_tokens)

@@ -14,10 +14,8 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
-from models.encoders import Encoder
-from models.images import load_image
+from xmodal.models.encoders import Encoder
+from xmodal.models.images import load_image
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -44,15 +42,23 @@ def main() -> None:
     draft_images, draft_s = decode(size)
     cosine = (encoder.embed_images(full_images) * encoder.embed_images(draft_images)).sum(axis=1)
     result = {
-        "model": args.model, "input_size": size, "photos": len(paths), "source": str(args.photos),
-        "hardware": f"{platform.machine()}, 1 process", "full_ms_per_image": round(full_s * 1000, 2),
-        "draft_ms_per_image": round(draft_s * 1000, 2), "speedup": round(full_s / draft_s, 2),
-        "cosine_min": round(float(cosine.min()), 6), "cosine_mean": round(float(cosine.mean()), 6),
+        "model": args.model,
+        "input_size": size,
+        "photos": len(paths),
+        "source": str(args.photos),
+        "hardware": f"{platform.machine()}, 1 process",
+        "full_ms_per_image": round(full_s * 1000, 2),
+        "draft_ms_per_image": round(draft_s * 1000, 2),
+        "speedup": round(full_s / draft_s, 2),
+        "cosine_min": round(float(cosine.min()), 6),
+        "cosine_mean": round(float(cosine.mean()), 6),
     }
     print(f"JPEG decode, {len(paths)} photos from {args.photos} (+ a 3072x2304 camera JPEG), {args.model} at {size}px")
     print(f"{'decode':<24}{'ms/image':>10}{'cos min':>10}{'cos mean':>10}")
     print(f"{'full (baseline)':<24}{result['full_ms_per_image']:>10.2f}{1:>10.5f}{1:>10.5f}")
-    print(f"{'draft to 2x input':<24}{result['draft_ms_per_image']:>10.2f}{result['cosine_min']:>10.5f}{result['cosine_mean']:>10.5f}")
+    print(
+        f"{'draft to 2x input':<24}{result['draft_ms_per_image']:>10.2f}{result['cosine_min']:>10.5f}{result['cosine_mean']:>10.5f}"
+    )
     print(f"speedup {result['speedup']:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from indexer.build import BuildConfig, build_index, default_workers
-from indexer.sources import open_source
-from models.encoders import Encoder
-from models.images import ImageError, load_image
+from xmodal.indexer.build import BuildConfig, build_index, default_workers
+from xmodal.indexer.sources import open_source
+from xmodal.models.encoders import Encoder
+from xmodal.models.images import ImageError, load_image
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,15 +66,31 @@ def main() -> None:
         for path in paths:  # links, so both sides read exactly the same files
             (subset / path.name).symlink_to(path)
         baseline_s = sequential_baseline(encoder, paths, args.batch_size)
-        config = BuildConfig(subset, Path(tmp) / "index", model=args.model, batch_size=args.batch_size,
-                             workers=args.workers, progress=False)
+        config = BuildConfig(
+            subset,
+            Path(tmp) / "index",
+            model=args.model,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=False,
+        )
         report = build_index(config, encoder)
 
-    hardware = torch.cuda.get_device_name() if encoder.device.type == "cuda" else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    hardware = (
+        torch.cuda.get_device_name()
+        if encoder.device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     result = {
-        "data": str(args.data), "images": len(paths), "model": args.model, "batch_size": args.batch_size,
-        "input_size": list(encoder.loaded.preprocess_cfg["size"]), "device": str(encoder.device),
-        "hardware": hardware, "torch_threads": torch.get_num_threads(), "workers": args.workers,
+        "data": str(args.data),
+        "images": len(paths),
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "input_size": list(encoder.loaded.preprocess_cfg["size"]),
+        "device": str(encoder.device),
+        "hardware": hardware,
+        "torch_threads": torch.get_num_threads(),
+        "workers": args.workers,
         "baseline_images_per_s": round(len(paths) / baseline_s, 2),
         "xmodal_embed_images_per_s": round(report.images_per_s, 2),
         "xmodal_total_s": round(report.seconds, 2),
@@ -82,8 +98,10 @@ def main() -> None:
     }
     result["speedup_embed"] = round(result["xmodal_embed_images_per_s"] / result["baseline_images_per_s"], 2)
 
-    print(f"index build: {result['images']} images from {args.data}, {args.model}, batch {args.batch_size}, "
-          f"input {result['input_size']}, {result['device']} ({hardware}), {result['torch_threads']} torch threads")
+    print(
+        f"index build: {result['images']} images from {args.data}, {args.model}, batch {args.batch_size}, "
+        f"input {result['input_size']}, {result['device']} ({hardware}), {result['torch_threads']} torch threads"
+    )
     print(f"{'pipeline':<40}{'images/s':>10}")
     print(f"{'sequential loop (baseline)':<40}{result['baseline_images_per_s']:>10.1f}")
     print(f"{f'xmodal index, {args.workers} decode workers':<40}{result['xmodal_embed_images_per_s']:>10.1f}")

@@ -11,7 +11,7 @@ items table with the real columns (paths point at no files: item image routes an
 naming the model spec with its real weights fingerprint, so `xmodal serve --index DIR` serves it. The 300
 rows after the first 1M of the same mixture are kept as fresh in-distribution queries.
 
-Measurement: `python -m app.cli serve` from --app-root (default: this checkout) in a subprocess on
+Measurement: `python -m xmodal.app.cli serve` from --app-root (default: this checkout) in a subprocess on
 127.0.0.1; after a warm-up one sequential client (httpx, keep-alive) sends, per query and interleaved so
 that load swings hit every row alike: GET /healthz (the HTTP floor), POST /v1/embed/text (encoding
 alone), POST /v1/search/vector with that text's embedding (FAISS + result rows alone), /v1/search/vector
@@ -49,26 +49,25 @@ import faiss  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-
 from bench_batching import closed_loop  # noqa: E402 - the same load loop as the batching bench (repo root on sys.path)
 from bench_selection import _cpu_model, clustered_vectors  # noqa: E402 - same generator as the selection bench
-from indexer import store  # noqa: E402
-from indexer.manifest import Manifest, ModelInfo, VectorIndexInfo, package_version  # noqa: E402
-from indexer.reader import OpenIndex  # noqa: E402
-from indexer.selection import parse_bytes  # noqa: E402
+
 from tests.e2e.server import Server  # noqa: E402 - the e2e tests' server runner, given the checkout to serve
-from indexer.tuning import (  # noqa: E402
+from xmodal.indexer import store  # noqa: E402
+from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo, package_version  # noqa: E402
+from xmodal.indexer.reader import OpenIndex  # noqa: E402
+from xmodal.indexer.selection import parse_bytes  # noqa: E402
+from xmodal.indexer.tuning import (  # noqa: E402
     EF_SEARCH,
-    SearchParams,
     TIE_TOLERANCE,
     Searcher,
+    SearchParams,
     StoredRows,
     _probe_ladder,
     build_vector_index,
     exact_scores,
     exact_search,
     is_ivf,
-    read_flags,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -76,11 +75,22 @@ K = 10
 FRESH = 300  # in-distribution queries: the rows after the first n of the same mixture
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "brown", "orange", "purple", "grey"]
 THINGS = ["dog", "cat", "car", "bus", "train", "pizza", "child", "horse", "bicycle", "boat", "kite", "bird"]
-PLACES = ["on a beach", "in a kitchen", "on the street", "in a park", "near a mountain", "at night", "in the snow",
-          "on a table", "by the river", "in a field"]
+PLACES = [
+    "on a beach",
+    "in a kitchen",
+    "on the street",
+    "in a park",
+    "near a mountain",
+    "at night",
+    "in the snow",
+    "on a table",
+    "by the river",
+    "in a field",
+]
 
 
 # ---------------------------------------------------------------- the index
+
 
 def cache_folder(cache_dir: Path, n: int, key: str | None, budget: str | None) -> Path:
     name = "latency-" + ("1m" if n == 1_000_000 else str(n))
@@ -88,10 +98,11 @@ def cache_folder(cache_dir: Path, n: int, key: str | None, budget: str | None) -
     return cache_dir / (name + ("-" + re.sub(r"[^A-Za-z0-9._]+", "_", extra) if extra else ""))
 
 
-def build_or_reuse(folder: Path, n: int, dim: int, spec: str, key: str | None, budget: str | None,
-                   recall: float, rebuild: bool) -> dict:
+def build_or_reuse(
+    folder: Path, n: int, dim: int, spec: str, key: str | None, budget: str | None, recall: float, rebuild: bool
+) -> dict:
     """The cached index's build record (bench.json); builds it first when missing, stale or --rebuild."""
-    from models.loading import load_model
+    from xmodal.models.loading import load_model
 
     wanted = {"n": n, "dim": dim, "model": spec, "key": key, "budget": budget, "recall": recall, "data_seed": 0}
     record_path = folder / "bench.json"
@@ -106,8 +117,12 @@ def build_or_reuse(folder: Path, n: int, dim: int, spec: str, key: str | None, b
             manifest = store.read_manifest(store.resolve_version(folder))
         except (store.IndexNotFound, OSError, ValueError):
             manifest = None
-        if ({k: record.get(k) for k in wanted} == wanted and manifest is not None
-                and manifest.model.fingerprint == fingerprint and (folder / "fresh-queries.npy").is_file()):
+        if (
+            {k: record.get(k) for k in wanted} == wanted
+            and manifest is not None
+            and manifest.model.fingerprint == fingerprint
+            and (folder / "fresh-queries.npy").is_file()
+        ):
             print(f"reusing {folder} ({manifest.images.index_key} {manifest.images.search_params})", flush=True)
             return record
         print(f"{folder} is stale (other settings or weights); rebuilding", flush=True)
@@ -122,7 +137,9 @@ def build_or_reuse(folder: Path, n: int, dim: int, spec: str, key: str | None, b
     print(f"{n:,} x {dim} vectors in {generated_s:.0f}s; building the index (HNSW32 at 1M: ~25 min here)", flush=True)
     budget_bytes = parse_bytes(budget) if budget else None
     built = build_vector_index(vectors, budget_bytes, recall, key=key)
-    print(f"built {built.key} {built.search_params} recall@10 {built.measured_recall_at_10} {built.seconds}", flush=True)
+    print(
+        f"built {built.key} {built.search_params} recall@10 {built.measured_recall_at_10} {built.seconds}", flush=True
+    )
     writer = store.VersionWriter(folder)
     try:
         shards = writer.write_vectors("images", vectors, built.index)
@@ -132,22 +149,34 @@ def build_or_reuse(folder: Path, n: int, dim: int, spec: str, key: str | None, b
             model=ModelInfo(spec=spec, fingerprint=fingerprint, embed_dim=dim),
             source=str(folder / "no-images"),  # no image files: item image routes answer 404
             source_kind="folder",
-            images=VectorIndexInfo(file="images.faiss", embeddings=shards, count=n, index_bytes=size,
-                                   **built.manifest_fields()),
+            images=VectorIndexInfo(
+                file="images.faiss", embeddings=shards, count=n, index_bytes=size, **built.manifest_fields()
+            ),
         )
         writer.write_table("items", synthetic_items(n, manifest.source))
-        writer.write_table("skipped", pa.table({"path": pa.array([], pa.string()), "reason": pa.array([], pa.string())}))
+        writer.write_table(
+            "skipped", pa.table({"path": pa.array([], pa.string()), "reason": pa.array([], pa.string())})
+        )
         manifest.timings_s = {"generate": round(generated_s, 3), "total": round(time.perf_counter() - started, 3)}
         version = writer.publish(manifest, keep=1)
     except BaseException:
         writer.abort()
         raise
     np.save(folder / "fresh-queries.npy", fresh.astype(np.float16))
-    record = {**wanted, "version": version.name, "index_key": built.key, "search_params": built.search_params,
-              "measured_recall_at_10": built.measured_recall_at_10, "measured_query_ms": built.measured_query_ms,
-              "build_seconds": built.seconds, "total_build_s": round(time.perf_counter() - started, 1),
-              "rejected": list(built.rejected), "tried": [list(t) for t in built.tried], "index_bytes": size,
-              "built_on": f"{_cpu_model()}, {os.cpu_count()} cores, load {_load()}"}
+    record = {
+        **wanted,
+        "version": version.name,
+        "index_key": built.key,
+        "search_params": built.search_params,
+        "measured_recall_at_10": built.measured_recall_at_10,
+        "measured_query_ms": built.measured_query_ms,
+        "build_seconds": built.seconds,
+        "total_build_s": round(time.perf_counter() - started, 1),
+        "rejected": list(built.rejected),
+        "tried": [list(t) for t in built.tried],
+        "index_bytes": size,
+        "built_on": f"{_cpu_model()}, {os.cpu_count()} cores, load {_load()}",
+    }
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -156,22 +185,25 @@ def synthetic_items(n: int, source: str) -> pa.Table:
     """The columns indexer.build writes for items (no source metadata columns)."""
     paths = [f"synthetic/{i:07d}.jpg" for i in range(n)]
     no_lists = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
-    return pa.table({
-        "id": pa.array(np.arange(n, dtype=np.int64)),
-        "path": pa.array(paths, pa.string()),
-        "location": pa.array([f"{source}/{p}" for p in paths], pa.string()),
-        "width": pa.array(np.full(n, 224, np.int32)),
-        "height": pa.array(np.full(n, 224, np.int32)),
-        "sha256": pa.array([hashlib.sha256(p.encode()).hexdigest() for p in paths], pa.string()),
-        "captions": no_lists,
-        "duplicates": no_lists,
-        "generated_caption": pa.nulls(n, pa.string()),
-    })
+    return pa.table(
+        {
+            "id": pa.array(np.arange(n, dtype=np.int64)),
+            "path": pa.array(paths, pa.string()),
+            "location": pa.array([f"{source}/{p}" for p in paths], pa.string()),
+            "width": pa.array(np.full(n, 224, np.int32)),
+            "height": pa.array(np.full(n, 224, np.int32)),
+            "sha256": pa.array([hashlib.sha256(p.encode()).hexdigest() for p in paths], pa.string()),
+            "captions": no_lists,
+            "duplicates": no_lists,
+            "generated_caption": pa.nulls(n, pa.string()),
+        }
+    )
 
 
 # ---------------------------------------------------------------- the server
 
 # ---------------------------------------------------------------- measuring
+
 
 class Row:
     """One endpoint's client-side latencies, server took_ms, and what it returned per query."""
@@ -206,8 +238,12 @@ class Row:
             out["max_ms"] = round(float(ms.max()), 2)
         if self.server_ms:
             server = np.array(self.server_ms)
-            out.update({"server_p50_ms": round(float(np.percentile(server, 50)), 2),
-                        "server_p99_ms": round(float(np.percentile(server, 99)), 2)})
+            out.update(
+                {
+                    "server_p50_ms": round(float(np.percentile(server, 50)), 2),
+                    "server_p99_ms": round(float(np.percentile(server, 99)), 2),
+                }
+            )
         return out
 
 
@@ -225,8 +261,10 @@ def query_texts(count: int, seed: int = 0) -> list[str]:
 
 
 def sequential_text(url: str, texts: list[str], warm_texts: list[str], fresh: np.ndarray) -> dict[str, Row]:
-    rows = {name: Row(name) for name in ("healthz", "embed_text", "search_vector_text", "search_vector_fresh",
-                                         "search_text")}
+    rows = {
+        name: Row(name)
+        for name in ("healthz", "embed_text", "search_vector_text", "search_vector_fresh", "search_text")
+    }
     with httpx.Client(base_url=url, timeout=60) as client:
         for i, text in enumerate(warm_texts):  # warm-up: not recorded
             client.get("/healthz")
@@ -237,10 +275,12 @@ def sequential_text(url: str, texts: list[str], warm_texts: list[str], fresh: np
             rows["healthz"].call(client, "GET", "/healthz")
             body = rows["embed_text"].call(client, "POST", "/v1/embed/text", json={"text": text})
             if body is not None:
-                rows["search_vector_text"].call(client, "POST", "/v1/search/vector",
-                                                json={"vector": body["embeddings"][0], "k": K})
-            rows["search_vector_fresh"].call(client, "POST", "/v1/search/vector",
-                                             json={"vector": fresh[i % len(fresh)].tolist(), "k": K})
+                rows["search_vector_text"].call(
+                    client, "POST", "/v1/search/vector", json={"vector": body["embeddings"][0], "k": K}
+                )
+            rows["search_vector_fresh"].call(
+                client, "POST", "/v1/search/vector", json={"vector": fresh[i % len(fresh)].tolist(), "k": K}
+            )
             rows["search_text"].call(client, "POST", "/v1/search/text", json={"text": text, "k": K})
     return rows
 
@@ -253,8 +293,9 @@ def sequential_images(url: str, images: list[tuple[str, bytes]], count: int, war
         for i in range(count):
             name, data = images[i % len(images)]
             rows["embed_image"].call(client, "POST", "/v1/embed/image", files={"file": (name, data, "image/jpeg")})
-            rows["search_image"].call(client, "POST", "/v1/search/image", files={"file": (name, data, "image/jpeg")},
-                                      data={"k": str(K)})
+            rows["search_image"].call(
+                client, "POST", "/v1/search/image", files={"file": (name, data, "image/jpeg")}, data={"k": str(K)}
+            )
     return rows
 
 
@@ -269,6 +310,7 @@ async def image_qps(url: str, images: list[tuple[str, bytes]], clients: int, sec
 
 
 # ---------------------------------------------------------------- recall and the in-process split
+
 
 class Truth:
     """Exact top-10 scores of `queries` over the stored float16 shards (memory-mapped, one shard at a time)."""
@@ -290,14 +332,18 @@ class Truth:
             row[: len(found)] = found
         hits = exact_scores(self.rows, self.queries, ids) >= self.kth[:, None] - TIE_TOLERANCE
         per_query = hits.sum(axis=1) / K
-        return {"recall_at_10": round(float(per_query.mean()), 4), "min_query_recall": round(float(per_query.min()), 2),
-                "queries": len(self.queries), "true_1st_score_median": round(float(np.median(self.first)), 4),
-                "true_10th_score_median": round(float(np.median(self.kth)), 4)}
+        return {
+            "recall_at_10": round(float(per_query.mean()), 4),
+            "min_query_recall": round(float(per_query.min()), 2),
+            "queries": len(self.queries),
+            "true_1st_score_median": round(float(np.median(self.first)), 4),
+            "true_10th_score_median": round(float(np.median(self.kth)), 4),
+        }
 
 
 def encode_in_process(spec: str, texts: list[str], warm_texts: list[str]) -> dict:
     """encode_texts of one text at a time in this process (no server, no HTTP): the model's own cost."""
-    from models.encoders import Encoder
+    from xmodal.models.encoders import Encoder
 
     encoder = Encoder.from_spec(spec, "cpu")
     for text in warm_texts:
@@ -370,6 +416,7 @@ def _percentiles(ms: list[float]) -> dict:
 
 # ---------------------------------------------------------------- main
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -388,10 +435,19 @@ def main() -> None:
     parser.add_argument("--qps-seconds", type=float, default=15)
     parser.add_argument("--images", type=int, default=20, help="the smallest JPEGs of --photos, used in turn")
     parser.add_argument("--photos", type=Path, default=HERE.parent.parent / "shared/data/coco-mini/images")
-    parser.add_argument("--app-root", type=Path, default=HERE.parent,
-                        help="the checkout whose app/ serves (e.g. a clean `git archive HEAD` export)")
-    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra XMODAL_* settings for the server (repeatable)")
+    parser.add_argument(
+        "--app-root",
+        type=Path,
+        default=HERE.parent,
+        help="the checkout whose app/ serves (e.g. a clean `git archive HEAD` export)",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra XMODAL_* settings for the server (repeatable)",
+    )
     parser.add_argument("--target-p99-ms", type=float, default=25.0)
     parser.add_argument("--sweep-timed", type=int, default=100, help="text queries timed per in-process FAISS setting")
     parser.add_argument("--sweep-max-ms", type=float, default=150, help="stop the sweep past this p50 per query")
@@ -408,12 +464,18 @@ def main() -> None:
     manifest = store.read_manifest(version)
     fresh = np.load(folder / "fresh-queries.npy").astype(np.float32)
     texts = query_texts(args.queries + args.warmup)
-    warm_texts, texts = texts[args.queries:], texts[: args.queries]
-    photos = sorted((p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")), key=lambda p: p.stat().st_size)
+    warm_texts, texts = texts[args.queries :], texts[: args.queries]
+    photos = sorted(
+        (p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")), key=lambda p: p.stat().st_size
+    )
     images = [(p.name, p.read_bytes()) for p in photos[: args.images]]
     # One client sends back to back: the default per-client rate limit (50/s) would answer 429.
-    server_env = {"XMODAL_LOG_LEVEL": "warning", "XMODAL_OFFLINE": "1", "XMODAL_RATE_LIMIT_RPS": "0",
-                  **dict(item.split("=", 1) for item in args.server_env)}
+    server_env = {
+        "XMODAL_LOG_LEVEL": "warning",
+        "XMODAL_OFFLINE": "1",
+        "XMODAL_RATE_LIMIT_RPS": "0",
+        **dict(item.split("=", 1) for item in args.server_env),
+    }
 
     log_path = args.out.with_name(args.out.stem + "-server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,8 +503,12 @@ def main() -> None:
         "image": Truth(version, shards, np.array(rows["embed_image"].vectors, np.float32)),
         "fresh": Truth(version, shards, fresh[[i % len(fresh) for i in range(len(rows["search_vector_fresh"].ids))]]),
     }
-    truth_of = {"search_text": "text", "search_vector_text": "text", "search_vector_fresh": "fresh",
-                "search_image": "image"}
+    truth_of = {
+        "search_text": "text",
+        "search_vector_text": "text",
+        "search_vector_fresh": "fresh",
+        "search_image": "image",
+    }
     summary = {name: row.summary() for name, row in rows.items()}
     for name, truth in truth_of.items():
         summary[name].update(truths[truth].recall(rows[name].ids))
@@ -465,20 +531,36 @@ def main() -> None:
         "met": bool(e2e.get("p99_ms", 1e9) <= args.target_p99_ms and e2e.get("recall_at_10", 0) >= 0.95),
         "model": f"{args.model} (open_clip architecture, seeded random weights; CPU fp32)",
         "fingerprint": manifest.model.fingerprint,
-        "index": {"n": manifest.images.count, "dim": manifest.model.embed_dim, "key": manifest.images.index_key,
-                  "search_params": manifest.images.search_params,
-                  "build_recall_at_10": manifest.images.measured_recall_at_10,
-                  "build_query_ms": manifest.images.measured_query_ms, "bytes": manifest.images.index_bytes,
-                  "folder": str(folder), "version": version.name, "served": served_index, "build": record},
+        "index": {
+            "n": manifest.images.count,
+            "dim": manifest.model.embed_dim,
+            "key": manifest.images.index_key,
+            "search_params": manifest.images.search_params,
+            "build_recall_at_10": manifest.images.measured_recall_at_10,
+            "build_query_ms": manifest.images.measured_query_ms,
+            "bytes": manifest.images.index_bytes,
+            "folder": str(folder),
+            "version": version.name,
+            "served": served_index,
+            "build": record,
+        },
         "data": "clustered synthetic 512-d unit vectors (bench_selection.clustered_vectors, seed 0, float16)",
-        "queries": {"text": f"{len(texts)} distinct 2-6 word texts, k={K}, after {len(warm_texts)} warm-up queries",
-                    "image": f"{args.image_queries} JPEGs, the {len(images)} smallest of {args.photos} in turn "
-                             f"({min(len(d) for _, d in images) // 1000}-{max(len(d) for _, d in images) // 1000} kB, "
-                             f"~640x480), multipart, k={K}",
-                    "fresh": f"rows n..n+{FRESH} of the same mixture (in-distribution, never indexed)"},
-        "server": {"app_root": str(args.app_root), "app_commit": _commit(args.app_root), "env": server_env,
-                   "ready_s": round(ready_s, 1), "log": str(log_path)},
-        "hardware": hardware, "faiss": faiss.__version__,
+        "queries": {
+            "text": f"{len(texts)} distinct 2-6 word texts, k={K}, after {len(warm_texts)} warm-up queries",
+            "image": f"{args.image_queries} JPEGs, the {len(images)} smallest of {args.photos} in turn "
+            f"({min(len(d) for _, d in images) // 1000}-{max(len(d) for _, d in images) // 1000} kB, "
+            f"~640x480), multipart, k={K}",
+            "fresh": f"rows n..n+{FRESH} of the same mixture (in-distribution, never indexed)",
+        },
+        "server": {
+            "app_root": str(args.app_root),
+            "app_commit": _commit(args.app_root),
+            "env": server_env,
+            "ready_s": round(ready_s, 1),
+            "log": str(log_path),
+        },
+        "hardware": hardware,
+        "faiss": faiss.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average": {"start": load_start, **phases, "end": _load()},
         "rows": summary,
@@ -506,20 +588,29 @@ LABELS = {
 
 def print_table(result: dict, args) -> None:
     index, load = result["index"], result["load_average"]
-    print(f"\n{result['model']}; {index['key']} {index['search_params']} over {index['n']:,} x {index['dim']} "
-          f"({result['data']}); k={K}")
-    print(f"{result['hardware']}; faiss {result['faiss']}, OMP_WAIT_POLICY={result['omp_wait_policy']}; "
-          f"load average (1 min) {load['start'][0]} at start, {load['text_load_after'][0]} after the text queries, "
-          f"{load['sweep_load_after'][0]} after the sweep")
-    print(f"{'one sequential client (HTTP, keep-alive); in process: no server':<46}{'n':>5}{'p50':>7}{'p90':>7}"
-          f"{'p99':>7}{'mean':>7}{'srv p50':>8}{'srv p99':>8}  recall@10")
+    print(
+        f"\n{result['model']}; {index['key']} {index['search_params']} over {index['n']:,} x {index['dim']} "
+        f"({result['data']}); k={K}"
+    )
+    print(
+        f"{result['hardware']}; faiss {result['faiss']}, OMP_WAIT_POLICY={result['omp_wait_policy']}; "
+        f"load average (1 min) {load['start'][0]} at start, {load['text_load_after'][0]} after the text queries, "
+        f"{load['sweep_load_after'][0]} after the sweep"
+    )
+    print(
+        f"{'one sequential client (HTTP, keep-alive); in process: no server':<46}{'n':>5}{'p50':>7}{'p90':>7}"
+        f"{'p99':>7}{'mean':>7}{'srv p50':>8}{'srv p99':>8}  recall@10"
+    )
 
     def line(label: str, row: dict, recall: str) -> None:
         def cell(key: str) -> str:
             value = row.get(key)
             return f"{value:>7.1f}" if value is not None else f"{'-':>7}"
-        print(f"{label:<46}{row['requests']:>5}{cell('p50_ms')}{cell('p90_ms')}{cell('p99_ms')}{cell('mean_ms')}"
-              f" {cell('server_p50_ms')} {cell('server_p99_ms')}  {recall}")
+
+        print(
+            f"{label:<46}{row['requests']:>5}{cell('p50_ms')}{cell('p90_ms')}{cell('p99_ms')}{cell('mean_ms')}"
+            f" {cell('server_p50_ms')} {cell('server_p99_ms')}  {recall}"
+        )
 
     for name, row in result["rows"].items():
         line(LABELS[name], row, f"{row['recall_at_10']:.3f}" if "recall_at_10" in row else "-")
@@ -527,16 +618,22 @@ def print_table(result: dict, args) -> None:
     line("in process: OpenIndex.item_rows, 10 ids", result["in_process"]["item_rows"], "-")
     for row in result["in_process"]["faiss_one_thread"]:
         label = f"in process: FAISS {row['params']}{' (served)' if row['served'] else ''}, 1 thr"
-        line(label, row, f"text {row['recall_text']:.3f} image {row['recall_image']:.3f} fresh {row['recall_fresh']:.3f}")
+        line(
+            label, row, f"text {row['recall_text']:.3f} image {row['recall_image']:.3f} fresh {row['recall_fresh']:.3f}"
+        )
     qps = result["image_search_qps"]
-    print(f"image search, {qps['clients']} concurrent clients, {qps['seconds']:.0f}s: {qps['qps']} QPS, "
-          f"p50 {qps['p50_ms']} ms, p99 {qps['p99_ms']} ms, errors {qps['errors']}; "
-          f"load average after {load['qps_load_after'][0]}")
+    print(
+        f"image search, {qps['clients']} concurrent clients, {qps['seconds']:.0f}s: {qps['qps']} QPS, "
+        f"p50 {qps['p50_ms']} ms, p99 {qps['p99_ms']} ms, errors {qps['errors']}; "
+        f"load average after {load['qps_load_after'][0]}"
+    )
     e2e = result["rows"]["search_text"]
-    print(f"goal p99 <= {args.target_p99_ms:g} ms at recall@10 >= 0.95: {'met' if result['met'] else 'NOT met'} "
-          f"(p99 {e2e.get('p99_ms')} ms, recall@10 {e2e.get('recall_at_10')}); "
-          f"text search = vector search for {result['search_text_equals_vector_search']:.0%} of queries; "
-          f"total {result['total_s']:.0f}s")
+    print(
+        f"goal p99 <= {args.target_p99_ms:g} ms at recall@10 >= 0.95: {'met' if result['met'] else 'NOT met'} "
+        f"(p99 {e2e.get('p99_ms')} ms, recall@10 {e2e.get('recall_at_10')}); "
+        f"text search = vector search for {result['search_text_equals_vector_search']:.0%} of queries; "
+        f"total {result['total_s']:.0f}s"
+    )
 
 
 def _pairwise_cosine(vectors: np.ndarray) -> float | None:
@@ -554,8 +651,9 @@ def _commit(root: Path) -> str | None:
     """HEAD of the checkout that served, with "+uncommitted app/" when its app/ differs (None: no git)."""
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "app"], capture_output=True,
-                               text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "app"], capture_output=True, text=True
+        )
     except OSError:
         return None
     if head.returncode != 0:

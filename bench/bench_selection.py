@@ -32,13 +32,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.selection import IndexChoice, choose_index_keys, estimate_bytes, format_bytes, ivf_lists
-from indexer.tuning import (
+from xmodal.indexer.selection import IndexChoice, choose_index_keys, estimate_bytes, format_bytes, ivf_lists
+from xmodal.indexer.tuning import (
     RecallBench,
     Searcher,
     StoredRows,
-    read_flags,
     held_out_count,
+    read_flags,
     single_query_ms,
     train_and_add,
     tune_search_params,
@@ -48,8 +48,16 @@ HERE = Path(__file__).resolve().parent
 KINDS = ("flat", "hnsw", "ivf_flat", "opq_ivf_pq", "ivf_pq")
 
 
-def clustered_vectors(n: int, dim: int, seed: int = 0, spread: float = 1.2, decay: float = 0.5, mean: float = 0.6,
-                      per_cluster: int = 100, chunk: int = 50_000) -> np.ndarray:
+def clustered_vectors(
+    n: int,
+    dim: int,
+    seed: int = 0,
+    spread: float = 1.2,
+    decay: float = 0.5,
+    mean: float = 0.6,
+    per_cluster: int = 100,
+    chunk: int = 50_000,
+) -> np.ndarray:
     """float16-rounded unit vectors from the mixture described above (returned as float32)."""
     rng = np.random.default_rng(seed)
     clusters = max(1, n // per_cluster)
@@ -86,7 +94,7 @@ def batch_latency_ms(searcher: Searcher, queries: np.ndarray, batch: int, repeat
     """Median ms per query of searching `batch` queries at once, all threads."""
     times = []
     for r in range(repeats):
-        chunk = queries[(r * batch) % len(queries):][:batch]
+        chunk = queries[(r * batch) % len(queries) :][:batch]
         started = time.perf_counter()
         searcher.search(chunk, 10)
         times.append((time.perf_counter() - started) / len(chunk))
@@ -111,8 +119,9 @@ def _rss() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def bench_kind(choice: IndexChoice, vectors: np.ndarray, fresh: np.ndarray, recall: float, hnsw_max_s: float,
-               folder: Path) -> dict:
+def bench_kind(
+    choice: IndexChoice, vectors: np.ndarray, fresh: np.ndarray, recall: float, hnsw_max_s: float, folder: Path
+) -> dict:
     n, dim = vectors.shape
     print(f"  {choice.key}: building ({choice.reason})", flush=True)
     indexed = n - held_out_count(n)  # the last rows: tuning queries, added after tuning (as build_vector_index)
@@ -146,13 +155,22 @@ def bench_kind(choice: IndexChoice, vectors: np.ndarray, fresh: np.ndarray, reca
     batch100 = batch_latency_ms(searcher, queries, 100, 3 if flat_like else 10)
     size, mapped_rss = file_size_and_mapped_rss(index, choice.key, folder)
     row = {
-        "kind": choice.kind, "key": choice.key, "n": index.ntotal, "stopped_early": stopped_early,
-        "build_s": round(build_s, 1), "train_s": seconds.get("train"), "add_s": seconds.get("add"),
-        "tune_s": round(tune_s, 1), "search_params": tuning.params,
-        "index_bytes": size, "estimated_bytes": estimate_bytes(choice.key, index.ntotal, dim),
+        "kind": choice.kind,
+        "key": choice.key,
+        "n": index.ntotal,
+        "stopped_early": stopped_early,
+        "build_s": round(build_s, 1),
+        "train_s": seconds.get("train"),
+        "add_s": seconds.get("add"),
+        "tune_s": round(tune_s, 1),
+        "search_params": tuning.params,
+        "index_bytes": size,
+        "estimated_bytes": estimate_bytes(choice.key, index.ntotal, dim),
         "mmap_rss_bytes": mapped_rss,
-        "recall_at_10_tuning": round(tuning.recall, 4), "recall_at_10_fresh": round(fresh_recall, 4),
-        "batch1_ms": round(batch1, 3), "batch100_ms_per_query": round(batch100, 3),
+        "recall_at_10_tuning": round(tuning.recall, 4),
+        "recall_at_10_fresh": round(fresh_recall, 4),
+        "batch1_ms": round(batch1, 3),
+        "batch100_ms_per_query": round(batch100, 3),
         "evaluations": len(tuning.tried),
     }
     print(f"    {json.dumps(row)}", flush=True)
@@ -174,7 +192,7 @@ def main() -> None:
 
     started = time.perf_counter()
     if args.from_index:
-        from indexer import store
+        from xmodal.indexer import store
 
         version = store.resolve_version(args.from_index)
         manifest = store.read_manifest(version)
@@ -182,7 +200,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         fresh_ids = rng.choice(len(stored), min(200, len(stored) // 5), replace=False)
         vectors, fresh = np.delete(stored, fresh_ids, axis=0), stored[fresh_ids]
-        data = f"stored image embeddings of {version} ({manifest.model.spec}); fresh queries = {len(fresh)} held-out rows"
+        data = (
+            f"stored image embeddings of {version} ({manifest.model.spec}); fresh queries = {len(fresh)} held-out rows"
+        )
     else:
         held = held_out_count(args.n + 1000)  # the tuning queries, so that the index holds exactly --n rows
         everything = clustered_vectors(args.n + held + 1000, args.dim)
@@ -200,19 +220,30 @@ def main() -> None:
 
     hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}"
     result = {
-        "data": data, "n": n - held_out_count(n), "held_out_tuning_queries": held_out_count(n), "dim": dim,
-        "recall_target": args.recall, "hardware": hardware,
-        "faiss": faiss.__version__, "omp_threads": faiss.omp_get_max_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "load_average_at_end": os.getloadavg(),
-        "total_s": round(time.perf_counter() - started, 1), "rows": rows,
+        "data": data,
+        "n": n - held_out_count(n),
+        "held_out_tuning_queries": held_out_count(n),
+        "dim": dim,
+        "recall_target": args.recall,
+        "hardware": hardware,
+        "faiss": faiss.__version__,
+        "omp_threads": faiss.omp_get_max_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+        "load_average_at_end": os.getloadavg(),
+        "total_s": round(time.perf_counter() - started, 1),
+        "rows": rows,
     }
-    header = (f"{'index':<26}{'n':>10}{'build s':>9}{'tune s':>8}{'bytes':>11}{'params':>22}{'R@10 tune':>10}"
-              f"{'R@10 fresh':>11}{'b1 ms':>8}{'b100 ms/q':>10}")
+    header = (
+        f"{'index':<26}{'n':>10}{'build s':>9}{'tune s':>8}{'bytes':>11}{'params':>22}{'R@10 tune':>10}"
+        f"{'R@10 fresh':>11}{'b1 ms':>8}{'b100 ms/q':>10}"
+    )
     print(f"\n{data}\n{hardware}, faiss {faiss.__version__}\n{header}")
     for row in rows:
-        print(f"{row['key']:<26}{row['n']:>10,}{row['build_s']:>9.0f}{row['tune_s']:>8.0f}"
-              f"{format_bytes(row['index_bytes']):>11}{row['search_params'] or '-':>22}{row['recall_at_10_tuning']:>10.3f}"
-              f"{row['recall_at_10_fresh']:>11.3f}{row['batch1_ms']:>8.2f}{row['batch100_ms_per_query']:>10.3f}")
+        print(
+            f"{row['key']:<26}{row['n']:>10,}{row['build_s']:>9.0f}{row['tune_s']:>8.0f}"
+            f"{format_bytes(row['index_bytes']):>11}{row['search_params'] or '-':>22}{row['recall_at_10_tuning']:>10.3f}"
+            f"{row['recall_at_10_fresh']:>11.3f}{row['batch1_ms']:>8.2f}{row['batch100_ms_per_query']:>10.3f}"
+        )
     print(f"total {result['total_s']:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

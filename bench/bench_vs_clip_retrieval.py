@@ -131,8 +131,19 @@ def timed(commands: list[list[str]], env: dict, log: Path, timeout: float) -> li
 
 
 def run_xmodal(data: Path, out: Path, args, env: dict) -> tuple[list[float], dict]:
-    command = [str(Path(sys.executable).parent / "xmodal"), "index", str(data), "--out", str(out),
-               "--model", f"{args.arch}:{args.tag}", "--batch-size", str(args.batch_size), "--no-progress", "--json"]
+    command = [
+        str(Path(sys.executable).parent / "xmodal"),
+        "index",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        f"{args.arch}:{args.tag}",
+        "--batch-size",
+        str(args.batch_size),
+        "--no-progress",
+        "--json",
+    ]
     if args.xmodal_workers is not None:
         command += ["--workers", str(args.xmodal_workers)]
     if args.int8_images:
@@ -151,16 +162,37 @@ def run_xmodal(data: Path, out: Path, args, env: dict) -> tuple[list[float], dic
         report = json.loads(text[text.index("\n{") : text.rindex("}") + 1])
     except ValueError:
         report = {}
-    return seconds, {"names": names, "emb": emb, "stored": len(emb), "indexed": indexed,
-                     "own_report": {key: report.get(key) for key in ("seconds", "embed_seconds", "images_per_s")}}
+    return seconds, {
+        "names": names,
+        "emb": emb,
+        "stored": len(emb),
+        "indexed": indexed,
+        "own_report": {key: report.get(key) for key in ("seconds", "embed_seconds", "images_per_s")},
+    }
 
 
 def run_clip_retrieval(data: Path, out: Path, args, env: dict, hub_cache: Path) -> tuple[list[float], dict]:
     cli = str(args.venv / "bin/clip-retrieval")
-    inference = [cli, "inference", "--input_dataset", str(data), "--output_folder", str(out),
-                 "--clip_model", f"open_clip:{args.arch}/{args.tag}", "--clip_cache_path", str(hub_cache),
-                 "--enable_text", "False", "--use_jit", "False", "--num_prepro_workers", str(args.prepro_workers),
-                 "--batch_size", str(args.batch_size)]
+    inference = [
+        cli,
+        "inference",
+        "--input_dataset",
+        str(data),
+        "--output_folder",
+        str(out),
+        "--clip_model",
+        f"open_clip:{args.arch}/{args.tag}",
+        "--clip_cache_path",
+        str(hub_cache),
+        "--enable_text",
+        "False",
+        "--use_jit",
+        "False",
+        "--num_prepro_workers",
+        str(args.prepro_workers),
+        "--batch_size",
+        str(args.batch_size),
+    ]
     index = [cli, "index", "--embeddings_folder", str(out), "--index_folder", str(out / "index")]
     log = out.parent / "clip-retrieval.log"
     seconds = timed([inference, index], env, log, args.timeout)
@@ -172,8 +204,13 @@ def run_clip_retrieval(data: Path, out: Path, args, env: dict, hub_cache: Path) 
 
     indexed = faiss.read_index(str(out / "index" / "image.index")).ntotal
     warmup = re.findall(r"done warming up in ([0-9.]+)s", log.read_text())  # its own log line
-    return seconds, {"names": names, "emb": emb, "stored": len(emb), "indexed": indexed,
-                     "warmup_s": round(float(warmup[-1]), 2) if warmup else None}
+    return seconds, {
+        "names": names,
+        "emb": emb,
+        "stored": len(emb),
+        "indexed": indexed,
+        "warmup_s": round(float(warmup[-1]), 2) if warmup else None,
+    }
 
 
 def _read_parquet(path: Path) -> dict:
@@ -193,13 +230,17 @@ def agreement(x: dict, c: dict) -> dict:
     same = (a * b).sum(axis=1)
     other = (a * np.roll(b, 1, axis=0)).sum(axis=1)  # each file against another file's vector
     top1 = float((np.argmax(a @ b.T, axis=1) == np.arange(len(a))).mean())
-    return {"files": len(common), "cosine_same_file_mean": round(float(same.mean()), 6),
-            "cosine_same_file_min": round(float(same.min()), 6),
-            "cosine_other_file_mean": round(float(other.mean()), 6), "same_file_is_nearest": round(top1, 4)}
+    return {
+        "files": len(common),
+        "cosine_same_file_mean": round(float(same.mean()), 6),
+        "cosine_same_file_min": round(float(same.min()), 6),
+        "cosine_other_file_mean": round(float(other.mean()), 6),
+        "same_file_is_nearest": round(top1, 4),
+    }
 
 
 def image_count(data: Path) -> int:
-    from indexer.sources import open_source
+    from xmodal.indexer.sources import open_source
 
     return len(open_source(data).records)
 
@@ -215,21 +256,35 @@ def parse_repeats(text: str, datasets: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, nargs="+",
-                        default=[DATA / "coco-mini/images", DATA / "flickr8k-1k/images"],
-                        help="image folders (default: coco-mini, flickr8k-1k from shared/data)")
-    parser.add_argument("--repeats", default="1",
-                        help="runs per tool, alternating which goes first: one count or one per dataset, e.g. 2,1")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[DATA / "coco-mini/images", DATA / "flickr8k-1k/images"],
+        help="image folders (default: coco-mini, flickr8k-1k from shared/data)",
+    )
+    parser.add_argument(
+        "--repeats",
+        default="1",
+        help="runs per tool, alternating which goes first: one count or one per dataset, e.g. 2,1",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="both tools (clip-retrieval also warms up with it)")
     parser.add_argument("--prepro-workers", type=int, default=2, help="clip-retrieval --num_prepro_workers")
     parser.add_argument("--xmodal-workers", type=int, default=None, help="xmodal --workers (default: its own, cores-1)")
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--tag", default="laion2b_s34b_b79k", help="open_clip pretrained tag both tools resolve")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights written to the HF cache")
-    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV,
-                        help="clip-retrieval's virtualenv, created on first use (env XMODAL_BENCH_CR_VENV)")
-    parser.add_argument("--int8-images", action="store_true",
-                        help="xmodal index --int8-images: xmodal's image tower with int8 weight copies")
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=DEFAULT_VENV,
+        help="clip-retrieval's virtualenv, created on first use (env XMODAL_BENCH_CR_VENV)",
+    )
+    parser.add_argument(
+        "--int8-images",
+        action="store_true",
+        help="xmodal index --int8-images: xmodal's image tower with int8 weight copies",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one command")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "vs_clip_retrieval.json")
     args = parser.parse_args()
@@ -239,16 +294,24 @@ def main() -> None:
     xmodal_facts = venv_facts(Path(sys.executable), args.arch, args.tag)
     cr_facts = venv_facts(args.venv / "bin/python", args.arch, args.tag)
     if not xmodal_facts["hf_hub"] or xmodal_facts["hf_hub"] != cr_facts["hf_hub"]:
-        raise SystemExit(f"the tag resolves differently: xmodal {xmodal_facts['hf_hub']!r}, "
-                         f"clip-retrieval {cr_facts['hf_hub']!r} (need the same hub repo)")
+        raise SystemExit(
+            f"the tag resolves differently: xmodal {xmodal_facts['hf_hub']!r}, "
+            f"clip-retrieval {cr_facts['hf_hub']!r} (need the same hub repo)"
+        )
 
     rows, runs, checks = [], [], []
     with tempfile.TemporaryDirectory(prefix="xmodal-vs-cr-") as tmp:
         tmp = Path(tmp)
         hub_cache = tmp / "hf" / "hub"
         weights = write_weights(hub_cache, args.arch, xmodal_facts["hf_hub"], args.seed)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp / "hf"),
-               "HF_HUB_CACHE": str(hub_cache), "WANDB_MODE": "disabled"}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HOME": str(tmp / "hf"),
+            "HF_HUB_CACHE": str(hub_cache),
+            "WANDB_MODE": "disabled",
+        }
         print(f"weights: {weights.relative_to(tmp)} (random, seed {args.seed})", flush=True)
 
         for data, count in zip(args.data, repeats):
@@ -267,16 +330,28 @@ def main() -> None:
                         parts.append({"xmodal_own_report": outputs[tool]["own_report"]})
                     else:
                         took, outputs[tool] = run_clip_retrieval(data, work / "out", args, env, hub_cache)
-                        parts.append({"inference_s": round(took[0], 2), "of_which_warmup_s": outputs[tool]["warmup_s"],
-                                      "index_s": round(took[1], 2)})
+                        parts.append(
+                            {
+                                "inference_s": round(took[0], 2),
+                                "of_which_warmup_s": outputs[tool]["warmup_s"],
+                                "index_s": round(took[1], 2),
+                            }
+                        )
                     seconds[tool].append(sum(took))
-                    runs.append({"data": str(data), "repeat": repeat, "tool": tool,
-                                 "seconds": [round(s, 2) for s in took]})
+                    runs.append(
+                        {"data": str(data), "repeat": repeat, "tool": tool, "seconds": [round(s, 2) for s in took]}
+                    )
                     print(f"  {sum(took):.1f}s", flush=True)
                 x, c = outputs["xmodal"], outputs["clip-retrieval"]
-                check = {"data": str(data), "repeat": repeat, "images": images, "xmodal_vectors": x["stored"],
-                         "xmodal_index_ntotal": x["indexed"],
-                         "clip_retrieval_vectors": c["stored"], "clip_retrieval_index_ntotal": c["indexed"]}
+                check = {
+                    "data": str(data),
+                    "repeat": repeat,
+                    "images": images,
+                    "xmodal_vectors": x["stored"],
+                    "xmodal_index_ntotal": x["indexed"],
+                    "clip_retrieval_vectors": c["stored"],
+                    "clip_retrieval_index_ntotal": c["indexed"],
+                }
                 check["counts_ok"] = x["stored"] == x["indexed"] == c["stored"] == c["indexed"] == images
                 check.update(agreement(x, c))
                 checks.append(check)
@@ -284,43 +359,68 @@ def main() -> None:
                     shutil.rmtree(path)
             median = {tool: statistics.median(values) for tool, values in seconds.items()}
             for tool in ("xmodal", "clip-retrieval"):
-                rows.append({"data": data.parent.name, "images": images, "tool": tool, "runs": len(seconds[tool]),
-                             "seconds_median": round(median[tool], 2),
-                             "seconds_all": [round(s, 2) for s in seconds[tool]],
-                             "images_per_s": round(images / median[tool], 2),
-                             "speedup_vs_clip_retrieval": round(median["clip-retrieval"] / median[tool], 2)})
+                rows.append(
+                    {
+                        "data": data.parent.name,
+                        "images": images,
+                        "tool": tool,
+                        "runs": len(seconds[tool]),
+                        "seconds_median": round(median[tool], 2),
+                        "seconds_all": [round(s, 2) for s in seconds[tool]],
+                        "images_per_s": round(images / median[tool], 2),
+                        "speedup_vs_clip_retrieval": round(median["clip-retrieval"] / median[tool], 2),
+                    }
+                )
             rows[-2]["parts"] = [part for part in parts if "xmodal_own_report" in part]
             rows[-1]["parts"] = [part for part in parts if "inference_s" in part]
 
     hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     result = {
-        "model": f"{args.arch}:{args.tag}", "weights": f"random, seed {args.seed}", "batch_size": args.batch_size,
-        "clip_retrieval_prepro_workers": args.prepro_workers, "xmodal_workers": args.xmodal_workers or "default",
+        "model": f"{args.arch}:{args.tag}",
+        "weights": f"random, seed {args.seed}",
+        "batch_size": args.batch_size,
+        "clip_retrieval_prepro_workers": args.prepro_workers,
+        "xmodal_workers": args.xmodal_workers or "default",
         "xmodal_image_weights": "int8" if args.int8_images else "fp32",
-        "hardware": hardware, "load_average_after": os.getloadavg(),
+        "hardware": hardware,
+        "load_average_after": os.getloadavg(),
         "thread_env": {var: os.environ.get(var) for var in THREAD_VARS},
-        "xmodal_env": xmodal_facts, "clip_retrieval_env": cr_facts, "results": rows, "runs": runs, "checks": checks,
+        "xmodal_env": xmodal_facts,
+        "clip_retrieval_env": cr_facts,
+        "results": rows,
+        "runs": runs,
+        "checks": checks,
     }
 
-    print(f"\nxmodal index vs clip-retrieval inference+index: {result['model']} ({result['weights']}), "
-          f"batch {args.batch_size}, CPU ({hardware}), torch threads {xmodal_facts['torch_threads']} / "
-          f"{cr_facts['torch_threads']}, clip-retrieval {args.prepro_workers} prepro workers, xmodal image weights "
-          f"{result['xmodal_image_weights']}")
-    print(f"{'dataset':<14}{'images':>7}  {'tool':<16}{'runs':>5}{'seconds':>10}{'images/s':>10}{'speedup':>9}  all runs (s)")
+    print(
+        f"\nxmodal index vs clip-retrieval inference+index: {result['model']} ({result['weights']}), "
+        f"batch {args.batch_size}, CPU ({hardware}), torch threads {xmodal_facts['torch_threads']} / "
+        f"{cr_facts['torch_threads']}, clip-retrieval {args.prepro_workers} prepro workers, xmodal image weights "
+        f"{result['xmodal_image_weights']}"
+    )
+    print(
+        f"{'dataset':<14}{'images':>7}  {'tool':<16}{'runs':>5}{'seconds':>10}{'images/s':>10}{'speedup':>9}  all runs (s)"
+    )
     for row in rows:
-        print(f"{row['data']:<14}{row['images']:>7}  {row['tool']:<16}{row['runs']:>5}{row['seconds_median']:>10.1f}"
-              f"{row['images_per_s']:>10.2f}{row['speedup_vs_clip_retrieval']:>8.2f}x  {row['seconds_all']}")
+        print(
+            f"{row['data']:<14}{row['images']:>7}  {row['tool']:<16}{row['runs']:>5}{row['seconds_median']:>10.1f}"
+            f"{row['images_per_s']:>10.2f}{row['speedup_vs_clip_retrieval']:>8.2f}x  {row['seconds_all']}"
+        )
     for row in rows:
         for part in row["parts"] if row["tool"] == "clip-retrieval" else []:
-            print(f"clip-retrieval on {row['data']}: inference {part['inference_s']}s (its warm-up at batch "
-                  f"{args.batch_size}: {part['of_which_warmup_s']}s), index {part['index_s']}s")
+            print(
+                f"clip-retrieval on {row['data']}: inference {part['inference_s']}s (its warm-up at batch "
+                f"{args.batch_size}: {part['of_which_warmup_s']}s), index {part['index_s']}s"
+            )
     for check in checks:
-        print(f"check {Path(check['data']).parent.name} run {check['repeat'] + 1}: vectors xmodal {check['xmodal_vectors']} "
-              f"(index {check['xmodal_index_ntotal']}), "
-              f"clip-retrieval {check['clip_retrieval_vectors']} (index {check['clip_retrieval_index_ntotal']}) "
-              f"of {check['images']} images: {'ok' if check['counts_ok'] else 'MISMATCH'}; cosine same file "
-              f"mean {check['cosine_same_file_mean']:.5f} min {check['cosine_same_file_min']:.5f} "
-              f"(other file {check['cosine_other_file_mean']:.5f}), same file nearest {check['same_file_is_nearest']:.0%}")
+        print(
+            f"check {Path(check['data']).parent.name} run {check['repeat'] + 1}: vectors xmodal {check['xmodal_vectors']} "
+            f"(index {check['xmodal_index_ntotal']}), "
+            f"clip-retrieval {check['clip_retrieval_vectors']} (index {check['clip_retrieval_index_ntotal']}) "
+            f"of {check['images']} images: {'ok' if check['counts_ok'] else 'MISMATCH'}; cosine same file "
+            f"mean {check['cosine_same_file_mean']:.5f} min {check['cosine_same_file_min']:.5f} "
+            f"(other file {check['cosine_other_file_mean']:.5f}), same file nearest {check['same_file_is_nearest']:.0%}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

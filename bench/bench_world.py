@@ -25,10 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.reports import world_table  # noqa: E402
-from models.evaluation import WorldEvalConfig, WorldEvaluation  # noqa: E402
-from models.training import train  # noqa: E402
-from models.training.recipes import WORLD_RECIPE, world_config  # noqa: E402
+from xmodal.app.reports import world_table  # noqa: E402
+from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation  # noqa: E402
+from xmodal.models.training import train  # noqa: E402
+from xmodal.models.training.recipes import WORLD_RECIPE, world_config  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "world.json"
 # The goals of the issue "Contrastive training, a generated world ...": trained from scratch in
@@ -44,8 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--eval-scenes", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a WORLD_RECIPE setting (a TrainConfig field), e.g. batch_size=128")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a WORLD_RECIPE setting (a TrainConfig field), e.g. batch_size=128",
+    )
     return parser.parse_args(argv)
 
 
@@ -87,7 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = evaluation.evaluate(model)
     eval_seconds = time.perf_counter() - started
 
-    curve = [h for h in result.history if h["step"] % max(1, len(result.history) // 20) == 0 or h["step"] == result.steps]
+    curve = [
+        h for h in result.history if h["step"] % max(1, len(result.history) // 20) == 0 or h["step"] == result.steps
+    ]
     summary = {
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -107,8 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
         "examples": report.examples,
     }
     print(world_table(report.metrics))
-    print(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.samples_per_second:.0f} samples/s); "
-          f"evaluated in {eval_seconds:.0f}s")
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f}s ({result.samples_per_second:.0f} samples/s); "
+        f"evaluated in {eval_seconds:.0f}s"
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.output}")

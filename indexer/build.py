@@ -22,18 +22,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from indexer import store
-from indexer.download import DownloadConfig, download_all, download_path
-from indexer.journal import Journal
-from indexer.manifest import Manifest, ModelInfo, SkipCounts, VectorIndexInfo, package_version
-from indexer.reader import OpenIndex
-from indexer.selection import DEFAULT_LATENCY_MS, split_budget
-from indexer.sources import Record, Source, captions_for, open_source, read_captions, read_record_bytes
-from indexer.tuning import StoredRows, build_vector_index
-from models.encoders import Encoder
-from models.generation import can_caption, generate_captions
-from models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, source_size
-from models.specs import DEFAULT_SPEC
+from xmodal.indexer import store
+from xmodal.indexer.download import DownloadConfig, download_all, download_path
+from xmodal.indexer.journal import Journal
+from xmodal.indexer.manifest import Manifest, ModelInfo, SkipCounts, VectorIndexInfo, package_version
+from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
+from xmodal.indexer.sources import Record, Source, captions_for, open_source, read_captions, read_record_bytes
+from xmodal.indexer.tuning import StoredRows, build_vector_index
+from xmodal.models.encoders import Encoder
+from xmodal.models.generation import can_caption, generate_captions
+from xmodal.models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, source_size
+from xmodal.models.specs import DEFAULT_SPEC
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,20 @@ class BuildReport:
 
     def summary(self) -> dict:
         return {
-            "version": str(self.version), "indexed": self.indexed, "embedded": self.embedded, "reused": self.reused,
-            "duplicates": self.duplicates, "skipped": len(self.skipped), "ignored": len(self.ignored),
-            "captions": self.texts, "resumed_batches": self.resumed_batches, "seconds": round(self.seconds, 3),
-            "embed_seconds": round(self.embed_seconds, 3), "images_per_s": round(self.images_per_s, 2),
-            "indexes": self.indexes, "skipped_files": self.skipped,
+            "version": str(self.version),
+            "indexed": self.indexed,
+            "embedded": self.embedded,
+            "reused": self.reused,
+            "duplicates": self.duplicates,
+            "skipped": len(self.skipped),
+            "ignored": len(self.ignored),
+            "captions": self.texts,
+            "resumed_batches": self.resumed_batches,
+            "seconds": round(self.seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
+            "images_per_s": round(self.images_per_s, 2),
+            "indexes": self.indexes,
+            "skipped_files": self.skipped,
         }
 
 
@@ -160,7 +169,9 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
         image_shards = writer.shard_writer("images", encoder.embed_dim)
         items, skipped, duplicates = _assemble(journal, image_shards)
         if not items:
-            raise BuildError(f"none of the {len(source.records)} images in {config.source} could be decoded; nothing to index")
+            raise BuildError(
+                f"none of the {len(source.records)} images in {config.source} could be decoded; nothing to index"
+            )
         records = {record.key: record for record in source.records}
         for item in items:
             record = records[item["path"]]
@@ -193,12 +204,30 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
         raise
     journal.remove()
     report = BuildReport(
-        version, len(items), skipped, source.ignored, len(text_rows), time.perf_counter() - started, embed_seconds,
-        embedded=counts["embedded"], reused=counts["reused"], duplicates=duplicates, resumed_batches=counts["resumed"],
-        indexes={name: _describe(info) for name, info in (("images", manifest.images), ("texts", manifest.texts)) if info},
+        version,
+        len(items),
+        skipped,
+        source.ignored,
+        len(text_rows),
+        time.perf_counter() - started,
+        embed_seconds,
+        embedded=counts["embedded"],
+        reused=counts["reused"],
+        duplicates=duplicates,
+        resumed_batches=counts["resumed"],
+        indexes={
+            name: _describe(info) for name, info in (("images", manifest.images), ("texts", manifest.texts)) if info
+        },
     )
-    log.info("indexed %d images (%d skipped, %d duplicates, %d captions) in %.1fs: %s",
-             report.indexed, len(skipped), duplicates, report.texts, report.seconds, version)
+    log.info(
+        "indexed %d images (%d skipped, %d duplicates, %d captions) in %.1fs: %s",
+        report.indexed,
+        len(skipped),
+        duplicates,
+        report.texts,
+        report.seconds,
+        version,
+    )
     return report
 
 
@@ -221,9 +250,15 @@ def _previous_version(config: BuildConfig, encoder: Encoder) -> OpenIndex | None
 def _signature(config: BuildConfig, source: Source, encoder: Encoder, previous: OpenIndex | None) -> dict:
     keys = hashlib.sha256("\n".join(r.key + "\t" + r.location for r in source.records).encode()).hexdigest()
     return {
-        "source": source.root, "records": len(source.records), "keys_sha256": keys,
-        "model": encoder.fingerprint, "batch_size": config.batch_size, "max_pixels": config.max_pixels,
-        "draft": config.draft, "caption": config.caption, "update_from": previous.version.name if previous else None,
+        "source": source.root,
+        "records": len(source.records),
+        "keys_sha256": keys,
+        "model": encoder.fingerprint,
+        "batch_size": config.batch_size,
+        "max_pixels": config.max_pixels,
+        "draft": config.draft,
+        "caption": config.caption,
+        "update_from": previous.version.name if previous else None,
         "image_weights": encoder.image_weights,
     }
 
@@ -238,22 +273,38 @@ def _embed_into_journal(config, source: Source, encoder: Encoder, previous: Open
 
     size = encoder.loaded.preprocess_cfg["size"]
     draft_size = (min(size) if isinstance(size, (tuple, list)) else size) if config.draft else None
-    dataset = _Records(records, local, failures, {k: v["sha256"] for k, v in previous_rows.items()},
-                       encoder.loaded.preprocess, config.max_pixels, draft_size)
+    dataset = _Records(
+        records,
+        local,
+        failures,
+        {k: v["sha256"] for k, v in previous_rows.items()},
+        encoder.loaded.preprocess,
+        config.max_pixels,
+        draft_size,
+    )
     batch_size = config.batch_size
     total_batches = -(-len(records) // batch_size)
     done = journal.finished_batches()
-    seen = {row["sha256"]: row["key"] for rows, _ in journal.read_batches() for row in rows if row["status"] in ("embedded", "reused")}
+    seen = {
+        row["sha256"]: row["key"]
+        for rows, _ in journal.read_batches()
+        for row in rows
+        if row["status"] in ("embedded", "reused")
+    }
     loader = DataLoader(
         dataset,
-        batch_sampler=[list(range(b * batch_size, min(len(records), (b + 1) * batch_size))) for b in range(done, total_batches)],
+        batch_sampler=[
+            list(range(b * batch_size, min(len(records), (b + 1) * batch_size))) for b in range(done, total_batches)
+        ],
         num_workers=config.workers,
         collate_fn=_as_list,
         prefetch_factor=4 if config.workers else None,
     )
     counts = Counter(resumed=done)
     initial = min(len(records), done * batch_size)
-    with tqdm(total=len(records), initial=initial, unit="img", desc="embedding images", disable=not config.progress) as bar:
+    with tqdm(
+        total=len(records), initial=initial, unit="img", desc="embedding images", disable=not config.progress
+    ) as bar:
         for number, batch in enumerate(loader, start=done):
             rows, vectors = _embed_batch(batch, encoder, previous_rows, seen, counts, config.caption)
             journal.write_batch(number, rows, vectors)
@@ -274,8 +325,9 @@ def _embed_batch(batch: list[dict], encoder: Encoder, previous_rows: dict, seen:
             row.update(status="duplicate", duplicate_of=seen[row["sha256"]])
         elif item["reused"]:
             old = previous_rows[item["key"]]
-            row.update(status="reused", width=old["width"], height=old["height"],
-                       vector=old["vectors"].take([old["row"]])[0])
+            row.update(
+                status="reused", width=old["width"], height=old["height"], vector=old["vectors"].take([old["row"]])[0]
+            )
             if caption and old["generated_caption"]:  # keep the caption generated last time
                 row["generated_caption"] = old["generated_caption"]
         else:
@@ -326,34 +378,46 @@ def _assemble(journal: Journal, shards: store.ShardWriter):
                 by_key[row["duplicate_of"]]["duplicates"].append(row["key"])
                 duplicates += 1
             else:
-                item = {"id": len(items), "path": row["key"], "width": row["width"], "height": row["height"],
-                        "sha256": row["sha256"], "duplicates": [],
-                        "generated_caption": row.get("generated_caption")}
+                item = {
+                    "id": len(items),
+                    "path": row["key"],
+                    "width": row["width"],
+                    "height": row["height"],
+                    "sha256": row["sha256"],
+                    "duplicates": [],
+                    "generated_caption": row.get("generated_caption"),
+                }
                 items.append(item)
                 by_key[row["key"]] = item
     return items, skipped, duplicates
 
 
-def _write_texts(writer: store.VersionWriter, encoder: Encoder, text_rows, config: BuildConfig,
-                 budget_bytes: int | None) -> VectorIndexInfo:
+def _write_texts(
+    writer: store.VersionWriter, encoder: Encoder, text_rows, config: BuildConfig, budget_bytes: int | None
+) -> VectorIndexInfo:
     texts = [text for _, text in text_rows]
     shards = writer.shard_writer("texts", encoder.embed_dim)
-    for start in tqdm(range(0, len(texts), TEXT_BATCH), desc="embedding captions", unit="batch", disable=not config.progress):
+    for start in tqdm(
+        range(0, len(texts), TEXT_BATCH), desc="embedding captions", unit="batch", disable=not config.progress
+    ):
         shards.add(encoder.encode_texts(texts[start : start + TEXT_BATCH]))  # stored (and indexed) as float16
     info = _index_vectors(writer, "texts", shards.close(), config, budget_bytes)
     writer.write_table(
         "texts",
-        pa.table({
-            "id": pa.array(range(len(texts)), pa.int64()),
-            "image_id": pa.array([image_id for image_id, _ in text_rows], pa.int64()),
-            "text": pa.array(texts, pa.string()),
-        }),
+        pa.table(
+            {
+                "id": pa.array(range(len(texts)), pa.int64()),
+                "image_id": pa.array([image_id for image_id, _ in text_rows], pa.int64()),
+                "text": pa.array(texts, pa.string()),
+            }
+        ),
     )
     return info
 
 
-def _index_vectors(writer: store.VersionWriter, name: str, shards: list[str], config: BuildConfig,
-                   budget_bytes: int | None) -> VectorIndexInfo:
+def _index_vectors(
+    writer: store.VersionWriter, name: str, shards: list[str], config: BuildConfig, budget_bytes: int | None
+) -> VectorIndexInfo:
     """The FAISS index over the float16 shards just written, chosen for the budget and tuned to the recall
     target (exact Flat for small sets: see indexer.selection). It is built from the shards memory-mapped,
     so it holds exactly the stored vectors (a rebuild from them, `xmodal reindex`, is identical) and no
@@ -361,8 +425,9 @@ def _index_vectors(writer: store.VersionWriter, name: str, shards: list[str], co
     rows = StoredRows(store.map_vectors(writer.tmp, shards), file_reads=True)
     built = build_vector_index(rows, budget_bytes, config.recall, latency_ms=config.latency_ms)
     size = writer.write_index(name, built.index)
-    return VectorIndexInfo(file=f"{name}.faiss", embeddings=shards, count=len(rows), index_bytes=size,
-                           **built.manifest_fields())
+    return VectorIndexInfo(
+        file=f"{name}.faiss", embeddings=shards, count=len(rows), index_bytes=size, **built.manifest_fields()
+    )
 
 
 def _describe(info: VectorIndexInfo) -> str:

@@ -39,7 +39,9 @@ def download_path(dest: Path, url: str) -> Path:
     return dest / hashlib.sha1(url.encode()).hexdigest()
 
 
-def download_all(urls: list[str], dest: Path, config: DownloadConfig = DownloadConfig(), progress: bool = True) -> dict[str, str]:
+def download_all(
+    urls: list[str], dest: Path, config: DownloadConfig = DownloadConfig(), progress: bool = True
+) -> dict[str, str]:
     """Fetch every URL not yet in `dest`; returns {url: reason} for the ones that failed."""
     dest.mkdir(parents=True, exist_ok=True)
     pending = [url for url in urls if not download_path(dest, url).exists()]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer import store
-from models import metrics
+from xmodal.indexer import store
+from xmodal.models import metrics
 
 DEFAULT_KS = (1, 5, 10)
 CHUNK = 1024  # queries scored at once, to bound memory on large indexes
@@ -58,6 +58,8 @@ def recall_from_embeddings(
 
 
 def _ranked(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    return np.concatenate(
-        [metrics.top_k(queries[s : s + CHUNK] @ items.T, k) for s in range(0, len(queries), CHUNK)]
-    ) if len(queries) else np.zeros((0, min(k, len(items))), dtype=np.int64)
+    return (
+        np.concatenate([metrics.top_k(queries[s : s + CHUNK] @ items.T, k) for s in range(0, len(queries), CHUNK)])
+        if len(queries)
+        else np.zeros((0, min(k, len(items))), dtype=np.int64)
+    )

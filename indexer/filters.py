@@ -31,7 +31,9 @@ def matching_ids(items: pa.Table, filters: dict) -> np.ndarray:
     mask = None
     for column, condition in filters.items():
         if column not in items.column_names or column in _NOT_FILTERABLE:
-            raise FilterError(f"cannot filter on {column!r}; filterable columns: {', '.join(filterable_columns(items))}")
+            raise FilterError(
+                f"cannot filter on {column!r}; filterable columns: {', '.join(filterable_columns(items))}"
+            )
         values = items.column(column)
         try:
             clause = _clause(values, condition, column)
@@ -48,7 +50,9 @@ def _clause(values, condition, column: str):
         return pc.equal(values, pa.scalar(condition, values.type) if condition is not None else None)
     unknown = set(condition) - {"in", *_RANGES}
     if unknown or not condition:
-        raise FilterError(f"filter on {column!r}: use a value, or an object with in, gt, gte, lt, lte (got {sorted(unknown)})")
+        raise FilterError(
+            f"filter on {column!r}: use a value, or an object with in, gt, gte, lt, lte (got {sorted(unknown)})"
+        )
     clauses = []
     if "in" in condition:
         if not isinstance(condition["in"], list):

@@ -30,7 +30,7 @@ class Journal:
         self.folder = folder
 
     @classmethod
-    def open(cls, out: Path, signature: dict) -> "Journal":
+    def open(cls, out: Path, signature: dict) -> Journal:
         """The journal for `signature`, continuing a matching one or replacing a stale one."""
         folder = Path(out) / JOURNAL
         signature_file = folder / "signature.json"
@@ -65,7 +65,11 @@ class Journal:
         target = self.folder / _batch_name(number)
         tmp = target.with_name(target.name + ".tmp")
         with open(tmp, "wb") as handle:
-            np.savez(handle, rows=np.frombuffer(json.dumps(rows).encode(), dtype=np.uint8), vectors=vectors.astype(np.float16))
+            np.savez(
+                handle,
+                rows=np.frombuffer(json.dumps(rows).encode(), dtype=np.uint8),
+                vectors=vectors.astype(np.float16),
+            )
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)

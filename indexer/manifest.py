@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
@@ -33,8 +33,11 @@ class VectorIndexInfo(BaseModel):
     index_key: str = Field(description="faiss.index_factory description")
     search_params: str = Field("", description="e.g. nprobe=16, efSearch=48, nprobe=64,rerank=4 (indexer.tuning)")
     measured_recall_at_10: float | None = Field(
-        None, description="recall@10 against exact search at search_params, on held-out vectors; null for exact Flat")
-    measured_query_ms: float | None = Field(None, description="median ms of one query alone on one thread, at build time")
+        None, description="recall@10 against exact search at search_params, on held-out vectors; null for exact Flat"
+    )
+    measured_query_ms: float | None = Field(
+        None, description="median ms of one query alone on one thread, at build time"
+    )
     index_bytes: int | None = Field(None, description="size of the FAISS index file")
 
 
@@ -46,15 +49,18 @@ class SkipCounts(BaseModel):
 class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     xmodal_version: str
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model: ModelInfo
     metric: str = "ip"
     normalized: bool = True
     source: str = Field(description="absolute folder the item paths are relative to")
     source_kind: str = Field("folder", description="folder, list or webdataset")
     images: VectorIndexInfo
-    image_weights: str = Field("fp32", description="fp32, or int8: the image tower's blocks ran with int8 weight "
-                               "copies (`xmodal index --int8-images`)")
+    image_weights: str = Field(
+        "fp32",
+        description="fp32, or int8: the image tower's blocks ran with int8 weight "
+        "copies (`xmodal index --int8-images`)",
+    )
     texts: VectorIndexInfo | None = None
     skipped: SkipCounts = Field(default_factory=SkipCounts)
     ignored_files: int = Field(0, description="files under the source without an image suffix")

@@ -8,10 +8,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from indexer import store, tuning
-from indexer.filters import matching_ids
-from indexer.manifest import Manifest, VectorIndexInfo
-from indexer.sources import Record, read_record_bytes
+from xmodal.indexer import store, tuning
+from xmodal.indexer.filters import matching_ids
+from xmodal.indexer.manifest import Manifest, VectorIndexInfo
+from xmodal.indexer.sources import Record, read_record_bytes
 
 _PUBLIC = ("id", "path", "width", "height", "sha256", "captions", "duplicates")
 _PRIVATE = ["location", "generated_caption"]  # server-side paths; the generated caption is also in `captions`
@@ -100,6 +100,5 @@ def _search(searcher: tuning.Searcher, queries: np.ndarray, k: int, allowed: np.
         return [[] for _ in queries]
     scores, ids = searcher.search(queries, k, allowed)
     return [
-        [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
-        for row_ids, row_scores in zip(ids, scores)
+        [(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0] for row_ids, row_scores in zip(ids, scores)
     ]

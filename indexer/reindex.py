@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from indexer import store
-from indexer.manifest import Manifest, VectorIndexInfo, package_version
-from indexer.selection import DEFAULT_LATENCY_MS, split_budget
-from indexer.tuning import BuiltIndex, StoredRows, build_vector_index
+from xmodal.indexer import store
+from xmodal.indexer.manifest import Manifest, VectorIndexInfo, package_version
+from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
+from xmodal.indexer.tuning import BuiltIndex, StoredRows, build_vector_index
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,25 @@ def reindex(
             built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key)
             size = writer.write_index(name, built.index)
             report.built[name], report.index_bytes[name] = built, size
-            updates[name] = info.model_copy(update={**built.manifest_fields(), "file": f"{name}.faiss", "index_bytes": size})
+            updates[name] = info.model_copy(
+                update={**built.manifest_fields(), "file": f"{name}.faiss", "index_bytes": size}
+            )
             del vectors, built
         rebuilt = {info.file for info in infos.values()}
         for filename in store.version_files(source):
             if filename != store.MANIFEST and filename not in rebuilt:
                 writer.copy_file(source, filename)
         timings = {**manifest.timings_s, "reindex": round(time.perf_counter() - started, 3)}
-        new_manifest = Manifest.model_validate({
-            **manifest.model_dump(),
-            **{name: info.model_dump() for name, info in updates.items()},
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "xmodal_version": package_version(),
-            "timings_s": timings,
-            "reindexed_from": source.name,
-        })
+        new_manifest = Manifest.model_validate(
+            {
+                **manifest.model_dump(),
+                **{name: info.model_dump() for name, info in updates.items()},
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "xmodal_version": package_version(),
+                "timings_s": timings,
+                "reindexed_from": source.name,
+            }
+        )
         report.version = writer.publish(new_manifest, keep=keep)
     except BaseException:
         writer.abort()

@@ -75,7 +75,8 @@ class NoIndexFits(ValueError):
         self.n, self.dim, self.budget_bytes, self.smallest = n, dim, budget_bytes, smallest
         need = (
             f"the smallest, {smallest.key}, needs about {format_bytes(smallest.memory_bytes)}"
-            if smallest else "no compressed index applies to so few vectors (needs exact Flat)"
+            if smallest
+            else "no compressed index applies to so few vectors (needs exact Flat)"
         )
         super().__init__(f"no index for {n:,} vectors of dimension {dim} fits in {format_bytes(budget_bytes)}: {need}")
 
@@ -127,8 +128,16 @@ def choose_index_keys(
         ranked += [_hnsw(n, dim), _ivf_flat(n, dim, nlist)]
         ranked += _pq_candidates(n, dim, nlist, budget_bytes)
         if not fast_enough:
-            ranked.append(IndexChoice(**{**flat.__dict__, "reason": (
-                f"exact fallback: one query is estimated at {flat_ms:.1f} ms, over the {latency_ms:g} ms target")}))
+            ranked.append(
+                IndexChoice(
+                    **{
+                        **flat.__dict__,
+                        "reason": (
+                            f"exact fallback: one query is estimated at {flat_ms:.1f} ms, over the {latency_ms:g} ms target"
+                        ),
+                    }
+                )
+            )
     if budget_bytes is None:
         return ranked
     fitting = [choice for choice in ranked if choice.memory_bytes <= budget_bytes]
@@ -177,19 +186,34 @@ def nlist_bytes(nlist: int, dim: int) -> int:
 
 
 def _flat(n: int, dim: int) -> IndexChoice:
-    return IndexChoice("Flat", "flat", n * dim * 4, 0, exact=True, mmap=False, rerank=False,
-                       reason="exact search")
+    return IndexChoice("Flat", "flat", n * dim * 4, 0, exact=True, mmap=False, rerank=False, reason="exact search")
 
 
 def _hnsw(n: int, dim: int) -> IndexChoice:
-    return IndexChoice(f"HNSW{HNSW_M},Flat", "hnsw", n * (4 * dim + HNSW_BYTES_PER_VECTOR), 0, exact=False, mmap=False,
-                       rerank=False, reason="graph search: lowest latency at high recall, slowest build, RAM only")
+    return IndexChoice(
+        f"HNSW{HNSW_M},Flat",
+        "hnsw",
+        n * (4 * dim + HNSW_BYTES_PER_VECTOR),
+        0,
+        exact=False,
+        mmap=False,
+        rerank=False,
+        reason="graph search: lowest latency at high recall, slowest build, RAM only",
+    )
 
 
 def _ivf_flat(n: int, dim: int, nlist: int) -> IndexChoice:
     key = f"IVF{nlist},Flat"
-    return IndexChoice(key, "ivf_flat", estimate_bytes(key, n, dim), _train_size(n, nlist), exact=False, mmap=True,
-                       rerank=False, reason="inverted lists of full vectors: memory-mappable, quick to build")
+    return IndexChoice(
+        key,
+        "ivf_flat",
+        estimate_bytes(key, n, dim),
+        _train_size(n, nlist),
+        exact=False,
+        mmap=True,
+        rerank=False,
+        reason="inverted lists of full vectors: memory-mappable, quick to build",
+    )
 
 
 def _pq_candidates(n: int, dim: int, nlist: int, budget_bytes: int | None) -> list[IndexChoice]:
@@ -206,7 +230,9 @@ def _pq_candidates(n: int, dim: int, nlist: int, budget_bytes: int | None) -> li
         if not options:
             continue
         fitting = [option for option in options if budget_bytes is None or option[2] <= budget_bytes]
-        m, key, size = fitting[0] if fitting else options[-1]  # the largest that fits, else the smallest (refused later)
+        m, key, size = (
+            fitting[0] if fitting else options[-1]
+        )  # the largest that fits, else the smallest (refused later)
         why = f"{m}-byte codes ({dim / m:g} dimensions a sub-quantizer), re-ranked from the stored embeddings"
         if kind == "opq_ivf_pq":
             why += "; OPQ rotation pays" if dim // m >= OPQ_MIN_DIMS_PER_CODE else "; OPQ rotation gains little here"
@@ -224,8 +250,22 @@ def _train_size(n: int, nlist: int) -> int:
     return min(n, max(TRAIN_POINTS_PER_LIST * nlist, 10_000))
 
 
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12,
-          "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "KB": 10**3,
+    "M": 10**6,
+    "MB": 10**6,
+    "G": 10**9,
+    "GB": 10**9,
+    "T": 10**12,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_bytes(text: str) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from models.images import IMAGE_SUFFIXES, is_image_path
+from xmodal.models.images import IMAGE_SUFFIXES, is_image_path
 
 LOCATION_COLUMNS = ("path", "url", "image")
 CAPTION_COLUMNS = ("caption", "text")
@@ -67,7 +67,11 @@ def open_source(path: Path) -> Source:
 def _folder(root: Path) -> Source:
     root = root.resolve()
     files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)),
+        (
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     records = [Record(p.relative_to(root).as_posix(), str(p)) for p in files if is_image_path(p)]

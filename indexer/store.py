@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
@@ -29,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.manifest import Manifest
+from xmodal.indexer.manifest import Manifest
 
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
@@ -140,7 +139,9 @@ def resolve_version(path: str | Path) -> Path:
         return path
     pointer = path / CURRENT
     if not pointer.is_file():
-        raise IndexNotFound(f"{path} is not an xmodal index (no {CURRENT} and no {MANIFEST}); build one with `xmodal index`")
+        raise IndexNotFound(
+            f"{path} is not an xmodal index (no {CURRENT} and no {MANIFEST}); build one with `xmodal index`"
+        )
     version = path / pointer.read_text().strip()
     if not (version / MANIFEST).is_file():
         raise IndexNotFound(f"{pointer} names {version.name}, which has no {MANIFEST}")
@@ -188,7 +189,7 @@ def prune_versions(root: Path, keep: int) -> None:
 
 def _next_version_name(root: Path) -> str:
     numbers = [int(p.name[1:5]) for p in list_versions(root) if p.name[1:5].isdigit()]
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"v{max(numbers, default=0) + 1:04d}-{stamp}"
 
 
@@ -210,4 +211,3 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             _fsync_file(path)
     _fsync_dir(folder)
-

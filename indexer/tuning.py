@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from indexer.selection import (
+from xmodal.indexer.selection import (
     DEFAULT_LATENCY_MS,
     PQ_TRAIN_POINTS,
     TRAIN_POINTS_PER_LIST,
@@ -80,7 +80,9 @@ class RecallNotReached(RuntimeError):
 
     def __init__(self, key: str, target: float, best_recall: float, best_params: str):
         self.key, self.target, self.best_recall, self.best_params = key, target, best_recall, best_params
-        super().__init__(f"{key} reaches recall@{K} {best_recall:.3f} at best ({best_params}), under the {target} target")
+        super().__init__(
+            f"{key} reaches recall@{K} {best_recall:.3f} at best ({best_params}), under the {target} target"
+        )
 
 
 @dataclass(frozen=True)
@@ -231,8 +233,14 @@ def _mapped_file(array: np.ndarray) -> _ShardFile | None:
     base = array
     while isinstance(base, np.ndarray) and not isinstance(base.base, mmap.mmap):
         base = base.base
-    if not (isinstance(base, np.memmap) and base.filename and base.flags.c_contiguous and array.flags.c_contiguous
-            and array.ndim == 2 and array.ctypes.data == base.ctypes.data):
+    if not (
+        isinstance(base, np.memmap)
+        and base.filename
+        and base.flags.c_contiguous
+        and array.flags.c_contiguous
+        and array.ndim == 2
+        and array.ctypes.data == base.ctypes.data
+    ):
         return None
     return _ShardFile(base.filename, base.offset, array.dtype, array.shape[1])
 
@@ -269,9 +277,7 @@ class Searcher:
             raise ValueError(f"search parameters {self.params} re-rank, which needs the stored vectors")
         self.rows = rows
 
-    def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), best first, of shape (len(queries), min(k, candidates)); ids -1 where fewer were
         found. `allowed`: only these ids (a faiss ID selector, searched with the tuned parameters)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -359,8 +365,11 @@ def build_vector_index(
     """
     rows = as_rows(vectors)
     n, dim = len(rows), rows.dim
-    candidates = [describe_key(key, n, dim)] if key else choose_index_keys(
-        n, dim, budget_bytes, recall=recall, latency_ms=latency_ms)
+    candidates = (
+        [describe_key(key, n, dim)]
+        if key
+        else choose_index_keys(n, dim, budget_bytes, recall=recall, latency_ms=latency_ms)
+    )
     rejected: list[str] = []
     failure: RecallNotReached | None = None
     for choice in candidates:
@@ -369,8 +378,9 @@ def build_vector_index(
             index = faiss.index_factory(dim, "Flat", faiss.METRIC_INNER_PRODUCT)
             for start, stop in add_ranges(n, choice.kind):
                 index.add(rows.block(start, stop))
-            return BuiltIndex(index, choice, "", None, None, {"add": round(time.perf_counter() - started, 3)},
-                              tuple(rejected))
+            return BuiltIndex(
+                index, choice, "", None, None, {"add": round(time.perf_counter() - started, 3)}, tuple(rejected)
+            )
         log.info("building %s for %d x %d vectors (%s)", choice.key, n, dim, choice.reason)
         indexed = n - held_out_count(n, tune_queries)  # the last rows are the tuning queries, added after
         rng = np.random.default_rng(seed)
@@ -388,10 +398,24 @@ def build_vector_index(
             continue
         seconds["tune"] = round(time.perf_counter() - tune_started, 3)
         index.add(queries)
-        log.info("%s: %s gives recall@%d %.3f at %.2f ms a query", choice.key, tuning.params, K, tuning.recall,
-                 tuning.query_ms)
-        return BuiltIndex(index, choice, tuning.params, round(tuning.recall, 4), round(tuning.query_ms, 3), seconds,
-                          tuple(rejected), tuning.tried)
+        log.info(
+            "%s: %s gives recall@%d %.3f at %.2f ms a query",
+            choice.key,
+            tuning.params,
+            K,
+            tuning.recall,
+            tuning.query_ms,
+        )
+        return BuiltIndex(
+            index,
+            choice,
+            tuning.params,
+            round(tuning.recall, 4),
+            round(tuning.query_ms, 3),
+            seconds,
+            tuple(rejected),
+            tuning.tried,
+        )
     assert failure is not None
     raise failure
 
@@ -420,12 +444,18 @@ def describe_key(key: str, n: int, dim: int) -> IndexChoice:
     train = 0
     if is_ivf(key):
         train = min(n, max(TRAIN_POINTS_PER_LIST * probe.nlist, PQ_TRAIN_POINTS if compressed else 10_000))
-    return IndexChoice(key, kind, size, train, exact=kind == "flat", mmap=is_ivf(key), rerank=compressed,
-                       reason="given by hand")
+    return IndexChoice(
+        key, kind, size, train, exact=kind == "flat", mmap=is_ivf(key), rerank=compressed, reason="given by hand"
+    )
 
 
-def train_and_add(vectors: np.ndarray | StoredRows, choice: IndexChoice, train_ids: np.ndarray,
-                  *, size_lists_for: StoredRows | None = None) -> tuple[faiss.Index, dict]:
+def train_and_add(
+    vectors: np.ndarray | StoredRows,
+    choice: IndexChoice,
+    train_ids: np.ndarray,
+    *,
+    size_lists_for: StoredRows | None = None,
+) -> tuple[faiss.Index, dict]:
     """faiss.index_factory(dim, key, inner product), trained on vectors[train_ids], holding every vector
     (added a chunk at a time: see add_ranges).
 
@@ -536,7 +566,9 @@ def tune_search_params(
         ladders = [[SearchParams(f"efSearch={ef}") for ef in EF_SEARCH]]
     else:
         probes = _probe_ladder(faiss.extract_index_ivf(index).nlist)
-        ladders = [[SearchParams(f"nprobe={p}", r) for p in probes] for r in (RERANK_FACTORS if choice.rerank else (0,))]
+        ladders = [
+            [SearchParams(f"nprobe={p}", r) for p in probes] for r in (RERANK_FACTORS if choice.rerank else (0,))
+        ]
     feasible: list[tuple[SearchParams, float]] = []
     depth = len(ladders[0])  # deeper re-ranking never needs more lists: search below the last one found
     for ladder in ladders:

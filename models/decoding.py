@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -356,7 +357,9 @@ class Int8Products(_Products):
                 qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
                 self.packed[id(module), name] = torch.ops.quantized.linear_prepack(qweight, bias)
         except (AttributeError, RuntimeError) as exc:
-            raise ValueError(f"int8 weight copies need torch's quantized CPU kernels, which failed here: {exc}") from exc
+            raise ValueError(
+                f"int8 weight copies need torch's quantized CPU kernels, which failed here: {exc}"
+            ) from exc
 
     def _linear(self, module: nn.Module, name: str, x: Tensor) -> Tensor:
         packed = self.packed[id(module), name]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.loading import LoadedModel, load_model
+from xmodal.models.loading import LoadedModel, load_model
 
 
 class Encoder:
@@ -40,8 +40,9 @@ class Encoder:
         self.image_products = _int8_image_products(self.model) if int8_images else None
 
     @classmethod
-    def from_spec(cls, spec: str, device: str = "auto", *, int8_text: bool = False, int8_images: bool = False,
-                  **kwargs) -> "Encoder":
+    def from_spec(
+        cls, spec: str, device: str = "auto", *, int8_text: bool = False, int8_images: bool = False, **kwargs
+    ) -> Encoder:
         return cls(load_model(spec, device, **kwargs), int8_text=int8_text, int8_images=int8_images)
 
     @property
@@ -103,8 +104,12 @@ def can_trim_padding(model: torch.nn.Module, tokenizer) -> bool:
         if getattr(text, "cls_emb", None) is not None:
             return getattr(text, "pad_id", None) == 0 and hasattr(text, "_build_additive_mask")
         return getattr(text, "pool_type", None) == "argmax"
-    return (getattr(model, "attn_mask", None) is not None and getattr(model, "text_pool_type", None) == "argmax"
-            and hasattr(model, "positional_embedding") and hasattr(model, "transformer"))
+    return (
+        getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and hasattr(model, "positional_embedding")
+        and hasattr(model, "transformer")
+    )
 
 
 def _text_tower(model: torch.nn.Module) -> torch.nn.Module:
@@ -114,7 +119,7 @@ def _text_tower(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _int8_text_products(model: torch.nn.Module, trims_padding: bool):
-    from models.decoding import Int8Products
+    from xmodal.models.decoding import Int8Products
 
     if not trims_padding:
         raise ValueError("int8 text encoding supports open_clip's own causal text towers only")
@@ -124,7 +129,7 @@ def _int8_text_products(model: torch.nn.Module, trims_padding: bool):
 def _int8_image_products(model: torch.nn.Module):
     from open_clip.transformer import VisionTransformer
 
-    from models.decoding import Int8Products
+    from xmodal.models.decoding import Int8Products
 
     visual = getattr(model, "visual", None)
     # _embeds and _pool are open_clip 3's steps of VisionTransformer.forward around its blocks.
@@ -179,7 +184,7 @@ def _int8_blocks(transformer: torch.nn.Module, x: torch.Tensor, mask: torch.Tens
     """The tower's blocks over whole texts or images (no mask) with int8 products. open_clip hands
     nn.MultiheadAttention an additive mask of (length, length), or (rows x heads, length, length)
     with CoCa's padding mask; scaled_dot_product_attention takes it as (rows, heads, length, length)."""
-    from models.decoding import self_attention_block
+    from xmodal.models.decoding import self_attention_block
 
     rows, length, _ = x.shape
     heads = transformer.resblocks[0].attn.num_heads

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import metrics
-from models.world import COLOURS, POSITIONS, SHAPES, SIZES, QUESTION_TYPES, World, random_query, satisfies
+from xmodal.models import metrics
+from xmodal.models.world import COLOURS, POSITIONS, QUESTION_TYPES, SHAPES, SIZES, World, random_query, satisfies
 
 # Candidate answers for ranked VQA, per question type.
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -49,7 +49,7 @@ ANSWER_TOKENS = 4  # most new tokens of an open-ended answer (every answer is on
 
 def vqa_prompt(question: str) -> str:
     """The decoder prompt for a question: the training target's text up to the answer."""
-    from models.training.examples import vqa_text
+    from xmodal.models.training.examples import vqa_text
 
     return vqa_text(question, "")
 
@@ -79,8 +79,9 @@ class WorldReport:
 class WorldEvaluation:
     """Held-out scenes and their ground truth, built once; call it on any number of models."""
 
-    def __init__(self, config: WorldEvalConfig = WorldEvalConfig(), tokenizer: Any = None,
-                 preprocess: Callable | None = None):
+    def __init__(
+        self, config: WorldEvalConfig = WorldEvalConfig(), tokenizer: Any = None, preprocess: Callable | None = None
+    ):
         self.config = config
         self.tokenizer, self.preprocess = tokenizer, preprocess
         world = World(seed=config.seed, heldout_fraction=config.heldout_fraction)
@@ -127,13 +128,15 @@ class WorldEvaluation:
         tokenizer = self.tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=_context_length(model))
         pixels = self._preprocessed(model)
         device, dtype = _device_dtype(model)
-        image_emb = _encode(lambda x: model.encode_image(x.to(device, dtype), normalize=False), pixels,
-                            config.batch_size)
+        image_emb = _encode(
+            lambda x: model.encode_image(x.to(device, dtype), normalize=False), pixels, config.batch_size
+        )
         report = WorldReport(metrics={}, counts={})
 
         def encode_texts(texts: Sequence[str]) -> np.ndarray:
-            return _encode(lambda t: model.encode_text(tokenizer(list(t)).to(device), normalize=False), texts,
-                           config.batch_size)
+            return _encode(
+                lambda t: model.encode_text(tokenizer(list(t)).to(device), normalize=False), texts, config.batch_size
+            )
 
         query_emb = encode_texts([q.text for q in self.queries])
         caption_emb = encode_texts(self.captions)
@@ -147,11 +150,11 @@ class WorldEvaluation:
             report.metrics[f"i2t_r@{k}"] = metrics.recall_at_k(i2t, [{c} for c in self.caption_of_scene], k)
         report.counts.update(queries=len(self.queries), images=len(self.scenes), captions=len(self.captions))
 
-        from models.decoding import is_captioner
+        from xmodal.models.decoding import is_captioner
 
         if not is_captioner(model):
             return report
-        from models.decoding import CocaDecoder
+        from xmodal.models.decoding import CocaDecoder
 
         decoder = CocaDecoder(model, tokenizer)
         if self.captioned_count:
@@ -205,7 +208,7 @@ class WorldEvaluation:
         return self._pixels[key]
 
     def _captions(self, decoder, pixels: torch.Tensor) -> list[str]:
-        from models.decoding import DecodeOptions
+        from xmodal.models.decoding import DecodeOptions
 
         options = DecodeOptions(mode="greedy", max_new_tokens=CAPTION_TOKENS)
         texts = []
@@ -214,7 +217,7 @@ class WorldEvaluation:
         return texts
 
     def _generated_answers(self, decoder, pixels: torch.Tensor) -> list[str]:
-        from models.decoding import DecodeOptions
+        from xmodal.models.decoding import DecodeOptions
 
         # One prompt per generate call: batch the images that share a question.
         by_question: dict[str, list[int]] = defaultdict(list)

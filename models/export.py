@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from models.loading import HUB_CONFIG_NAME, HUB_WEIGHT_NAMES
+from xmodal.models.loading import HUB_CONFIG_NAME, HUB_WEIGHT_NAMES
 
 PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
 
@@ -32,7 +32,9 @@ def save_model_dir(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict
     weights, config = folder / HUB_WEIGHT_NAMES[0], folder / HUB_CONFIG_NAME
     save_file(state, f"{weights}.tmp")
     os.replace(f"{weights}.tmp", weights)
-    Path(f"{config}.tmp").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n")
+    Path(f"{config}.tmp").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n"
+    )
     os.replace(f"{config}.tmp", config)
     return folder
 

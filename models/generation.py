@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-from models.decoding import Candidate, CocaDecoder, DecodeOptions, is_captioner
-from models.encoders import Encoder
-from models.loading import LoadedModel
+from xmodal.models.decoding import Candidate, CocaDecoder, DecodeOptions, is_captioner
+from xmodal.models.encoders import Encoder
+from xmodal.models.loading import LoadedModel
 
 DEFAULT_VQA_PROMPT = "question: {question} answer:"
 DEFAULT_CAPTION_TOKENS = 20
@@ -48,7 +48,9 @@ def check_vqa_prompt(template: str) -> str:
     try:
         filled = template.format(question="")
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"VQA prompt {template!r} must contain '{{question}}' and no other {{...}} field ({exc})") from exc
+        raise ValueError(
+            f"VQA prompt {template!r} must contain '{{question}}' and no other {{...}} field ({exc})"
+        ) from exc
     if filled == template:
         raise ValueError(f"VQA prompt {template!r} must contain '{{question}}'")
     return template
@@ -149,9 +151,7 @@ def can_caption(model: Encoder | LoadedModel) -> bool:
     return is_captioner(loaded.model)
 
 
-def generate_captions(
-    model: Encoder | LoadedModel, pixels: Tensor, options: DecodeOptions | None = None
-) -> list[str]:
+def generate_captions(model: Encoder | LoadedModel, pixels: Tensor, options: DecodeOptions | None = None) -> list[str]:
     """The best caption for each image of a preprocessed (B, 3, H, W) batch (e.g. at index time).
 
     Raises DecoderUnavailable for a model without a text decoder.

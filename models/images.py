@@ -52,8 +52,7 @@ def load_image(
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageTooLarge(
-                        f"image is {width}x{height} = {width * height:,} pixels, "
-                        f"over the limit of {max_pixels:,}"
+                        f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
                     )
                 img.seek(0)  # first frame of an animation
                 if draft_size and img.format == "JPEG" and min(width, height) >= 4 * draft_size:

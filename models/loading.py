@@ -13,15 +13,16 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 
-from models.registry import register_configs
-from models.specs import ModelSpec, SpecKind, parse_spec
+from xmodal.models.registry import register_configs
+from xmodal.models.specs import ModelSpec, SpecKind, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,9 @@ def _hub_file(repo: str, names: tuple[str, ...], *, offline: bool, cache_dir: st
         )
     unreachable = _hub_unreachable(constants.ENDPOINT)
     if unreachable:
-        raise ModelNotAvailable(f"{names[0]} from hub repo {repo!r} is not in the cache {cache} and {unreachable}. {how}")
+        raise ModelNotAvailable(
+            f"{names[0]} from hub repo {repo!r} is not in the cache {cache} and {unreachable}. {how}"
+        )
     errors = []
     for name in names:
         try:
@@ -271,7 +274,10 @@ def _arch_preprocess(arch: str) -> dict:
     if not tags:
         return {}
     tag_cfg = open_clip.get_pretrained_cfg(arch, tags[0])
-    return {"force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)), "force_preprocess_cfg": _preprocess_part(tag_cfg)}
+    return {
+        "force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)),
+        "force_preprocess_cfg": _preprocess_part(tag_cfg),
+    }
 
 
 def _preprocess_part(tag_cfg: dict) -> dict:

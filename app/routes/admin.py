@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import IndexQuery, ReadyDep, SettingsDep, pick_index
-from app.routes.indexes import reload
-from app.schemas import ErrorBody, ReloadResponse
-from app.security import AdminDep
+from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, pick_index
+from xmodal.app.routes.indexes import reload
+from xmodal.app.schemas import ErrorBody, ReloadResponse
+from xmodal.app.security import AdminDep
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

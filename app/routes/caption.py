@@ -8,13 +8,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import IndexQuery, ReadyDep, SettingsDep, pick_index
-from app.errors import ApiError
-from app.schemas import CaptionAlternative, CaptionRequest, CaptionResponse, ErrorBody, image_request_body
-from app.settings import Settings
-from app.uploads import read_image_input
-from models.decoding import DecodeOptions
-from models.generation import DecoderUnavailable
+from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, pick_index
+from xmodal.app.errors import ApiError
+from xmodal.app.schemas import CaptionAlternative, CaptionRequest, CaptionResponse, ErrorBody, image_request_body
+from xmodal.app.settings import Settings
+from xmodal.app.uploads import read_image_input
+from xmodal.models.decoding import DecodeOptions
+from xmodal.models.generation import DecoderUnavailable
 
 router = APIRouter(prefix="/v1/caption", tags=["caption"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 501, 503)}
@@ -54,7 +54,9 @@ def decode_options(fields: CaptionRequest, settings: Settings) -> DecodeOptions:
     """The request's decoding options within the server's limits; DecodeOptions' own checks give the 422 text."""
     check_max_tokens(fields.max_tokens, settings)
     if not 0 <= fields.alternatives <= settings.max_alternatives:
-        raise ApiError(422, f"alternatives must be between 0 and {settings.max_alternatives}, got {fields.alternatives}")
+        raise ApiError(
+            422, f"alternatives must be between 0 and {settings.max_alternatives}, got {fields.alternatives}"
+        )
     if fields.beams is not None and fields.beams > settings.max_beams:
         raise ApiError(422, f"beams must be at most {settings.max_beams}, got {fields.beams}")
     if len(fields.prompt) > settings.max_text_chars:
@@ -62,7 +64,9 @@ def decode_options(fields: CaptionRequest, settings: Settings) -> DecodeOptions:
     beams = fields.beams
     if beams is None:
         beams = max(DEFAULT_BEAMS, fields.alternatives) if fields.mode == "beam" else 1
-    sampling = {name: getattr(fields, name) for name in ("top_k", "top_p", "temperature") if getattr(fields, name) is not None}
+    sampling = {
+        name: getattr(fields, name) for name in ("top_k", "top_p", "temperature") if getattr(fields, name) is not None
+    }
     try:
         return DecodeOptions(
             mode=fields.mode,

@@ -5,17 +5,19 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
-from app.errors import ApiError
-from app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody, NoFields, image_request_body
-from app.served import ServedModel
-from app.uploads import read_image_input
+from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
+from xmodal.app.errors import ApiError
+from xmodal.app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody, NoFields, image_request_body
+from xmodal.app.served import ServedModel
+from xmodal.app.uploads import read_image_input
 
 router = APIRouter(prefix="/v1/embed", tags=["embed"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)}
 
 
-@router.post("/text", response_model=EmbedResponse, responses=ERRORS, summary="Texts → unit vectors (the index's model)")
+@router.post(
+    "/text", response_model=EmbedResponse, responses=ERRORS, summary="Texts → unit vectors (the index's model)"
+)
 async def embed_text(
     body: EmbedTextRequest, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
 ) -> EmbedResponse:

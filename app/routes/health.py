@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.deps import RuntimeDep
-from app.schemas import Health
+from xmodal.app.deps import RuntimeDep
+from xmodal.app.schemas import Health
 
 router = APIRouter(tags=["health"])
 

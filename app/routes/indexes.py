@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import ReadyDep, pick_index
-from app.schemas import ErrorBody, IndexesResponse, IndexSummary, ModelSummary, ReloadResponse
-from app.security import AdminDep, ReadDep
-from app.served import ServedIndex
+from xmodal.app.deps import ReadyDep, pick_index
+from xmodal.app.schemas import ErrorBody, IndexesResponse, IndexSummary, ModelSummary, ReloadResponse
+from xmodal.app.security import AdminDep, ReadDep
+from xmodal.app.served import ServedIndex
 
 router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
 
@@ -15,7 +15,9 @@ router = APIRouter(prefix="/v1/indexes", tags=["indexes"])
 @router.get("", response_model=IndexesResponse, summary="Every served index (manifest summary) and the models loaded")
 async def list_indexes(runtime: ReadyDep, _: ReadDep) -> IndexesResponse:
     models = [
-        ModelSummary(spec=m.spec, fingerprint=m.encoder.fingerprint, device=str(m.encoder.device), indexes=m.index_names)
+        ModelSummary(
+            spec=m.spec, fingerprint=m.encoder.fingerprint, device=str(m.encoder.device), indexes=m.index_names
+        )
         for m in runtime.models.values()
     ]
     return IndexesResponse(indexes=[summarize(served) for served in runtime.indexes.values()], models=models)

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import IndexQuery, ReadyDep, pick_index
-from app.errors import ApiError
-from app.routes.indexes import summarize
-from app.schemas import ErrorBody, IndexSummary, ItemPublic
+from xmodal.app.deps import IndexQuery, ReadyDep, pick_index
+from xmodal.app.errors import ApiError
+from xmodal.app.routes.indexes import summarize
+from xmodal.app.schemas import ErrorBody, IndexSummary, ItemPublic
 
 router = APIRouter(prefix="/v1", tags=["items"])
 
@@ -25,7 +25,11 @@ async def get_item(item_id: int, runtime: ReadyDep, index_name: IndexQuery = Non
 @router.get(
     "/items/{item_id}/image",
     response_class=FileResponse,
-    responses={200: {"content": {"image/*": {}}}, 307: {"description": "items indexed from a URL"}, 404: {"model": ErrorBody}},
+    responses={
+        200: {"content": {"image/*": {}}},
+        307: {"description": "items indexed from a URL"},
+        404: {"model": ErrorBody},
+    },
     summary="The indexed image file (found by id only; no path comes from the request)",
 )
 async def get_item_image(item_id: int, runtime: ReadyDep, index_name: IndexQuery = None) -> Response:
@@ -41,7 +45,11 @@ async def get_item_image(item_id: int, runtime: ReadyDep, index_name: IndexQuery
     return FileResponse(content)
 
 
-@router.get("/index", response_model=IndexSummary, responses={404: {"model": ErrorBody}},
-            summary="What a served index holds (GET /v1/indexes: all of them)")
+@router.get(
+    "/index",
+    response_model=IndexSummary,
+    responses={404: {"model": ErrorBody}},
+    summary="What a served index holds (GET /v1/indexes: all of them)",
+)
 async def get_index(runtime: ReadyDep, index_name: IndexQuery = None) -> IndexSummary:
     return summarize(pick_index(runtime, index_name))

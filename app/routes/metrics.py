@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.security import ReadDep
+from xmodal.app.security import ReadDep
 
 router = APIRouter(tags=["metrics"])
 

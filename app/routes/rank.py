@@ -9,15 +9,15 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
-from app.errors import ApiError
-from app.routes.caption import parse_fields
-from app.runtime import Runtime
-from app.schemas import ErrorBody, RankHit, RankImageFields, RankResponse, RankTextRequest
-from app.served import ServedIndex
-from app.settings import Settings
-from app.uploads import ImageInput, image_from_payload, read_image_input, read_json_payload
-from app.vectors import stored_rows
+from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
+from xmodal.app.errors import ApiError
+from xmodal.app.routes.caption import parse_fields
+from xmodal.app.runtime import Runtime
+from xmodal.app.schemas import ErrorBody, RankHit, RankImageFields, RankResponse, RankTextRequest
+from xmodal.app.served import ServedIndex
+from xmodal.app.settings import Settings
+from xmodal.app.uploads import ImageInput, image_from_payload, read_image_input, read_json_payload
+from xmodal.app.vectors import stored_rows
 
 router = APIRouter(prefix="/v1/rank", tags=["rank"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
@@ -36,7 +36,10 @@ OPENAPI = {
                     "required": ["file", "texts"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "texts": {"type": "string", "description": 'Candidate texts as a JSON array string, e.g. ["a dog", "a cat"]'},
+                        "texts": {
+                            "type": "string",
+                            "description": 'Candidate texts as a JSON array string, e.g. ["a dog", "a cat"]',
+                        },
                         "index": _INDEX,
                     },
                 }
@@ -67,12 +70,19 @@ OPENAPI = {
     openapi_extra=OPENAPI,
     summary="Zero-shot ranking: an image against given texts, or a text against given item ids",
 )
-async def rank(request: Request, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None) -> RankResponse:
+async def rank(
+    request: Request, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+) -> RankResponse:
     started = time.perf_counter()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         payload = await read_json_payload(request, settings)
-        if isinstance(payload, dict) and "text" in payload and "image_b64" not in payload and "image_url" not in payload:
+        if (
+            isinstance(payload, dict)
+            and "text" in payload
+            and "image_b64" not in payload
+            and "image_url" not in payload
+        ):
             body = parse_fields(RankTextRequest, payload)
             return await _rank_items(body, pick_index(runtime, body.index, index_name), settings, started)
         if not isinstance(payload, dict):

@@ -7,17 +7,25 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import IndexQuery, ReadyDep, SettingsDep, check_k, check_text, pick_index
-from app.errors import ApiError
-from app.schemas import (
-    ErrorBody, ImageHit, ImageSearchFields, SearchOptions, SearchResponse, Target, TextHit, TextSearchRequest,
-    VectorSearchRequest, image_request_body,
+from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_k, check_text, pick_index
+from xmodal.app.errors import ApiError
+from xmodal.app.schemas import (
+    ErrorBody,
+    ImageHit,
+    ImageSearchFields,
+    SearchOptions,
+    SearchResponse,
+    Target,
+    TextHit,
+    TextSearchRequest,
+    VectorSearchRequest,
+    image_request_body,
 )
-from app.settings import Settings
-from app.uploads import read_image_input
-from app.vectors import dedup, stored_rows
-from indexer.filters import FilterError
-from indexer.reader import OpenIndex
+from xmodal.app.settings import Settings
+from xmodal.app.uploads import read_image_input
+from xmodal.app.vectors import dedup, stored_rows
+from xmodal.indexer.filters import FilterError
+from xmodal.indexer.reader import OpenIndex
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
@@ -86,15 +94,17 @@ def _checked(options: SearchOptions, settings: Settings) -> SearchOptions:
 def _image_query_fields(fields: dict, settings: Settings) -> tuple[SearchOptions, Target]:
     try:
         options = SearchOptions(
-            k=int(fields.get("k", 10)), offset=int(fields.get("offset", 0)),
+            k=int(fields.get("k", 10)),
+            offset=int(fields.get("offset", 0)),
             min_score=float(fields["min_score"]) if fields.get("min_score") not in (None, "") else None,
             dedup=float(fields["dedup"]) if fields.get("dedup") not in (None, "") else None,
         )
         target = Target(fields.get("target", Target.images.value))
     except (TypeError, ValueError) as exc:
         raise ApiError(
-            422, f"invalid field: k and offset must be integers, min_score and dedup numbers, target one of images, "
-            f"texts ({exc})"
+            422,
+            f"invalid field: k and offset must be integers, min_score and dedup numbers, target one of images, "
+            f"texts ({exc})",
         ) from exc
     return _checked(options, settings), target
 

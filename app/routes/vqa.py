@@ -9,13 +9,13 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
-from app.errors import ApiError
-from app.routes.caption import check_max_tokens, elapsed_ms, parse_fields
-from app.schemas import ErrorBody, VqaRequest, VqaResponse, image_request_body
-from app.settings import Settings
-from app.uploads import read_image_input
-from models.generation import DecoderUnavailable
+from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
+from xmodal.app.errors import ApiError
+from xmodal.app.routes.caption import check_max_tokens, elapsed_ms, parse_fields
+from xmodal.app.schemas import ErrorBody, VqaRequest, VqaResponse, image_request_body
+from xmodal.app.settings import Settings
+from xmodal.app.uploads import read_image_input
+from xmodal.models.generation import DecoderUnavailable
 
 router = APIRouter(prefix="/v1/vqa", tags=["vqa"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 501, 503)}

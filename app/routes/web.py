@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from app.errors import ApiError
+from xmodal.app.errors import ApiError
 
 router = APIRouter(include_in_schema=False)  # not part of the API: kept out of /openapi.json
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -18,8 +18,10 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 # Scripts and styles only from files here (no inline code, nothing remote); images also from the blob:
 # URLs the page makes of thumbnails it fetched with the key; fetch only to this server.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",

@@ -1,6 +1,6 @@
 """Train or fine-tune open_clip models (CoCa: contrastive + captioning; CLIP: contrastive).
 
-    from models.training import TrainConfig, WorldData, train
+    from xmodal.models.training import TrainConfig, WorldData, train
     result = train(TrainConfig(output_dir=Path("out/world-coca"), data=WorldData(), steps=2000))
     model = open_clip.create_model(f"local-dir:{result.output_dir}")
 
@@ -15,26 +15,26 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "CheckpointMismatchError": "models.training.checkpoint",
-    "CsvData": "models.training.config",
-    "TrainConfig": "models.training.config",
-    "WorldData": "models.training.config",
-    "vqa_text": "models.training.examples",
-    "Evaluate": "models.training.loop",
-    "TrainResult": "models.training.loop",
-    "train": "models.training.loop",
+    "CheckpointMismatchError": "xmodal.models.training.checkpoint",
+    "CsvData": "xmodal.models.training.config",
+    "TrainConfig": "xmodal.models.training.config",
+    "WorldData": "xmodal.models.training.config",
+    "vqa_text": "xmodal.models.training.examples",
+    "Evaluate": "xmodal.models.training.loop",
+    "TrainResult": "xmodal.models.training.loop",
+    "train": "xmodal.models.training.loop",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from models.training.checkpoint import CheckpointMismatchError
-    from models.training.config import CsvData, TrainConfig, WorldData
-    from models.training.examples import vqa_text
-    from models.training.loop import Evaluate, TrainResult, train
+    from xmodal.models.training.checkpoint import CheckpointMismatchError
+    from xmodal.models.training.config import CsvData, TrainConfig, WorldData
+    from xmodal.models.training.examples import vqa_text
+    from xmodal.models.training.loop import Evaluate, TrainResult, train
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'models.training' has no attribute {name!r}")
+        raise AttributeError(f"module 'xmodal.models.training' has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name]), name)

@@ -31,10 +31,7 @@ class StepBatches(torch.utils.data.Sampler[list[tuple[int, str]]]):
 
     def batch(self, step: int) -> list[tuple[int, str]]:
         first = (step - 1) * self.batch_size
-        return [
-            (self._position(first + j), f"{self.seed}:{step}:{j}")
-            for j in range(self.batch_size)
-        ]
+        return [(self._position(first + j), f"{self.seed}:{step}:{j}") for j in range(self.batch_size)]
 
     def _position(self, n: int) -> int:
         epoch, offset = divmod(n, self.size)

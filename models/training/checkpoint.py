@@ -60,8 +60,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 def load_checkpoint(path: Path, trajectory: dict[str, str], **stateful: Any) -> TrainingState:
     """Restore state_dicts into `stateful` objects and the RNGs; returns where training stood."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    changed = {k for k in trajectory.keys() | payload["trajectory"].keys()
-               if trajectory.get(k) != payload["trajectory"].get(k)}
+    changed = {
+        k for k in trajectory.keys() | payload["trajectory"].keys() if trajectory.get(k) != payload["trajectory"].get(k)
+    }
     if changed:
         raise CheckpointMismatchError(
             f"{path} was written with different settings ({', '.join(sorted(changed))}); "

@@ -127,7 +127,13 @@ class TrainConfig:
     def trajectory(self) -> dict[str, str]:
         """The settings that decide the weights; a checkpoint resumes only if they are unchanged."""
         ignored = {
-            "output_dir", "device", "num_workers", "cpu_threads", "checkpoint_every",
-            "checkpoint_dir", "keep_checkpoints", "eval_every",
+            "output_dir",
+            "device",
+            "num_workers",
+            "cpu_threads",
+            "checkpoint_every",
+            "checkpoint_dir",
+            "keep_checkpoints",
+            "eval_every",
         }
         return {f.name: repr(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ignored}

@@ -19,9 +19,9 @@ from typing import NamedTuple
 
 import torch
 
-from models.training.objective import PAD_ID
-from models.training.sources import CsvSource, ImageTexts, WorldSource
-from models.world import Query, SceneGraph, canonical_caption, near_miss, partial_query, satisfies, scene_query
+from xmodal.models.training.objective import PAD_ID
+from xmodal.models.training.sources import CsvSource, ImageTexts, WorldSource
+from xmodal.models.world import Query, SceneGraph, canonical_caption, near_miss, partial_query, satisfies, scene_query
 
 
 def vqa_text(question: str, answer: str) -> str:
@@ -54,9 +54,17 @@ class Batch(NamedTuple):
 class ExampleDataset(torch.utils.data.Dataset):
     """Maps a (position, sample key) pair from the batch plan to an Example."""
 
-    def __init__(self, source: WorldSource | CsvSource, preprocess: Callable, vqa_fraction: float,
-                 decoder_targets: int = 1, query_fraction: float = 0.0, contrastive_texts: int = 1,
-                 hard_negatives: int = 0, answers_only: bool = False):
+    def __init__(
+        self,
+        source: WorldSource | CsvSource,
+        preprocess: Callable,
+        vqa_fraction: float,
+        decoder_targets: int = 1,
+        query_fraction: float = 0.0,
+        contrastive_texts: int = 1,
+        hard_negatives: int = 0,
+        answers_only: bool = False,
+    ):
         """`answers_only`: a question/answer target teaches only its answer; the question is the
         prompt it is answered from, as at inference (see TrainConfig.vqa_answers_only)."""
         self.source = source
@@ -95,11 +103,19 @@ class ExampleDataset(torch.utils.data.Dataset):
         texts_and_prompts = self._targets(texts, rng)
         targets = tuple(text for text, _ in texts_and_prompts)
         prompts = tuple(prompt for _, prompt in texts_and_prompts)
-        return Example(self.preprocess(image), tuple(captions), targets, prompts,
-                       tuple(queries) if queries else None, texts.graph, texts.captions)
+        return Example(
+            self.preprocess(image),
+            tuple(captions),
+            targets,
+            prompts,
+            tuple(queries) if queries else None,
+            texts.graph,
+            texts.captions,
+        )
 
     def _targets(self, texts: ImageTexts, rng: random.Random) -> list[tuple[str, str]]:
         """(decoder text, its prompt) pairs."""
+
         def caption() -> tuple[str, str]:
             return rng.choice(texts.decoder_captions), ""
 
@@ -140,9 +156,11 @@ class Collate:
             # names every attribute of every object, so it holds exactly for scenes with that content.
             contents = [_content(e.graph.objects) for e in batch]
             rows = [
-                [content == c for c in contents] if (content := _exact_content(q)) is not None
+                [content == c for c in contents]
+                if (content := _exact_content(q)) is not None
                 else [_describes(q, image.graph) for image in batch]
-                for e in batch for q in e.queries
+                for e in batch
+                for q in e.queries
             ]
             complete = [q.exact for e in batch for q in e.queries]
         else:

@@ -17,15 +17,15 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.training.batches import StepBatches
-from models.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
-from models.training.config import TrainConfig
-from models.training.examples import Collate, ExampleDataset
-from models.export import save_model_dir
-from models.training.objective import Objective
-from models.training.optim import build_optimizer, build_schedule
-from models.training.sources import build_source
-from models.training.starting_model import load_starting_model
+from xmodal.models.export import save_model_dir
+from xmodal.models.training.batches import StepBatches
+from xmodal.models.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from xmodal.models.training.config import TrainConfig
+from xmodal.models.training.examples import Collate, ExampleDataset
+from xmodal.models.training.objective import Objective
+from xmodal.models.training.optim import build_optimizer, build_schedule
+from xmodal.models.training.sources import build_source
+from xmodal.models.training.starting_model import load_starting_model
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +81,27 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     model = start.model
     model.train()
     preprocess = image_transform_v2(PreprocessCfg(**start.preprocess_cfg), is_train=False)
-    dataset = ExampleDataset(build_source(config.data), preprocess, config.vqa_fraction,
-                             config.decoder_targets, config.query_fraction, config.contrastive_texts,
-                             config.hard_negatives, config.vqa_answers_only)
+    dataset = ExampleDataset(
+        build_source(config.data),
+        preprocess,
+        config.vqa_fraction,
+        config.decoder_targets,
+        config.query_fraction,
+        config.contrastive_texts,
+        config.hard_negatives,
+        config.vqa_answers_only,
+    )
     vocab_size = _vocab_size(model)
     # Sparse gradients for the vocabulary-sized parameters (VocabAdamW takes them): on a CPU, dense
     # ones cost more memory traffic than the small model's whole text tower. On a GPU they are
     # cheap, and sparse ones are untested there (no GPU in this project's CI).
-    objective = Objective(model, config.contrastive_loss_weight, config.caption_loss_weight, start.tokenizer,
-                          sparse_gradients=vocab_size is not None and device.type == "cpu")
+    objective = Objective(
+        model,
+        config.contrastive_loss_weight,
+        config.caption_loss_weight,
+        start.tokenizer,
+        sparse_gradients=vocab_size is not None and device.type == "cpu",
+    )
     optimizer = build_optimizer(model, config, vocab_size)
     schedule = build_schedule(optimizer, config)
     stateful = {"state_dict": model, "optimizer": optimizer, "schedule": schedule, "scaler": scaler}
@@ -115,14 +127,29 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         for images, texts, targets, positives, complete, taught in loader:
             state.step += 1
             lr = schedule.get_last_lr()[0]
-            losses = _train_step(model, objective, optimizer, scaler, autocast, config.grad_clip_norm,
-                                 images.to(device, non_blocking=True), texts.to(device), targets.to(device),
-                                 positives.to(device), complete.to(device), taught.to(device))
+            losses = _train_step(
+                model,
+                objective,
+                optimizer,
+                scaler,
+                autocast,
+                config.grad_clip_norm,
+                images.to(device, non_blocking=True),
+                texts.to(device),
+                targets.to(device),
+                positives.to(device),
+                complete.to(device),
+                taught.to(device),
+            )
             schedule.step()
             state.history.append({"step": state.step, **losses, "lr": lr})
             bar.update(1)
-            bar.set_postfix({**{k.removesuffix("_loss"): f"{v:.3f}" for k, v in losses.items()},
-                             "samples/s": f"{rate.update(config.batch_size):.0f}"})
+            bar.set_postfix(
+                {
+                    **{k.removesuffix("_loss"): f"{v:.3f}" for k, v in losses.items()},
+                    "samples/s": f"{rate.update(config.batch_size):.0f}",
+                }
+            )
 
             last = state.step == config.steps
             # Checkpoint before evaluating, so a failing evaluation never costs training progress.
@@ -151,8 +178,20 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     )
 
 
-def _train_step(model, objective, optimizer, scaler, autocast, clip_norm, images, texts, targets,
-                positives=None, complete=None, taught=None) -> dict[str, float]:
+def _train_step(
+    model,
+    objective,
+    optimizer,
+    scaler,
+    autocast,
+    clip_norm,
+    images,
+    texts,
+    targets,
+    positives=None,
+    complete=None,
+    taught=None,
+) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     with autocast():
         losses = objective(model, images, texts, targets, positives, complete, taught)

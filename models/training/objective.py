@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from open_clip.transformer import MultimodalTransformer
 from torch import nn
 
-from models.encoders import can_trim_padding, encode_text_trimmed
+from xmodal.models.encoders import can_trim_padding, encode_text_trimmed
 
 PAD_ID = 0  # open_clip's SimpleTokenizer pads with 0
 # The cost of one more pass through the text tower or decoder, in text positions: a length group
@@ -48,8 +48,14 @@ def is_coca(model: nn.Module) -> bool:
 
 
 class Objective:
-    def __init__(self, model: nn.Module, contrastive_weight: float, caption_weight: float, tokenizer=None,
-                 sparse_gradients: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        contrastive_weight: float,
+        caption_weight: float,
+        tokenizer=None,
+        sparse_gradients: bool = False,
+    ):
         """`tokenizer`: the model's; contrastive texts are cut to their length when `can_trim_padding`
         allows it (open_clip's own tokenizer), and run at full length otherwise. `sparse_gradients`:
         the token embedding (switched to `sparse=True`; the model's only nn.Embedding) and CoCa's
@@ -73,8 +79,13 @@ class Objective:
             self.contrastive_weight = contrastive_weight
 
     def __call__(
-        self, model: nn.Module, images: torch.Tensor, texts: torch.Tensor, targets: torch.Tensor,
-        positives: torch.Tensor | None = None, complete: torch.Tensor | None = None,
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        texts: torch.Tensor,
+        targets: torch.Tensor,
+        positives: torch.Tensor | None = None,
+        complete: torch.Tensor | None = None,
         taught: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch. `texts` (contrastive) and `targets` (the decoder's, ignored by plain
@@ -129,7 +140,10 @@ class Objective:
 
 
 def multi_positive_clip_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, positives: torch.Tensor,
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    positives: torch.Tensor,
     complete: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLIP's symmetric cross-entropy when a text may describe several images of the batch.
@@ -242,7 +256,8 @@ def _length_groups(lengths: list[int], extra: int) -> list[tuple[int, int, int]]
     for stop in ends:
         best[stop] = min(
             (best[start][0] + (stop - start) * (lengths[stop - 1] + extra) + GROUP_OVERHEAD, start)
-            for start in [0] + ends if start < stop and start in best
+            for start in [0] + ends
+            if start < stop and start in best
         )
     groups, stop = [], n
     while stop:

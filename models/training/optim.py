@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from models.training.config import TrainConfig
+from xmodal.models.training.config import TrainConfig
 
 
 class VocabAdamW(torch.optim.AdamW):

@@ -55,7 +55,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from models.training.config import TrainConfig, WorldData
+from xmodal.models.training.config import TrainConfig, WorldData
 
 DEFAULT_MODEL = "xmodal-small-coca"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from models.training.config import CsvData, WorldData
-from models.world import SceneGraph, World
+from xmodal.models.training.config import CsvData, WorldData
+from xmodal.models.world import SceneGraph, World
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ class CsvSource:
             raise ValueError(f"no caption rows in {spec.captions_csv}")
         root = Path(spec.image_root) if spec.image_root else _default_image_root(Path(spec.captions_csv))
         self.paths = [root / name for name in captions]
-        self.texts = [
-            ImageTexts(tuple(c), tuple(c), tuple(questions.get(name, ()))) for name, c in captions.items()
-        ]
+        self.texts = [ImageTexts(tuple(c), tuple(c), tuple(questions.get(name, ()))) for name, c in captions.items()]
 
     def __len__(self) -> int:
         return len(self.paths)

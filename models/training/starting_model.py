@@ -17,9 +17,9 @@ import open_clip
 import torch
 from torch import nn
 
-from models.loading import ModelSpecError, load_model
-from models.registry import register_configs
-from models.specs import SpecKind, parse_spec
+from xmodal.models.loading import ModelSpecError, load_model
+from xmodal.models.registry import register_configs
+from xmodal.models.specs import SpecKind, parse_spec
 
 LOCAL_DIR = "local-dir:"
 
@@ -33,8 +33,9 @@ class StartingModel:
     from_scratch: bool
 
 
-def load_starting_model(model: str, pretrained: str | None, device: torch.device,
-                        vision_position_std: float | None = None) -> StartingModel:
+def load_starting_model(
+    model: str, pretrained: str | None, device: torch.device, vision_position_std: float | None = None
+) -> StartingModel:
     """`model` is a model spec; `pretrained` (a tag or weights file) applies to bare names only.
     `vision_position_std`: from scratch only, the ViT's position embeddings start at this
     standard deviation instead of open_clip's (see TrainConfig.vision_position_std)."""

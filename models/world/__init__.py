@@ -1,18 +1,18 @@
 """A generated world of shapes with exact ground truth, for training and evaluation.
 
-    world = World(seed=0)
-    train = world.scenes(50_000, "train")      # graph, captions, questions per scene
-    heldout = world.scenes(1_000, "heldout")   # disjoint by content, evaluation only
-    write_scenes(heldout, Path("out/world-heldout"))
-    satisfies(scene.graph, Query(objects=(ObjectQuery(shape="circle", colour="red"),)))
+world = World(seed=0)
+train = world.scenes(50_000, "train")      # graph, captions, questions per scene
+heldout = world.scenes(1_000, "heldout")   # disjoint by content, evaluation only
+write_scenes(heldout, Path("out/world-heldout"))
+satisfies(scene.graph, Query(objects=(ObjectQuery(shape="circle", colour="red"),)))
 """
 
-from models.world.export import read_graphs, write_scenes
-from models.world.generate import Scene, Split, World, split_of
-from models.world.language import ANSWERS, QA, QUESTION_TYPES, canonical_caption
-from models.world.query import ObjectQuery, Query, near_miss, partial_query, random_query, satisfies, scene_query
-from models.world.render import DEFAULT_IMAGE_SIZE, render
-from models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
+from xmodal.models.world.export import read_graphs, write_scenes
+from xmodal.models.world.generate import Scene, Split, World, split_of
+from xmodal.models.world.language import ANSWERS, QA, QUESTION_TYPES, canonical_caption
+from xmodal.models.world.query import ObjectQuery, Query, near_miss, partial_query, random_query, satisfies, scene_query
+from xmodal.models.world.render import DEFAULT_IMAGE_SIZE, render
+from xmodal.models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
 
 __all__ = [
     "ANSWERS",

@@ -17,9 +17,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from models.world.generate import Scene
-from models.world.render import DEFAULT_IMAGE_SIZE
-from models.world.scene import SceneGraph, SceneObject
+from xmodal.models.world.generate import Scene
+from xmodal.models.world.render import DEFAULT_IMAGE_SIZE
+from xmodal.models.world.scene import SceneGraph, SceneObject
 
 
 def write_scenes(scenes: Iterable[Scene], out_dir: Path, image_size: int = DEFAULT_IMAGE_SIZE) -> int:

@@ -16,9 +16,9 @@ from typing import Literal
 
 from PIL import Image
 
-from models.world.language import QA, canonical_caption, captions, questions
-from models.world.render import DEFAULT_IMAGE_SIZE, render
-from models.world.scene import SceneGraph, sample_graph
+from xmodal.models.world.language import QA, canonical_caption, captions, questions
+from xmodal.models.world.render import DEFAULT_IMAGE_SIZE, render
+from xmodal.models.world.scene import SceneGraph, sample_graph
 
 Split = Literal["train", "heldout"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
+from xmodal.models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
 
 POSITION_PHRASES = {
     "top": "at the top",
@@ -43,6 +43,7 @@ def canonical_caption(graph: SceneGraph) -> str:
 
 def captions(graph: SceneGraph, rng: random.Random) -> tuple[str, ...]:
     """The canonical caption first, then paraphrases (other orders and templates)."""
+
     def shuffled() -> list[SceneObject]:
         return rng.sample(graph.objects, len(graph.objects))
 
@@ -52,9 +53,7 @@ def captions(graph: SceneGraph, rng: random.Random) -> tuple[str, ...]:
         canonical_caption(graph),
         " and ".join(object_phrase(o) for o in shuffled()),
         "there is " + " and ".join(object_phrase(o) for o in shuffled()),
-        " and ".join(
-            f"{POSITION_PHRASES[o.position]} a {o.size} {o.colour} {o.shape}" for o in shuffled()
-        ),
+        " and ".join(f"{POSITION_PHRASES[o.position]} a {o.size} {o.colour} {o.shape}" for o in shuffled()),
         f"{count}: " + ", ".join(f"{o.size} {o.colour} {o.shape} {POSITION_PHRASES[o.position]}" for o in shuffled()),
     )
 

@@ -10,8 +10,8 @@ import itertools
 import random
 from dataclasses import dataclass, replace
 
-from models.world.language import POSITION_PHRASES
-from models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
+from xmodal.models.world.language import POSITION_PHRASES
+from xmodal.models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,7 @@ def random_query(rng: random.Random, max_objects: int = 2, keep_probability: flo
     return Query(objects=tuple(objects))
 
 
-def partial_query(
-    graph: SceneGraph, rng: random.Random, max_objects: int = 2, keep_probability: float = 0.6
-) -> Query:
+def partial_query(graph: SceneGraph, rng: random.Random, max_objects: int = 2, keep_probability: float = 0.6) -> Query:
     """A partial query this scene satisfies: some of its objects, some of their attributes.
 
     The same shape of query as random_query (objects in any order, each attribute kept with

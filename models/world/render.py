@@ -6,7 +6,7 @@ import math
 
 from PIL import Image, ImageDraw
 
-from models.world.scene import BACKGROUNDS, COLOURS, POSITION_CENTRES, SIZE_RADII, SceneGraph, SceneObject
+from xmodal.models.world.scene import BACKGROUNDS, COLOURS, POSITION_CENTRES, SIZE_RADII, SceneGraph, SceneObject
 
 DEFAULT_IMAGE_SIZE = 64
 # Draw at twice the size and downsample: cheap anti-aliasing, so edges look like photos, not pixel art.
@@ -43,8 +43,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int) -> None
 def _regular_polygon(x: float, y: float, r: float, sides: int) -> list[tuple[float, float]]:
     # First vertex points up.
     return [
-        (x + r * math.sin(2 * math.pi * k / sides), y - r * math.cos(2 * math.pi * k / sides))
-        for k in range(sides)
+        (x + r * math.sin(2 * math.pi * k / sides), y - r * math.cos(2 * math.pi * k / sides)) for k in range(sides)
     ]
 
 

@@ -69,9 +69,7 @@ class SceneGraph:
 
     def count(self, shape: str | None = None, colour: str | None = None) -> int:
         return sum(
-            1
-            for o in self.objects
-            if (shape is None or o.shape == shape) and (colour is None or o.colour == colour)
+            1 for o in self.objects if (shape is None or o.shape == shape) and (colour is None or o.colour == colour)
         )
 
     def at(self, position: str) -> SceneObject | None:

@@ -24,8 +24,17 @@ def coco_index_dir(tiny_coca_dir, tmp_path_factory):
         pytest.skip("../shared/data/coco-mini is not present")
     out = tmp_path_factory.mktemp("e2e") / "coco-index"
     result = run_xmodal(
-        "index", COCO_MINI, "--out", out, "--model", f"local-dir:{tiny_coca_dir}",
-        "--captions", COCO_MINI / "captions.csv", "--workers", "1", "--json",
+        "index",
+        COCO_MINI,
+        "--out",
+        out,
+        "--model",
+        f"local-dir:{tiny_coca_dir}",
+        "--captions",
+        COCO_MINI / "captions.csv",
+        "--workers",
+        "1",
+        "--json",
         "--no-draft",  # the tiny model's 32-px input magnifies draft decoding's drift; the server decodes fully
     )
     assert result.returncode == 0, result.stderr

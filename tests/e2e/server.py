@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def run_xmodal(*args: str, env: dict | None = None, timeout: float = 300) -> sub
     )
 
 
+def package_path(checkout: Path) -> Path:
+    """A folder to put on PYTHONPATH so that `import xmodal.app` reads `checkout`'s app/ (and so on), as
+    the installed package maps them."""
+    root = Path(tempfile.mkdtemp(prefix="xmodal-path-"))
+    (root / "xmodal").mkdir()
+    for name in ("app", "indexer", "models"):
+        (root / "xmodal" / name).symlink_to(Path(checkout).resolve() / name)
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -29,10 +40,17 @@ def free_port() -> int:
 class Server:
     """`xmodal serve` in a subprocess; `url` once it listens. Always stopped on exit."""
 
-    def __init__(self, index: Path | list[str] | None, log_path: Path, env: dict | None = None,
-                 app_root: Path | None = None, command: list[str] | None = None):
+    def __init__(
+        self,
+        index: Path | list[str] | None,
+        log_path: Path,
+        env: dict | None = None,
+        app_root: Path | None = None,
+        command: list[str] | None = None,
+    ):
         """index: one folder, or several `--index` values (`NAME=FOLDER`). app_root: serve that checkout
-        (`python -m app.cli` with it first on PYTHONPATH, e.g. a `git archive` export) instead of this one.
+        (e.g. a `git archive` export) instead of the installed one: `python -m xmodal.app.cli` with its
+        app/, indexer/ and models/ linked as the `xmodal` package first on PYTHONPATH.
         command: other `xmodal` arguments that end in serving (`demo`); `--port` is added."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -43,7 +61,7 @@ class Server:
             command = ["serve", *(arg for value in indexes for arg in ("--index", value)), "--host", "127.0.0.1"]
         program, env = [XMODAL], {**os.environ, **(env or {})}
         if app_root is not None:
-            program, env = [sys.executable, "-m", "app.cli"], {**env, "PYTHONPATH": str(app_root)}
+            program, env = [sys.executable, "-m", "xmodal.app.cli"], {**env, "PYTHONPATH": str(package_path(app_root))}
         self.process = subprocess.Popen(
             [*program, *map(str, command), "--port", str(self.port)],
             cwd=app_root,
@@ -89,7 +107,7 @@ class Server:
         self._log.close()
         return self.process.returncode
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,8 +11,11 @@ import pytest
 from tests.e2e.server import Server
 
 pytestmark = pytest.mark.e2e
-QUERIES = [f"{colour} {thing}" for colour in ("red", "blue", "green", "white") for thing in
-           ("bus", "dog", "kitchen", "plane", "pizza", "bed", "cat", "boat")]
+QUERIES = [
+    f"{colour} {thing}"
+    for colour in ("red", "blue", "green", "white")
+    for thing in ("bus", "dog", "kitchen", "plane", "pizza", "bed", "cat", "boat")
+]
 
 
 async def _concurrently(url: str, path: str, bodies: list[dict]) -> list[httpx.Response]:

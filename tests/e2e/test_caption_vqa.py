@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from models.decoding import CocaDecoder, DecodeOptions
-from models.images import load_image
-from models.loading import load_model
 from tests.conftest import COCO_MINI, IMAGES_EDGE
 from tests.e2e.server import Server, run_xmodal
+from xmodal.models.decoding import CocaDecoder, DecodeOptions
+from xmodal.models.images import load_image
+from xmodal.models.loading import load_model
 
 pytestmark = pytest.mark.e2e
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
@@ -203,8 +203,9 @@ def clip_photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip_server(clip_photos, tiny_clip_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("clip-index")
-    built = run_xmodal("index", clip_photos, "--out", out, "--model", f"local-dir:{tiny_clip_dir}",
-                       "--workers", "0", "--no-progress")
+    built = run_xmodal(
+        "index", clip_photos, "--out", out, "--model", f"local-dir:{tiny_clip_dir}", "--workers", "0", "--no-progress"
+    )
     assert built.returncode == 0, built.stderr
     with Server(out, tmp_path_factory.mktemp("clip-logs") / "server.log") as running:
         running.wait_ready()
@@ -241,8 +242,17 @@ def test_clip_index_cannot_caption_but_answers_multiple_choice_contrastively(cli
 
 def test_cli_caption_prints_one_line_per_image_and_fails_on_bad_ones(tiny_coca_dir, coca):
     second = COCO_MINI / "images" / "000000000790.jpg"
-    result = run_xmodal("caption", PHOTO, IMAGES_EDGE / "broken.png", COCO_MINI / "absent.jpg", second,
-                        "--model", f"local-dir:{tiny_coca_dir}", "--device", "cpu")
+    result = run_xmodal(
+        "caption",
+        PHOTO,
+        IMAGES_EDGE / "broken.png",
+        COCO_MINI / "absent.jpg",
+        second,
+        "--model",
+        f"local-dir:{tiny_coca_dir}",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 1
     assert "broken.png" in result.stderr and "not a recognised image format" in result.stderr
     assert "absent.jpg: no such file" in result.stderr
@@ -270,15 +280,25 @@ def test_cli_ask_ranks_candidates_and_refuses_open_questions_without_a_decoder(t
 
 
 def test_index_caption_stores_a_generated_caption_per_image(tiny_coca_dir, clip_photos, tmp_path):
-    from indexer.build import BuildConfig
+    from xmodal.indexer.build import BuildConfig
 
     if "caption" not in {f.name for f in dataclasses.fields(BuildConfig)}:
         pytest.skip("indexer.build.BuildConfig has no `caption` field yet (xmodal index --caption not wired)")
-    from indexer import store
-    from models.generation import generate_captions
+    from xmodal.indexer import store
+    from xmodal.models.generation import generate_captions
 
-    built = run_xmodal("index", clip_photos, "--out", tmp_path / "index", "--model", f"local-dir:{tiny_coca_dir}",
-                       "--caption", "--workers", "0", "--no-progress")
+    built = run_xmodal(
+        "index",
+        clip_photos,
+        "--out",
+        tmp_path / "index",
+        "--model",
+        f"local-dir:{tiny_coca_dir}",
+        "--caption",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert built.returncode == 0, built.stderr
     version = store.resolve_version(tmp_path / "index")
     import pyarrow.parquet as pq

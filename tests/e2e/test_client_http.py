@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.client import AsyncXmodalClient, XmodalClient, XmodalError
-from app.schemas import ImageHit, TextHit
 from tests.conftest import COCO_MINI
+from xmodal.app.client import AsyncXmodalClient, XmodalClient, XmodalError
+from xmodal.app.schemas import ImageHit, TextHit
 
 pytestmark = pytest.mark.e2e
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"

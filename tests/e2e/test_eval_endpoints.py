@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from xmodal.app.cli import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -16,8 +16,25 @@ pytestmark = pytest.mark.e2e
 def test_endpoints_answer_what_the_model_answers_in_process(server, tiny_coca_dir, tmp_path):
     # The session server runs the tiny CoCa (random weights): long, arbitrary captions and answers
     # make any difference in decoding or preprocessing visible.
-    args = ["eval", "--model", f"local-dir:{tiny_coca_dir}", "--server", server.url, "--scenes", "12",
-            "--captions", "6", "--questions-per-type", "2", "--queries", "20", "--threads", "1", "--out", str(tmp_path)]
+    args = [
+        "eval",
+        "--model",
+        f"local-dir:{tiny_coca_dir}",
+        "--server",
+        server.url,
+        "--scenes",
+        "12",
+        "--captions",
+        "6",
+        "--questions-per-type",
+        "2",
+        "--queries",
+        "20",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval.json").read_text())
@@ -32,5 +49,7 @@ def test_endpoints_answer_what_the_model_answers_in_process(server, tiny_coca_di
 
 
 def test_eval_says_when_the_server_is_not_there(tmp_path):
-    result = CliRunner().invoke(cli, ["eval", "--server", "http://127.0.0.1:9", "--scenes", "10", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli, ["eval", "--server", "http://127.0.0.1:9", "--scenes", "10", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "cannot reach http://127.0.0.1:9" in result.output

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from indexer.build import BuildConfig, build_index
-from models.encoders import Encoder
 from tests.e2e.server import Server
+from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.models.encoders import Encoder
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,9 @@ def test_hot_swap_under_load_fails_no_request(tiny_coca_dir, tiny_clip_dir, tmp_
         assert len(httpx.post(server.url + "/v1/search/text", json={"text": "x", "k": 50}).json()["results"]) == 7
 
         # A version built with other weights is refused; the server keeps serving the one it has.
-        build_index(BuildConfig(photos, out, workers=0, progress=False), Encoder.from_spec(f"local-dir:{tiny_clip_dir}", "cpu"))
+        build_index(
+            BuildConfig(photos, out, workers=0, progress=False), Encoder.from_spec(f"local-dir:{tiny_clip_dir}", "cpu")
+        )
         time.sleep(1.5)
         assert httpx.get(server.url + "/v1/index").json()["version"] == second.version.name
         assert "not serving" in server.log()
@@ -71,6 +73,10 @@ def test_admin_reload_swaps_at_once_when_polling_is_off(tiny_coca_dir, tmp_path)
         second = build_index(BuildConfig(photos, out, workers=0, progress=False), encoder)
         assert httpx.get(server.url + "/v1/index").json()["version"] == first.version.name  # no polling
         reload = httpx.post(server.url + "/v1/admin/index/reload").json()
-        assert reload == {"index": "default", "swapped": True, "previous": first.version.name,
-                          "version": second.version.name}
+        assert reload == {
+            "index": "default",
+            "swapped": True,
+            "previous": first.version.name,
+            "version": second.version.name,
+        }
         assert httpx.post(server.url + "/v1/admin/index/reload").json()["swapped"] is False

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.client import XmodalClient, XmodalError
-from indexer import store
-from indexer.build import BuildConfig, build_index
-from models.encoders import Encoder
 from tests.conftest import COCO_MINI
 from tests.e2e.server import Server
+from xmodal.app.client import XmodalClient, XmodalError
+from xmodal.indexer import store
+from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.models.encoders import Encoder
 
 pytestmark = pytest.mark.e2e
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
@@ -44,8 +44,14 @@ def folders(coco_index_dir, tiny_coca_dir, tiny_clip_dir, tmp_path_factory):
     coca = Encoder.from_spec(f"local-dir:{tiny_coca_dir}", "cpu")
     build_index(BuildConfig(clip_photos, root / "clip", workers=0, progress=False), clip)
     build_index(BuildConfig(shapes_photos, root / "shapes", workers=0, progress=False), coca)
-    return {"coco": coco_index_dir, "clip": root / "clip", "shapes": root / "shapes",
-            "clip-photos": clip_photos, "shapes-photos": shapes_photos, "coca": coca}
+    return {
+        "coco": coco_index_dir,
+        "clip": root / "clip",
+        "shapes": root / "shapes",
+        "clip-photos": clip_photos,
+        "shapes-photos": shapes_photos,
+        "coca": coca,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +86,15 @@ def test_indexes_lists_every_index_with_its_manifest_and_each_model_once(http, m
         manifest = store.read_manifest(version)
         summary = by_name[name]
         assert (summary["version"], summary["model"], summary["fingerprint"]) == (
-            version.name, manifest.model.spec, manifest.model.fingerprint)
+            version.name,
+            manifest.model.spec,
+            manifest.model.fingerprint,
+        )
         assert (summary["images"], summary["index_key"], summary["search_params"]) == (
-            manifest.images.count, manifest.images.index_key, manifest.images.search_params)
+            manifest.images.count,
+            manifest.images.index_key,
+            manifest.images.search_params,
+        )
     assert [by_name[n]["images"] for n in by_name] == [159, 4, 3]
     assert by_name["coco"]["texts"] == 795 and by_name["coco"]["texts_index_key"] == "Flat"
     assert by_name["clip"]["texts_index_key"] is None
@@ -103,10 +115,14 @@ def test_coco_by_name_answers_exactly_as_the_server_of_coco_alone(http, client):
         assert np.allclose([h["score"] for h in results], [h["score"] for h in alone], atol=1e-5)
     by_image = http.post("/v1/search/image", files=_file(PHOTO), data={"k": "5", "target": "texts", "index": "coco"})
     assert by_image.json() | {"took_ms": 0} == client.post(
-        "/v1/search/image", files=_file(PHOTO), data={"k": "5", "target": "texts"}).json() | {"took_ms": 0}
+        "/v1/search/image", files=_file(PHOTO), data={"k": "5", "target": "texts"}
+    ).json() | {"took_ms": 0}
     assert http.get("/v1/items/3", params={"index": "coco"}).json() == client.get("/v1/items/3").json()
     caption = http.post("/v1/caption", files=_file(PHOTO), data={"index": "coco", "max_tokens": "5"})
-    assert caption.json()["caption"] == client.post("/v1/caption", files=_file(PHOTO), data={"max_tokens": "5"}).json()["caption"]
+    assert (
+        caption.json()["caption"]
+        == client.post("/v1/caption", files=_file(PHOTO), data={"max_tokens": "5"}).json()["caption"]
+    )
 
 
 def test_clip_by_name_searches_its_own_vectors_with_its_own_model(http, folders, tiny_clip_dir):
@@ -119,7 +135,10 @@ def test_clip_by_name_searches_its_own_vectors_with_its_own_model(http, folders,
     assert np.allclose([h["score"] for h in hits], np.sort(exact)[::-1], atol=1e-4)
     itself = http.post("/v1/search/image", params={"index": "clip"}, files=_file(folders["clip-photos"] / "2.png"))
     assert itself.json()["results"][0]["path"] == "2.png" and itself.json()["results"][0]["score"] > 0.999
-    assert http.get("/v1/items/2/image", params={"index": "clip"}).content == (folders["clip-photos"] / "2.png").read_bytes()
+    assert (
+        http.get("/v1/items/2/image", params={"index": "clip"}).content
+        == (folders["clip-photos"] / "2.png").read_bytes()
+    )
     ranked = http.post("/v1/rank", json={"text": "a red square", "images": [0, 3], "index": "clip"}).json()["results"]
     assert [hit["id"] for hit in ranked] == sorted([0, 3], key=lambda i: -exact[i])
     caption = http.post("/v1/caption", files=_file(PHOTO), data={"index": "clip"})  # a plain CLIP has no decoder
@@ -147,7 +166,9 @@ def test_unknown_names_are_404_and_several_indexes_need_a_name(http):
 def test_reload_is_per_index_and_needs_an_admin_key(http, many, folders):
     before = {s["name"]: s["version"] for s in http.get("/v1/indexes").json()["indexes"]}
     Image.new("RGB", (32, 32), (255, 0, 255)).save(folders["shapes-photos"] / "3.png")
-    fresh = build_index(BuildConfig(folders["shapes-photos"], folders["shapes"], workers=0, progress=False), folders["coca"])
+    fresh = build_index(
+        BuildConfig(folders["shapes-photos"], folders["shapes"], workers=0, progress=False), folders["coca"]
+    )
     assert http.post("/v1/indexes/shapes/reload").status_code == 403  # a read key
     admin = {"Authorization": f"Bearer {ADMIN}"}
     assert http.post("/v1/indexes/photos/reload", headers=admin).status_code == 404
@@ -175,7 +196,10 @@ def test_client_passes_index_on_every_kind_of_call(many, folders):
         photo = folders["clip-photos"] / "1.png"
         assert xm.search_image(photo, 1, index="clip").results[0].path == "1.png"
         assert xm.search_text("green", 4, index="clip").results.__len__() == 4
-        assert xm.search_vector(xm.embed_image(photo, index="clip").embeddings[0], 1, index="clip").results[0].path == "1.png"
+        assert (
+            xm.search_vector(xm.embed_image(photo, index="clip").embeddings[0], 1, index="clip").results[0].path
+            == "1.png"
+        )
         assert xm.embed_text(["a", "b"], index="clip").model == xm.embed_image(photo, index="clip").model
         assert xm.item(1, index="clip").path == "1.png" and xm.item_image(1, index="clip") == photo.read_bytes()
         assert xm.index("clip").images == 4 and xm.index(index="coco").images == 159

@@ -7,9 +7,9 @@ import base64
 import numpy as np
 import pytest
 
-from app.vectors import dedup
-from indexer import store
 from tests.conftest import COCO_MINI
+from xmodal.app.vectors import dedup
+from xmodal.indexer import store
 
 pytestmark = pytest.mark.e2e
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
@@ -27,11 +27,15 @@ def _emb(client, **body):
 
 def test_rank_texts_against_an_image_by_upload_and_base64(client):
     texts = ["a plane in the sky", "a living room with a television", "a bowl of soup"]
-    by_upload = client.post("/v1/rank", files={"file": ("p.jpg", PHOTO.read_bytes())}, data={"texts": str(texts).replace("'", '"')})
+    by_upload = client.post(
+        "/v1/rank", files={"file": ("p.jpg", PHOTO.read_bytes())}, data={"texts": str(texts).replace("'", '"')}
+    )
     assert by_upload.status_code == 200, by_upload.text
     by_json = client.post("/v1/rank", json={"image_b64": base64.b64encode(PHOTO.read_bytes()).decode(), "texts": texts})
     assert by_upload.json()["results"] == by_json.json()["results"]
-    image_emb = np.array(client.post("/v1/embed/image", files={"file": ("p.jpg", PHOTO.read_bytes())}).json()["embeddings"][0])
+    image_emb = np.array(
+        client.post("/v1/embed/image", files={"file": ("p.jpg", PHOTO.read_bytes())}).json()["embeddings"][0]
+    )
     exact = _emb(client, texts=texts) @ image_emb
     results = by_json.json()["results"]
     assert [r["position"] for r in results] == np.argsort(-exact, kind="stable").tolist()
@@ -55,7 +59,10 @@ def test_rank_items_against_a_text_equals_the_stored_vectors(client, stored):
         (dict(json={"text": "a dog", "images": []}), "give 1 to 200 images"),
         (dict(json={"text": "a dog", "images": [159]}), "unknown item ids: [159]"),
         (dict(json={"text": "", "images": [1]}), "text is empty"),
-        (dict(json={"image_b64": base64.b64encode(PHOTO.read_bytes()).decode(), "texts": ["x"] * 201}), "give 1 to 200 texts"),
+        (
+            dict(json={"image_b64": base64.b64encode(PHOTO.read_bytes()).decode(), "texts": ["x"] * 201}),
+            "give 1 to 200 texts",
+        ),
         (dict(files={"file": ("p.jpg", PHOTO.read_bytes())}, data={"texts": "not json"}), "JSON array"),
         (dict(files={"file": ("p.jpg", PHOTO.read_bytes())}), "texts"),
         (dict(json=["a"]), "JSON body must be an object"),
@@ -77,5 +84,7 @@ def test_dedup_drops_near_duplicates_and_still_returns_k(client, stored):
     body = client.post("/v1/search/text", json={"text": query, "k": 10, "dedup": threshold}).json()
     assert [hit["id"] for hit in body["results"]] == expected
     assert client.post("/v1/search/text", json={"text": query, "dedup": 1.5}).status_code == 422
-    image = client.post("/v1/search/image", files={"file": ("p.jpg", PHOTO.read_bytes())}, data={"k": "3", "dedup": "0.5"})
+    image = client.post(
+        "/v1/search/image", files={"file": ("p.jpg", PHOTO.read_bytes())}, data={"k": "3", "dedup": "0.5"}
+    )
     assert image.status_code == 200 and len(image.json()["results"]) >= 1

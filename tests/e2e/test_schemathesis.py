@@ -21,8 +21,14 @@ def test_no_operation_answers_a_server_error(server):
         operation = result.ok()
         label = operation.label
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy())
         def check(case):  # run at once, inside this iteration
             response = case.call(base_url=server.url, timeout=60)

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from indexer import store
+from xmodal.indexer import store
 
 pytestmark = pytest.mark.e2e
 QUERY = "a person riding a horse"

@@ -12,8 +12,10 @@ from tests.e2e.server import Server, free_port, run_xmodal
 
 pytestmark = pytest.mark.e2e
 
-KEYS = {name: f"{name}-key-0123456789abcdef" for name in (
-    "read", "admin", "flood", "metrics", "cors", "body", "ssrf", "trace")}
+KEYS = {
+    name: f"{name}-key-0123456789abcdef"
+    for name in ("read", "admin", "flood", "metrics", "cors", "body", "ssrf", "trace")
+}
 # Each test spends its own key: with 1 request/s and a burst of 8, tests sharing a key would run each other dry.
 SCOPES = {key: ("admin" if name == "admin" else "read") for name, key in KEYS.items()}
 ORIGIN = "https://photos.example.org"
@@ -70,7 +72,10 @@ def test_rate_limit_is_429_with_retry_after(secure):
 
 
 def test_cors_only_for_configured_origins(secure, client):
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     allowed = httpx.options(secure.url + "/v1/search/text", headers={"Origin": ORIGIN, **preflight})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
     other = httpx.options(secure.url + "/v1/search/text", headers={"Origin": "https://evil.example", **preflight})
@@ -92,8 +97,9 @@ def test_body_limit_on_a_json_route(secure):
         for _ in range(limit // 10_000 + 2):
             yield b"x" * 10_000
 
-    streamed = httpx.post(secure.url + "/v1/embed/text", content=chunks(),
-                          headers={"content-type": "application/json", **_auth("body")})
+    streamed = httpx.post(
+        secure.url + "/v1/embed/text", content=chunks(), headers={"content-type": "application/json", **_auth("body")}
+    )
     assert streamed.status_code == 413
 
 
@@ -116,7 +122,9 @@ def test_image_url_is_off_by_default(client):
 
 def test_metrics_after_a_few_requests(secure):
     for text in ("a cat", "a bus", "a kitchen"):
-        assert httpx.post(secure.url + "/v1/search/text", json={"text": text}, headers=_auth("metrics")).status_code == 200
+        assert (
+            httpx.post(secure.url + "/v1/search/text", json={"text": text}, headers=_auth("metrics")).status_code == 200
+        )
     body = httpx.get(secure.url + "/metrics", headers=_auth("metrics")).text
     assert 'xmodal_request_duration_seconds_count{method="POST",route="/v1/search/text",status="200"}' in body
     assert 'route="/v1/index",status="401"' in body  # statuses other than 200 too
@@ -124,7 +132,7 @@ def test_metrics_after_a_few_requests(secure):
     text_buckets = [line for line in body.splitlines() if line.startswith('xmodal_batch_size_bucket{batcher="text"')]
     assert any('le="+Inf"' in line and f'model="{model}"' in line for line in text_buckets)
     assert f'xmodal_batch_queue_depth{{batcher="text",model="{model}"}} 0.0' in body
-    assert 'xmodal_model_info{' in body and 'index="default"' in body and "index_version=" in body
+    assert "xmodal_model_info{" in body and 'index="default"' in body and "index_version=" in body
     assert 'xmodal_index_vectors{index="default",kind="images"} 159.0' in body and "xmodal_ready 1.0" in body
 
 
@@ -138,15 +146,23 @@ def test_request_ids_are_echoed_and_logged_as_json(secure):
     made = httpx.get(secure.url + "/healthz")
     assert len(made.headers["x-request-id"]) == 32
     lines = [json.loads(line) for line in secure.log().splitlines() if line.startswith("{")]
-    access = [line for line in lines if line.get("request_id") == "trace-abc-123" and line["logger"] == "app.access"]
+    access = [line for line in lines if line.get("request_id") == "trace-abc-123" and line["logger"] == "xmodal.access"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/index" and access[0]["key"]
     assert KEYS["trace"] not in secure.log()
 
 
 def test_serve_refuses_a_public_address_without_keys(coco_index_dir):
-    refused = run_xmodal("serve", "--index", coco_index_dir, "--host", "0.0.0.0", "--port", str(free_port()),
-                         timeout=120)
+    refused = run_xmodal(
+        "serve", "--index", coco_index_dir, "--host", "0.0.0.0", "--port", str(free_port()), timeout=120
+    )
     assert refused.returncode == 2 and "refusing to serve on 0.0.0.0 without API keys" in refused.stderr
-    short = run_xmodal("serve", "--index", coco_index_dir, "--port", str(free_port()),
-                       env={"XMODAL_API_KEYS": '{"short": "read"}'}, timeout=120)
+    short = run_xmodal(
+        "serve",
+        "--index",
+        coco_index_dir,
+        "--port",
+        str(free_port()),
+        env={"XMODAL_API_KEYS": '{"short": "read"}'},
+        timeout=120,
+    )
     assert short.returncode == 2 and "at least 16" in short.stderr

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer import store
 from tests.conftest import COCO_MINI, EDGE_UNDECODABLE, IMAGES_EDGE
+from xmodal.indexer import store
 
 pytestmark = pytest.mark.e2e
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
@@ -95,8 +95,17 @@ def test_items_and_their_image_files(client):
 
 def test_openapi_and_docs(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/healthz", "/readyz", "/v1/search/text", "/v1/search/image", "/v1/embed/text",
-                 "/v1/embed/image", "/v1/items/{item_id}", "/v1/items/{item_id}/image", "/v1/index"):
+    for path in (
+        "/healthz",
+        "/readyz",
+        "/v1/search/text",
+        "/v1/search/image",
+        "/v1/embed/text",
+        "/v1/embed/image",
+        "/v1/items/{item_id}",
+        "/v1/items/{item_id}/image",
+        "/v1/index",
+    ):
         assert path in spec["paths"], path
     image_body = spec["paths"]["/v1/search/image"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(image_body)

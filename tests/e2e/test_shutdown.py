@@ -26,8 +26,9 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(coco_index_dir, t
 
     def send():
         try:
-            answer["response"] = httpx.post(server.url + "/v1/search/text", content=body(), timeout=60,
-                                            headers={"content-type": "application/json"})
+            answer["response"] = httpx.post(
+                server.url + "/v1/search/text", content=body(), timeout=60, headers={"content-type": "application/json"}
+            )
         except httpx.HTTPError as exc:
             answer["error"] = exc
 

@@ -40,15 +40,27 @@ def test_image_to_text_needs_captions(tiny_coca_dir, tmp_path):
     folder.mkdir()
     for i in range(3):
         Image.new("RGB", (48, 48), (80 * i, 20, 200)).save(folder / f"{i}.png")
-    built = run_xmodal("index", folder, "--out", tmp_path / "index", "--model", f"local-dir:{tiny_coca_dir}",
-                       "--workers", "0", "--no-progress")
+    built = run_xmodal(
+        "index",
+        folder,
+        "--out",
+        tmp_path / "index",
+        "--model",
+        f"local-dir:{tiny_coca_dir}",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert built.returncode == 0, built.stderr
     with Server(tmp_path / "index", tmp_path / "log") as server:
         server.wait_ready()
         photo = {"file": ("0.png", (folder / "0.png").read_bytes(), "image/png")}
         response = httpx.post(server.url + "/v1/search/image", files=photo, data={"target": "texts"})
         assert response.status_code == 422 and "--captions" in response.json()["detail"]
-        assert httpx.post(server.url + "/v1/search/text", json={"text": "blue", "k": 1000}).json()["results"].__len__() == 3
+        assert (
+            httpx.post(server.url + "/v1/search/text", json={"text": "blue", "k": 1000}).json()["results"].__len__()
+            == 3
+        )
 
 
 def test_cli_errors_are_readable(tmp_path):

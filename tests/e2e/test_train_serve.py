@@ -14,9 +14,9 @@ import random
 import httpx
 import pytest
 
-from models.world import Scene, SceneGraph, SceneObject, canonical_caption, write_scenes
-from models.world.scene import BACKGROUNDS, JITTER, RADIUS_JITTER
 from tests.e2e.server import Server, run_xmodal
+from xmodal.models.world import Scene, SceneGraph, SceneObject, canonical_caption, write_scenes
+from xmodal.models.world.scene import BACKGROUNDS, JITTER, RADIUS_JITTER
 
 pytestmark = pytest.mark.e2e
 
@@ -25,10 +25,34 @@ SHAPES = ("circle", "square")
 # The contrastive loss reaches its floor (every batch's classes apart) by about step 120; with
 # this seed the 4 classes end with a score margin above 0.4 (least relevant vs most irrelevant).
 # The caption loss is turned down: only retrieval is tested here.
-TRAIN_SETTINGS = ("--steps", "160", "--batch-size", "16", "--lr", "2e-3", "--warmup", "5", "--caption-weight", "0.1",
-                  "--contrastive-texts", "1", "--decoder-targets", "1", "--decoder-lr-scale", "1",
-                  "--weight-decay", "0.1", "--train-seed", "0", "--threads", "1", "--workers", "0",
-                  "--checkpoint-every", "80")
+TRAIN_SETTINGS = (
+    "--steps",
+    "160",
+    "--batch-size",
+    "16",
+    "--lr",
+    "2e-3",
+    "--warmup",
+    "5",
+    "--caption-weight",
+    "0.1",
+    "--contrastive-texts",
+    "1",
+    "--decoder-targets",
+    "1",
+    "--decoder-lr-scale",
+    "1",
+    "--weight-decay",
+    "0.1",
+    "--train-seed",
+    "0",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+    "--checkpoint-every",
+    "80",
+)
 
 
 def toy_scenes(per_kind: int) -> list[Scene]:
@@ -37,8 +61,15 @@ def toy_scenes(per_kind: int) -> list[Scene]:
     for colour in COLOURS:
         for shape in SHAPES:
             for i in range(per_kind):
-                obj = SceneObject(shape, colour, "large", "centre", dx=rng.uniform(-JITTER, JITTER),
-                                  dy=rng.uniform(-JITTER, JITTER), dr=rng.uniform(-RADIUS_JITTER, RADIUS_JITTER))
+                obj = SceneObject(
+                    shape,
+                    colour,
+                    "large",
+                    "centre",
+                    dx=rng.uniform(-JITTER, JITTER),
+                    dy=rng.uniform(-JITTER, JITTER),
+                    dr=rng.uniform(-RADIUS_JITTER, RADIUS_JITTER),
+                )
                 graph = SceneGraph(objects=(obj,), background=rng.choice(tuple(BACKGROUNDS)))
                 captions = (canonical_caption(graph), f"a {colour} {shape}")
                 scenes.append(Scene(f"toy-{colour}-{shape}-{i}", i, graph, captions, (), "train"))
@@ -51,16 +82,34 @@ def trained_index(tmp_path_factory):
     write_scenes(toy_scenes(per_kind=8), root / "data", image_size=32)
     model = root / "model"
     trained = run_xmodal(
-        "train", "--data", root / "data" / "captions.csv", "--model", "xmodal-tiny-coca", "--out", model,
-        *TRAIN_SETTINGS, "--no-progress",
+        "train",
+        "--data",
+        root / "data" / "captions.csv",
+        "--model",
+        "xmodal-tiny-coca",
+        "--out",
+        model,
+        *TRAIN_SETTINGS,
+        "--no-progress",
     )
     assert trained.returncode == 0, trained.stderr
     assert "model written to" in trained.stdout
     record = json.loads((model / "training.json").read_text())
     assert record["steps"] == 160 and record["curve"][-1]["contrastive_loss"] < record["curve"][0]["contrastive_loss"]
 
-    built = run_xmodal("index", root / "data" / "images", "--out", root / "index", "--model", f"local-dir:{model}",
-                       "--captions", root / "data" / "captions.csv", "--workers", "0", "--no-progress")
+    built = run_xmodal(
+        "index",
+        root / "data" / "images",
+        "--out",
+        root / "index",
+        "--model",
+        f"local-dir:{model}",
+        "--captions",
+        root / "data" / "captions.csv",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert built.returncode == 0, built.stderr
     return root
 
@@ -79,7 +128,7 @@ def test_a_trained_model_finds_scenes_by_shape_and_colour(trained_index):
 def test_eval_reports_recall_of_the_index(trained_index, tmp_path):
     from typer.testing import CliRunner
 
-    from app.cli import cli
+    from xmodal.app.cli import cli
 
     # In-process: the index is what matters here, not another process start.
     result = CliRunner().invoke(cli, ["eval", "--index", str(trained_index / "index"), "--out", str(tmp_path)])

@@ -23,8 +23,16 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"),
 ]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
 OTHER_PHOTO = COCO_MINI / "images" / "000000000790.jpg"
 QUERY = "a dog on a beach"
@@ -64,7 +72,9 @@ def _card_ids(page) -> list[int]:
 def _wait_thumbnails(page, count: int) -> list[list[int]]:
     """Waits until `count` thumbnails are decoded; their natural sizes."""
     expect(page.locator("#results .card img")).to_have_count(count)
-    page.wait_for_function("() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth)"
+    )
     return page.locator("#results img").evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
 
 
@@ -139,7 +149,9 @@ def test_an_uploaded_or_dropped_image_shows_similar_images_and_captions(page, se
     page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
     expect(page.locator("#status")).to_contain_text(f"for the image {OTHER_PHOTO.name}")
     other = {"file": (OTHER_PHOTO.name, OTHER_PHOTO.read_bytes(), "image/jpeg")}
-    assert _card_ids(page) == [hit["id"] for hit in client.post("/v1/search/image", files=other, data={"k": "6"}).json()["results"]]
+    assert _card_ids(page) == [
+        hit["id"] for hit in client.post("/v1/search/image", files=other, data={"k": "6"}).json()["results"]
+    ]
     expect(page.locator("#answer")).to_be_hidden()  # the old image's caption is gone
 
 
@@ -176,8 +188,9 @@ def clip_index_dir(tiny_clip_dir, coco_index_dir, tmp_path_factory):
     for path in sorted((COCO_MINI / "images").glob("*.jpg"))[-3:]:
         shutil.copy(path, photos)
     out = tmp_path_factory.mktemp("web-clip-index")
-    built = run_xmodal("index", photos, "--out", out, "--model", f"local-dir:{tiny_clip_dir}", "--workers", "0",
-                       "--no-progress")
+    built = run_xmodal(
+        "index", photos, "--out", out, "--model", f"local-dir:{tiny_clip_dir}", "--workers", "0", "--no-progress"
+    )
     assert built.returncode == 0, built.stderr
     return out
 

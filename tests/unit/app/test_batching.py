@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.batching import DynamicBatcher, Overloaded
+from xmodal.app.batching import DynamicBatcher, Overloaded
 
 
 def _run(coro):

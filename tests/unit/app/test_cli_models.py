@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
-from models.loading import load_model
+from xmodal.app.cli import cli
+from xmodal.models.loading import load_model
 
 runner = CliRunner()
 
@@ -18,9 +18,33 @@ def invoke(*args):
     return result
 
 
-WORLD_TRAIN = ("--scenes", 32, "--model", "xmodal-tiny-coca", "--steps", 4, "--batch-size", 8, "--warmup", 1,
-               "--threads", 1, "--eval-scenes", 10, "--decoder-targets", 2, "--query-fraction", 0.5,
-               "--hard-negatives", 1, "--workers", 0, "--checkpoint-every", 2, "--no-progress")
+WORLD_TRAIN = (
+    "--scenes",
+    32,
+    "--model",
+    "xmodal-tiny-coca",
+    "--steps",
+    4,
+    "--batch-size",
+    8,
+    "--warmup",
+    1,
+    "--threads",
+    1,
+    "--eval-scenes",
+    10,
+    "--decoder-targets",
+    2,
+    "--query-fraction",
+    0.5,
+    "--hard-negatives",
+    1,
+    "--workers",
+    0,
+    "--checkpoint-every",
+    2,
+    "--no-progress",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +76,27 @@ def test_rerunning_train_resumes_from_its_checkpoints(world_model):
 
 def test_train_continues_from_a_trained_model_spec(world_model, tmp_path):
     out, _ = world_model
-    result = invoke("train", "--out", tmp_path / "tuned", "--scenes", 32, "--model", f"local-dir:{out}", "--steps", 2,
-                    "--batch-size", 8, "--warmup", 0, "--threads", 1, "--workers", 0, "--no-evaluate",
-                    "--no-progress")
+    result = invoke(
+        "train",
+        "--out",
+        tmp_path / "tuned",
+        "--scenes",
+        32,
+        "--model",
+        f"local-dir:{out}",
+        "--steps",
+        2,
+        "--batch-size",
+        8,
+        "--warmup",
+        0,
+        "--threads",
+        1,
+        "--workers",
+        0,
+        "--no-evaluate",
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     tuned = load_model(f"local-dir:{tmp_path / 'tuned'}", "cpu")
     assert tuned.model_cfg == load_model(f"local-dir:{out}", "cpu").model_cfg
@@ -63,13 +105,38 @@ def test_train_continues_from_a_trained_model_spec(world_model, tmp_path):
 
 def test_eval_world_writes_json_and_png(world_model, tmp_path):
     out, _ = world_model
-    result = invoke("eval", "--model", f"local-dir:{out}", "--scenes", 20, "--queries", 20, "--captions", 4,
-                    "--questions-per-type", 2, "--out", tmp_path, "--device", "cpu", "--threads", 1)
+    result = invoke(
+        "eval",
+        "--model",
+        f"local-dir:{out}",
+        "--scenes",
+        20,
+        "--queries",
+        20,
+        "--captions",
+        4,
+        "--questions-per-type",
+        2,
+        "--out",
+        tmp_path,
+        "--device",
+        "cpu",
+        "--threads",
+        1,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval.json").read_text())["world"]
     metrics = report["metrics"]
-    for key in ("t2i_p@1", "t2i_p@5", "i2t_r@1", "i2t_r@5", "caption_exact", "caption_f1",
-                "vqa_generated_colour", "vqa_ranked_all"):
+    for key in (
+        "t2i_p@1",
+        "t2i_p@5",
+        "i2t_r@1",
+        "i2t_r@5",
+        "caption_exact",
+        "caption_f1",
+        "vqa_generated_colour",
+        "vqa_ranked_all",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert report["counts"]["captioned"] == 4 and report["counts"]["questions"] == 12
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -87,8 +154,24 @@ def test_cli_errors_are_readable(tmp_path):
 
 
 def test_demo_prepares_once_then_reuses_model_scenes_and_index(tmp_path):
-    args = ("demo", "--cache-dir", tmp_path, "--model", "xmodal-tiny-coca", "--steps", 2, "--scenes", 12,
-            "--threads", 1, "--eval-scenes", 10, "--device", "cpu", "--no-serve")
+    args = (
+        "demo",
+        "--cache-dir",
+        tmp_path,
+        "--model",
+        "xmodal-tiny-coca",
+        "--steps",
+        2,
+        "--scenes",
+        12,
+        "--threads",
+        1,
+        "--eval-scenes",
+        10,
+        "--device",
+        "cpu",
+        "--no-serve",
+    )
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     assert "training xmodal-tiny-coca" in first.output and "indexed 12 scenes and 60 captions" in first.output

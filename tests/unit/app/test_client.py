@@ -10,11 +10,21 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.client import AsyncXmodalClient, XmodalClient, XmodalError
+from xmodal.app.client import AsyncXmodalClient, XmodalClient, XmodalError
 
 SUMMARY = {
-    "version": "v0001", "created_at": "now", "model": "m", "fingerprint": "f", "embed_dim": 4, "metric": "ip",
-    "images": 3, "texts": 0, "index_key": "Flat", "skipped": 0, "skipped_by_reason": {}, "xmodal_version": "0",
+    "version": "v0001",
+    "created_at": "now",
+    "model": "m",
+    "fingerprint": "f",
+    "embed_dim": 4,
+    "metric": "ip",
+    "images": 3,
+    "texts": 0,
+    "index_key": "Flat",
+    "skipped": 0,
+    "skipped_by_reason": {},
+    "xmodal_version": "0",
 }
 
 
@@ -88,7 +98,13 @@ def test_search_text_sends_only_the_options_given():
     transport, seen = _replies((200, {}, {"results": [], "took_ms": 1}))
     client, _ = _client(transport)
     client.search_text("dog", 5, filters={"width": {"gte": 10}}, dedup=0.95)
-    assert json.loads(seen[0].content) == {"text": "dog", "k": 5, "offset": 0, "filters": {"width": {"gte": 10}}, "dedup": 0.95}
+    assert json.loads(seen[0].content) == {
+        "text": "dog",
+        "k": 5,
+        "offset": 0,
+        "filters": {"width": {"gte": 10}},
+        "dedup": 0.95,
+    }
 
 
 def test_async_client_retries_the_same_way():

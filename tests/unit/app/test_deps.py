@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.deps import pick_index
-from app.errors import ApiError
+from xmodal.app.deps import pick_index
+from xmodal.app.errors import ApiError
 
 
 def _runtime(*names):

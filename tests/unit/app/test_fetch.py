@@ -7,16 +7,35 @@ import asyncio
 import httpx
 import pytest
 
-from app.fetch import FetchError, fetch_image, refusal
+from xmodal.app.fetch import FetchError, fetch_image, refusal
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-    "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1", "ff02::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "2002:7f00:1::", "64:ff9b::7f00:1",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "2002:7f00:1::",
+        "64:ff9b::7f00:1",
+    ],
+)
 def test_internal_addresses_are_refused(address):
     assert refusal(address)
 
@@ -79,8 +98,11 @@ def test_each_redirect_hop_is_checked_again():
             return httpx.Response(302, headers={"location": "http://127.0.0.1:8000/admin"})
         raise AssertionError("followed a redirect to loopback")
 
-    error = _status("http://public.example.com/x.png", handler, {"public.example.com": ["93.184.216.34"],
-                                                                 "127.0.0.1": ["127.0.0.1"]})
+    error = _status(
+        "http://public.example.com/x.png",
+        handler,
+        {"public.example.com": ["93.184.216.34"], "127.0.0.1": ["127.0.0.1"]},
+    )
     assert error.status == 422 and "127.0.0.1 is a loopback address" in error.detail
 
 
@@ -93,18 +115,22 @@ def test_redirects_are_followed_up_to_three_times():
             if hop < length:
                 return httpx.Response(301, headers={"location": f"http://h{hop + 1}.example.com/img"})
             return httpx.Response(200, headers={"content-type": "image/jpeg"}, content=PNG)
+
         return handler
 
     assert _fetch("http://h0.example.com/img", chain(3), table) == PNG
     assert "more than 3" in _status("http://h0.example.com/img", chain(4), table).detail
 
 
-@pytest.mark.parametrize("url, needle", [
-    ("ftp://example.com/a.png", "http or https"),
-    ("file:///etc/passwd", "http or https"),
-    ("http://user:pw@example.com/a.png", "credentials"),
-    ("not a url", "http or https"),
-])
+@pytest.mark.parametrize(
+    "url, needle",
+    [
+        ("ftp://example.com/a.png", "http or https"),
+        ("file:///etc/passwd", "http or https"),
+        ("http://user:pw@example.com/a.png", "credentials"),
+        ("not a url", "http or https"),
+    ],
+)
 def test_bad_urls_are_422(url, needle):
     error = _status(url, lambda r: httpx.Response(200), {"example.com": ["93.184.216.34"]})
     assert error.status == 422 and needle in error.detail
@@ -112,9 +138,15 @@ def test_bad_urls_are_422(url, needle):
 
 def test_content_type_size_and_upstream_errors():
     table = {"example.com": ["93.184.216.34"]}
-    html = lambda r: httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>")
+
+    def html(r):
+        return httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>")
+
     assert _status("http://example.com/", html, table).status == 422
-    big = lambda r: httpx.Response(200, headers={"content-type": "image/png"}, content=b"x" * 20_000)
+
+    def big(r):
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=b"x" * 20_000)
+
     assert _status("http://example.com/", big, table).status == 413
 
     async def chunks():
@@ -143,6 +175,13 @@ def test_the_whole_fetch_has_a_deadline():
         await asyncio.sleep(10)
 
     with pytest.raises(FetchError) as caught:
-        asyncio.run(fetch_image("http://example.com/", max_bytes=10, timeout_s=0.05, resolver=never,
-                                transport=httpx.MockTransport(lambda r: httpx.Response(200))))
+        asyncio.run(
+            fetch_image(
+                "http://example.com/",
+                max_bytes=10,
+                timeout_s=0.05,
+                resolver=never,
+                transport=httpx.MockTransport(lambda r: httpx.Response(200)),
+            )
+        )
     assert caught.value.status == 504

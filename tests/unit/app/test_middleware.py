@@ -7,9 +7,9 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from app.errors import install_error_handlers
-from app.logs import JsonFormatter
-from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from xmodal.app.errors import install_error_handlers
+from xmodal.app.logs import JsonFormatter
+from xmodal.app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 
 
 class Body(BaseModel):
@@ -52,7 +52,7 @@ def test_bodies_over_the_limit_are_413_by_length_and_while_streaming():
 def test_request_ids_are_echoed_or_made_and_requests_observed_by_route_template(caplog):
     observed = []
     client = TestClient(_app(observed))
-    with caplog.at_level(logging.INFO, logger="app.access"):
+    with caplog.at_level(logging.INFO, logger="xmodal.access"):
         given = client.post("/json/abc", json={"text": "hi"}, headers={"X-Request-ID": "req-42"})
         made = client.post("/json/abc", json={"text": "hi"}, headers={"X-Request-ID": "bad id\twith spaces"})
     assert given.headers["x-request-id"] == "req-42"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from app.runtime import IndexModelMismatch, Runtime
-from app.settings import Settings
-from indexer.build import BuildConfig, build_index
-from models.encoders import Encoder
+from xmodal.app.runtime import IndexModelMismatch, Runtime
+from xmodal.app.settings import Settings
+from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.models.encoders import Encoder
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,11 @@ def folders(tiny_coca_dir, tiny_clip_dir, tmp_path_factory):
     for i in range(3):
         Image.new("RGB", (32, 32), (80 * i, 30, 200)).save(photos / f"{i}.png")
     coca = Encoder.from_spec(f"local-dir:{tiny_coca_dir}", "cpu")
-    for name, encoder in (("one", coca), ("two", coca), ("clip", Encoder.from_spec(f"local-dir:{tiny_clip_dir}", "cpu"))):
+    for name, encoder in (
+        ("one", coca),
+        ("two", coca),
+        ("clip", Encoder.from_spec(f"local-dir:{tiny_clip_dir}", "cpu")),
+    ):
         build_index(BuildConfig(photos, root / name, workers=0, progress=False), encoder)
     return root
 
@@ -38,8 +42,11 @@ def test_indexes_with_the_same_model_share_one_loaded_model(folders):
 
 
 def test_an_index_whose_manifest_does_not_match_its_weights_is_refused(folders, tiny_coca_dir):
-    settings = Settings(index={"one": folders / "one", "clip": folders / "clip"}, device="cpu",
-                        model={"clip": f"local-dir:{tiny_coca_dir}"})
+    settings = Settings(
+        index={"one": folders / "one", "clip": folders / "clip"},
+        device="cpu",
+        model={"clip": f"local-dir:{tiny_coca_dir}"},
+    )
     runtime = Runtime(settings)
     try:
         with pytest.raises(IndexModelMismatch, match="index clip: .*was built with .*meaningless"):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from app.security import KeyRing, InsecureConfig, RateLimiter, check_exposure, is_loopback_host
-from app.settings import Settings
+from xmodal.app.security import InsecureConfig, KeyRing, RateLimiter, check_exposure, is_loopback_host
+from xmodal.app.settings import Settings
 
 READ, ADMIN = "r" * 20, "a" * 24
 

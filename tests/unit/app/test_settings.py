@@ -10,8 +10,8 @@ import uvicorn
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from app.cli import _parse_index_options, cli
-from app.settings import Settings
+from xmodal.app.cli import _parse_index_options, cli
+from xmodal.app.settings import Settings
 
 
 def test_xmodal_index_is_a_path_or_a_json_object_of_named_paths(monkeypatch):

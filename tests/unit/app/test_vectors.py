@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.vectors import dedup
+from xmodal.app.vectors import dedup
 
 
 def _unit(*rows):

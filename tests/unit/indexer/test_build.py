@@ -2,11 +2,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from indexer import store
-from indexer.build import BuildConfig, BuildError, build_index
-from indexer.reader import OpenIndex
-from models.encoders import Encoder
 from tests.conftest import COCO_MINI, EDGE_UNDECODABLE, IMAGES_EDGE, requires_data
+from xmodal.indexer import store
+from xmodal.indexer.build import BuildConfig, BuildError, build_index
+from xmodal.indexer.reader import OpenIndex
+from xmodal.models.encoders import Encoder
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_captions_csv_needs_image_and_caption_columns(encoder, tmp_path):
 
 
 def test_an_index_over_the_memory_budget_fails_before_publishing_and_the_rerun_resumes(encoder, tmp_path):
-    from indexer.selection import NoIndexFits
+    from xmodal.indexer.selection import NoIndexFits
 
     folder, out = _small_folder(tmp_path, count=4), tmp_path / "index"
     with pytest.raises(NoIndexFits, match="fits in 100 B"):
@@ -182,8 +182,15 @@ def test_items_record_the_files_size_also_when_decoded_in_draft_mode(encoder, tm
 def test_int8_images_build_records_it_and_stays_close_to_fp32(encoder, tiny_coca_dir, tmp_path):
     folder = _small_folder(tmp_path)
     fp32 = build_index(BuildConfig(folder, tmp_path / "fp32", workers=0, progress=False), encoder)
-    config = BuildConfig(folder, tmp_path / "int8", model=f"local-dir:{tiny_coca_dir}", device="cpu", workers=0,
-                         progress=False, int8_images=True)
+    config = BuildConfig(
+        folder,
+        tmp_path / "int8",
+        model=f"local-dir:{tiny_coca_dir}",
+        device="cpu",
+        workers=0,
+        progress=False,
+        int8_images=True,
+    )
     int8 = build_index(config)  # the encoder comes from the config: --int8-images end to end
     vectors = {}
     for name, report in (("fp32", fp32), ("int8", int8)):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import store
-from indexer.build import BuildConfig, build_index
-from indexer.journal import JOURNAL
-from indexer.reader import OpenIndex
-from models.encoders import Encoder
 from tests.e2e.server import XMODAL
+from xmodal.indexer import store
+from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.indexer.journal import JOURNAL
+from xmodal.indexer.reader import OpenIndex
+from xmodal.models.encoders import Encoder
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,20 @@ def _contents(out):
 
 def test_kill_9_mid_build_then_rerun_equals_a_clean_build(tiny_coca_dir, tmp_path):
     photos = _photos(tmp_path / "photos", 60)
-    command = [XMODAL, "index", str(photos), "--out", str(tmp_path / "resumed"), "--model", f"local-dir:{tiny_coca_dir}",
-               "--batch-size", "4", "--workers", "0", "--no-progress"]
+    command = [
+        XMODAL,
+        "index",
+        str(photos),
+        "--out",
+        str(tmp_path / "resumed"),
+        "--model",
+        f"local-dir:{tiny_coca_dir}",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     journal = tmp_path / "resumed" / JOURNAL
     victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -90,7 +102,7 @@ def test_update_adds_drops_and_re_embeds_only_what_changed(encoder, tmp_path):
 
 
 def test_update_refuses_another_model(encoder, tiny_clip_dir, tmp_path):
-    from indexer.build import BuildError
+    from xmodal.indexer.build import BuildError
 
     photos = _photos(tmp_path / "photos", 2)
     build_index(BuildConfig(photos, tmp_path / "index", workers=0, progress=False), encoder)

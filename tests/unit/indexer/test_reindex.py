@@ -10,14 +10,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from indexer import store
-from indexer.build import BuildConfig, build_index
-from indexer.manifest import Manifest, ModelInfo, VectorIndexInfo
-from indexer.reader import OpenIndex
-from indexer.reindex import reindex, split_budget
-from indexer.tuning import RecallBench, SearchParams, StoredRows, exact_search
 from tests.e2e.server import XMODAL
 from tests.unit.indexer.synthetic import clustered_unit_vectors
+from xmodal.indexer import store
+from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo
+from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.reindex import reindex, split_budget
+from xmodal.indexer.tuning import RecallBench, SearchParams, StoredRows, exact_search
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 N, DIM, TARGET, FRESH_SLACK = 20_000, 64, 0.95, 0.015
@@ -30,13 +30,22 @@ def synthetic_bundle(root, vectors):
     index.add(vectors)
     shards = writer.write_vectors("images", vectors, index)
     ids = pa.array(range(len(vectors)), pa.int64())
-    writer.write_table("items", pa.table({"id": ids, "path": pa.array([f"{i}.png" for i in range(len(vectors))]),
-                                          "location": pa.array([f"/nowhere/{i}.png" for i in range(len(vectors))])}))
+    writer.write_table(
+        "items",
+        pa.table(
+            {
+                "id": ids,
+                "path": pa.array([f"{i}.png" for i in range(len(vectors))]),
+                "location": pa.array([f"/nowhere/{i}.png" for i in range(len(vectors))]),
+            }
+        ),
+    )
     writer.write_table("skipped", pa.table({"path": pa.array([], pa.string()), "reason": pa.array([], pa.string())}))
     manifest = Manifest(
-        xmodal_version="test", model=ModelInfo(spec="synthetic", fingerprint="0" * 64, embed_dim=vectors.shape[1]),
-        source=str(root), images=VectorIndexInfo(file="images.faiss", embeddings=shards, count=len(vectors),
-                                                 index_key="Flat"),
+        xmodal_version="test",
+        model=ModelInfo(spec="synthetic", fingerprint="0" * 64, embed_dim=vectors.shape[1]),
+        source=str(root),
+        images=VectorIndexInfo(file="images.faiss", embeddings=shards, count=len(vectors), index_key="Flat"),
     )
     return writer.publish(manifest)
 
@@ -96,7 +105,7 @@ def test_the_reader_searches_at_the_stored_params_and_agrees_with_exact_search(r
 
 
 def _without_rerank(opened):
-    from indexer.tuning import Searcher
+    from xmodal.indexer.tuning import Searcher
 
     return Searcher(opened.image_index, SearchParams.parse(opened.manifest.images.search_params).faiss)
 
@@ -115,7 +124,7 @@ def test_forced_key_and_budget_errors(vectors, tmp_path):
     report = reindex(root, key="IVF256,Flat", recall=TARGET)
     info = store.read_manifest(report.version).images
     assert (info.index_key, info.search_params.startswith("nprobe=")) == ("IVF256,Flat", True)
-    from indexer.selection import NoIndexFits
+    from xmodal.indexer.selection import NoIndexFits
 
     with pytest.raises(NoIndexFits):
         reindex(root, budget_bytes=1_000)
@@ -133,20 +142,27 @@ def _photos(folder, count=6):
     rng = np.random.default_rng(0)
     for i in range(count):
         Image.fromarray(rng.integers(0, 255, (28, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    (folder / "captions.csv").write_text("image,caption\n" + "".join(f"{i}.png,photo number {i}\n" for i in range(count)))
+    (folder / "captions.csv").write_text(
+        "image,caption\n" + "".join(f"{i}.png,photo number {i}\n" for i in range(count))
+    )
     return folder
 
 
 def test_xmodal_reindex_command(tmp_path):
     photos = _photos(tmp_path / "photos")
     out = tmp_path / "index"
-    built = build_index(BuildConfig(photos, out, model="xmodal-tiny-coca", captions=photos / "captions.csv", workers=0,
-                                    progress=False))
+    built = build_index(
+        BuildConfig(photos, out, model="xmodal-tiny-coca", captions=photos / "captions.csv", workers=0, progress=False)
+    )
     before = OpenIndex(out)
     queries = store.read_vectors(built.version, before.manifest.images.embeddings)[:3]
 
-    result = subprocess.run([XMODAL, "reindex", str(out), "--budget", "2GB", "--recall", "0.95"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [XMODAL, "reindex", str(out), "--budget", "2GB", "--recall", "0.95"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "published" in result.stdout and "images: Flat" in result.stdout and "texts: Flat" in result.stdout
     after = OpenIndex(out)
@@ -156,7 +172,8 @@ def test_xmodal_reindex_command(tmp_path):
     assert after.search_images(queries, 4) == before.search_images(queries, 4)
     assert after.item_rows([0, 5]) == before.item_rows([0, 5])
 
-    refused = subprocess.run([XMODAL, "reindex", str(out), "--budget", "1KB"], capture_output=True, text=True,
-                             timeout=300)  # each `xmodal` start costs seconds (torch): one refusal is enough here
+    refused = subprocess.run(
+        [XMODAL, "reindex", str(out), "--budget", "1KB"], capture_output=True, text=True, timeout=300
+    )  # each `xmodal` start costs seconds (torch): one refusal is enough here
     assert refused.returncode == 2 and "fits in" in refused.stderr, refused.stderr
     assert OpenIndex(out).version == after.version

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from indexer.selection import (
+from xmodal.indexer.selection import (
     NoIndexFits,
     choose_index_key,
     choose_index_keys,
@@ -62,8 +62,10 @@ def test_a_budget_nothing_fits_in_is_a_typed_error():
 
 
 def test_the_largest_code_that_fits_is_chosen():
-    sizes = [int(c.key.rsplit("PQ", 1)[1]) for c in
-             (choose_index_keys(1_000_000, 512, budget)[0] for budget in (20 * MB, 40 * MB, 80 * MB, 150 * MB))]
+    sizes = [
+        int(c.key.rsplit("PQ", 1)[1])
+        for c in (choose_index_keys(1_000_000, 512, budget)[0] for budget in (20 * MB, 40 * MB, 80 * MB, 150 * MB))
+    ]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
 
 
@@ -84,8 +86,15 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize(
     "text, size",
-    [("2GB", 2_000_000_000), ("512MiB", 512 * 2**20), ("1.5G", 1_500_000_000), ("1000", 1000), ("64 kib", 65536),
-     ("3TiB", 3 * 2**40), ("10B", 10)],
+    [
+        ("2GB", 2_000_000_000),
+        ("512MiB", 512 * 2**20),
+        ("1.5G", 1_500_000_000),
+        ("1000", 1000),
+        ("64 kib", 65536),
+        ("3TiB", 3 * 2**40),
+        ("10B", 10),
+    ],
 )
 def test_parse_bytes(text, size):
     assert parse_bytes(text) == size

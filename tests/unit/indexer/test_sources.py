@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from indexer.build import BuildConfig, build_index
-from indexer.download import DownloadConfig
-from indexer.reader import OpenIndex
-from indexer.sources import open_source, read_record_bytes
-from models.encoders import Encoder
+from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.indexer.download import DownloadConfig
+from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.sources import open_source, read_record_bytes
+from xmodal.models.encoders import Encoder
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html>not an image</html>", "text/html")
         elif self.path == "/flaky.png":
             type(self).flaky_calls += 1
-            self._send(503, b"busy", "text/plain") if self.flaky_calls == 1 else self._send(200, _png((0, 0, 250)), "image/png")
+            self._send(503, b"busy", "text/plain") if self.flaky_calls == 1 else self._send(
+                200, _png((0, 0, 250)), "image/png"
+            )
         else:
             self._send(404, b"missing", "text/plain")
 
@@ -80,12 +82,22 @@ def http_server():
 
 def test_url_list_downloads_concurrently_and_records_every_failure(encoder, http_server, tmp_path):
     dead = "http://127.0.0.1:9/dead.png"  # the discard port: nothing listens
-    urls = [f"{http_server}/ok.png", f"{http_server}/other.png", f"{http_server}/slow.png", f"{http_server}/big.png",
-            f"{http_server}/page.html", f"{http_server}/flaky.png", f"{http_server}/gone.png", dead]
+    urls = [
+        f"{http_server}/ok.png",
+        f"{http_server}/other.png",
+        f"{http_server}/slow.png",
+        f"{http_server}/big.png",
+        f"{http_server}/page.html",
+        f"{http_server}/flaky.png",
+        f"{http_server}/gone.png",
+        dead,
+    ]
     listing = tmp_path / "urls.csv"
     listing.write_text("url,caption,photographer\n" + "".join(f"{u},caption {i},ann\n" for i, u in enumerate(urls)))
     download = DownloadConfig(timeout_s=0.5, retries=1, max_bytes=100_000, per_host=2)
-    report = build_index(BuildConfig(listing, tmp_path / "index", workers=0, progress=False, download=download), encoder)
+    report = build_index(
+        BuildConfig(listing, tmp_path / "index", workers=0, progress=False, download=download), encoder
+    )
 
     indexed = {row["path"] for row in OpenIndex(tmp_path / "index").item_rows(list(range(report.indexed)))}
     assert indexed == {f"{http_server}/ok.png", f"{http_server}/other.png", f"{http_server}/flaky.png"}  # 503 retried
@@ -104,13 +116,17 @@ def test_list_files_in_txt_csv_and_parquet_with_metadata(encoder, tmp_path):
     for i in range(3):
         (tmp_path / "pics" / f"{i}.png").write_bytes(_png((60 * i, 90, 20)))
     (tmp_path / "list.txt").write_text("# my photos\npics/0.png\npics/1.png\n")
-    pq.write_table(pa.table({"path": ["pics/2.png", "pics/0.png"], "caption": ["two", "zero"], "year": [2021, 2020]}),
-                   tmp_path / "list.parquet")
+    pq.write_table(
+        pa.table({"path": ["pics/2.png", "pics/0.png"], "caption": ["two", "zero"], "year": [2021, 2020]}),
+        tmp_path / "list.parquet",
+    )
     assert [r.key for r in open_source(tmp_path / "list.txt").records] == ["pics/0.png", "pics/1.png"]
     report = build_index(BuildConfig(tmp_path / "list.parquet", tmp_path / "index", workers=0, progress=False), encoder)
     rows = OpenIndex(tmp_path / "index").item_rows([0, 1])
     assert [(r["path"], r["captions"], r["metadata"]) for r in rows] == [
-        ("pics/2.png", ["two"], {"year": 2021}), ("pics/0.png", ["zero"], {"year": 2020})]
+        ("pics/2.png", ["two"], {"year": 2021}),
+        ("pics/0.png", ["zero"], {"year": 2020}),
+    ]
     assert report.texts == 2
     with pytest.raises(ValueError, match="needs a column"):
         (tmp_path / "bad.csv").write_text("file\nx.png\n")
@@ -128,14 +144,23 @@ def _write_shard(path, members):
 def test_webdataset_shards_with_txt_and_json_sidecars(encoder, tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
-    _write_shard(shards / "00000.tar", [
-        ("a.jpg", _png()), ("a.txt", b"a red box"),
-        ("b.png", _png((0, 0, 255))), ("b.json", json.dumps({"caption": "blue", "license": "cc0"}).encode()),
-        ("c.txt", b"caption without an image"),
-    ])
+    _write_shard(
+        shards / "00000.tar",
+        [
+            ("a.jpg", _png()),
+            ("a.txt", b"a red box"),
+            ("b.png", _png((0, 0, 255))),
+            ("b.json", json.dumps({"caption": "blue", "license": "cc0"}).encode()),
+            ("c.txt", b"caption without an image"),
+        ],
+    )
     _write_shard(shards / "00001.tar", [("d.webp", b"not really webp")])
     source = open_source(shards)
-    assert source.kind == "webdataset" and [r.key for r in source.records] == ["00000.tar/a", "00000.tar/b", "00001.tar/d"]
+    assert source.kind == "webdataset" and [r.key for r in source.records] == [
+        "00000.tar/a",
+        "00000.tar/b",
+        "00001.tar/d",
+    ]
     assert read_record_bytes(source.records[1]) == _png((0, 0, 255))
     report = build_index(BuildConfig(shards, tmp_path / "index", workers=0, progress=False), encoder)
     assert report.indexed == 2 and list(report.skipped) == ["00001.tar/d"] and report.ignored == ["00000.tar/c"]

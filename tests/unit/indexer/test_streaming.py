@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer import store, tuning
-from indexer.build import BuildConfig, build_index
-from indexer.reader import OpenIndex
-from indexer.tuning import Searcher, StoredRows, add_ranges, build_vector_index, exact_search
 from tests.unit.indexer.synthetic import clustered_unit_vectors
+from xmodal.indexer import store, tuning
+from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.tuning import Searcher, StoredRows, add_ranges, build_vector_index, exact_search
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 N, DIM, SHARD = 20_000, 64, 7_000
@@ -190,8 +190,17 @@ def test_build_index_writes_shards_batch_by_batch_and_indexes_them(tiny_coca_dir
     captions = "".join(f"{i}.png,photo {i}\n{i}.png,image {i}\n" for i in range(7))
     (photos / "captions.csv").write_text("image,caption\n" + captions)
     monkeypatch.setattr(store, "SHARD_ROWS", 3)
-    report = build_index(BuildConfig(photos, tmp_path / "index", model=f"local-dir:{tiny_coca_dir}",
-                                     captions=photos / "captions.csv", batch_size=2, workers=0, progress=False))
+    report = build_index(
+        BuildConfig(
+            photos,
+            tmp_path / "index",
+            model=f"local-dir:{tiny_coca_dir}",
+            captions=photos / "captions.csv",
+            batch_size=2,
+            workers=0,
+            progress=False,
+        )
+    )
     opened = OpenIndex(report.version)
     images, texts = opened.manifest.images, opened.manifest.texts
     assert (images.embeddings, images.count) == (["images-00000.npy", "images-00001.npy", "images-00002.npy"], 7)

@@ -6,19 +6,19 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import tuning
-from indexer.selection import IndexChoice, NoIndexFits, estimate_bytes
-from indexer.tuning import (
+from tests.unit.indexer.synthetic import clustered_unit_vectors
+from xmodal.indexer import tuning
+from xmodal.indexer.selection import IndexChoice, NoIndexFits, estimate_bytes
+from xmodal.indexer.tuning import (
     RecallBench,
     RecallNotReached,
-    SearchParams,
     Searcher,
+    SearchParams,
     StoredRows,
     apply_search_params,
     build_vector_index,
     exact_search,
 )
-from tests.unit.indexer.synthetic import clustered_unit_vectors
 
 N, DIM, TARGET = 20_000, 64, 0.95
 # The target is met on the tuning queries (the last rows, held out of the index while tuning); fresh
@@ -43,12 +43,21 @@ def fresh_recall(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray) -
 
 @pytest.fixture(scope="module")
 def built(vectors) -> dict:
-    return {key: build_vector_index(vectors, key=key, recall=TARGET)
-            for key in ("IVF256,Flat", "HNSW32,Flat", "IVF256,PQ16", "OPQ8_64,IVF256,PQ8")}
+    return {
+        key: build_vector_index(vectors, key=key, recall=TARGET)
+        for key in ("IVF256,Flat", "HNSW32,Flat", "IVF256,PQ16", "OPQ8_64,IVF256,PQ8")
+    }
 
 
-@pytest.mark.parametrize("key, knob", [("IVF256,Flat", "nprobe"), ("HNSW32,Flat", "efSearch"),
-                                       ("IVF256,PQ16", "nprobe"), ("OPQ8_64,IVF256,PQ8", "nprobe")])
+@pytest.mark.parametrize(
+    "key, knob",
+    [
+        ("IVF256,Flat", "nprobe"),
+        ("HNSW32,Flat", "efSearch"),
+        ("IVF256,PQ16", "nprobe"),
+        ("OPQ8_64,IVF256,PQ8", "nprobe"),
+    ],
+)
 def test_tuned_indexes_reach_the_recall_target_on_fresh_queries(built, vectors, fresh_queries, key, knob):
     result = built[key]
     params = SearchParams.parse(result.search_params)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.decoding import CocaDecoder, DecodeOptions, is_captioner
-from models.registry import register_configs
+from xmodal.models.decoding import CocaDecoder, DecodeOptions, is_captioner
+from xmodal.models.registry import register_configs
 
 # "!$" tokenises to [0, 259]; id 0 is open_clip's pad id, which the text tower masks out,
 # so this prefix checks that the cache reproduces that (shifted) padding mask.

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.decoding import CocaDecoder, DecodeOptions
-from models.registry import register_configs
+from xmodal.models.decoding import CocaDecoder, DecodeOptions
+from xmodal.models.registry import register_configs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +70,7 @@ def test_int8_logits_stay_within_tolerance_of_fp32(decoders, images):
 
 
 def test_every_int8_product_matches_its_fp32_product(model):
-    from models.decoding import _FLOAT, Int8Products
+    from xmodal.models.decoding import _FLOAT, Int8Products
 
     text, decoder = model.text, model.text_decoder
     int8 = Int8Products(text, decoder)

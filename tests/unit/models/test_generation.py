@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.decoding import CocaDecoder, DecodeOptions
-from models.encoders import Encoder
-from models.generation import (
+from xmodal.models.decoding import CocaDecoder, DecodeOptions
+from xmodal.models.encoders import Encoder
+from xmodal.models.generation import (
     DEFAULT_VQA_PROMPT,
     Captioner,
     DecoderUnavailable,
@@ -144,7 +144,9 @@ def test_int8_captioner_tracks_fp32(coca, images):
     int8 = Captioner(coca, int8=True)
     assert int8.decoder.int8 and not Captioner(coca).decoder.int8
     quantized = int8.answer(images[0], QUESTION, ANSWERS).scores
-    assert list(quantized.values()) == pytest.approx(list(Captioner(coca).answer(images[0], QUESTION, ANSWERS).scores.values()), abs=0.05)
+    assert list(quantized.values()) == pytest.approx(
+        list(Captioner(coca).answer(images[0], QUESTION, ANSWERS).scores.values()), abs=0.05
+    )
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.images import ImageError, ImageTooLarge, load_image, source_size
 from tests.conftest import EDGE_UNDECODABLE, IMAGES_EDGE, requires_data
+from xmodal.models.images import ImageError, ImageTooLarge, load_image, source_size
 
 pytestmark = requires_data(IMAGES_EDGE)
-DECODABLE = sorted(p.name for p in IMAGES_EDGE.iterdir() if p.name not in EDGE_UNDECODABLE) if IMAGES_EDGE.is_dir() else []
+DECODABLE = (
+    sorted(p.name for p in IMAGES_EDGE.iterdir() if p.name not in EDGE_UNDECODABLE) if IMAGES_EDGE.is_dir() else []
+)
 
 
 @pytest.mark.parametrize("name", DECODABLE)
@@ -24,8 +26,16 @@ def test_every_undecodable_or_dangerous_file_is_refused_with_a_reason(name):
         load_image(IMAGES_EDGE / name)
 
 
-@pytest.mark.parametrize("name", ["hopper_orientation_2.jpg", "hopper_orientation_3.jpg", "hopper_orientation_6.jpg",
-                                  "hopper_orientation_8.jpg", "hopper_orientation_6.webp"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hopper_orientation_2.jpg",
+        "hopper_orientation_3.jpg",
+        "hopper_orientation_6.jpg",
+        "hopper_orientation_8.jpg",
+        "hopper_orientation_6.webp",
+    ],
+)
 def test_exif_orientation_is_applied(name):
     upright = np.asarray(load_image(IMAGES_EDGE / "hopper.png"), dtype=float)
     as_stored = np.asarray(Image.open(IMAGES_EDGE / name).convert("RGB"), dtype=float)

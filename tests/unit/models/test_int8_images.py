@@ -9,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from models.encoders import Encoder
+from xmodal.models.encoders import Encoder
 
 
 @pytest.mark.parametrize("tower", ["clip", "coca-attentional-pool"])

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.loading import ModelNotAvailable, ModelSpecError, load_model
 from tests.conftest import TINY_CLIP, TINY_COCA
 from tests.hub_cache import fill_hub_cache
+from xmodal.models.loading import ModelNotAvailable, ModelSpecError, load_model
 
 TAG_REPO = "xmodal-test/tiny-coca-tagged"
 
@@ -107,9 +107,9 @@ def test_encoder_matches_open_clips_reference_pipeline(tiny_coca_dir):
     """The embedding parity bound: our encode == open_clip's own preprocess + encode (cos >= 0.9999)."""
     from PIL import Image
 
-    from models.encoders import Encoder
-    from models.images import load_image
     from tests.conftest import COCO_MINI
+    from xmodal.models.encoders import Encoder
+    from xmodal.models.images import load_image
 
     photo = next(iter(sorted((COCO_MINI / "images").glob("*.jpg"))))
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_coca_dir}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.evaluation import recall_from_embeddings
-from models import metrics
+from xmodal.indexer.evaluation import recall_from_embeddings
+from xmodal.models import metrics
 
 
 def test_top_k_ranks_best_first_and_breaks_ties_by_id():
@@ -53,8 +53,9 @@ def test_caption_exact_match_and_token_f1():
 
 
 def test_accuracy_by_type():
-    accuracy = metrics.accuracy_by_type(["red", "2", "no", "Yes"], ["red", "3", "no", "yes"],
-                                        ["colour", "count", "presence", "presence"])
+    accuracy = metrics.accuracy_by_type(
+        ["red", "2", "no", "Yes"], ["red", "3", "no", "yes"], ["colour", "count", "presence", "presence"]
+    )
     assert accuracy == {"all": 0.75, "colour": 1.0, "count": 0.0, "presence": 1.0}
     with pytest.raises(ValueError):
         metrics.accuracy_by_type(["red"], [], [])

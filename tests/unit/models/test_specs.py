@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from models.specs import ModelSpec, SpecKind, parse_spec
+from xmodal.models.specs import ModelSpec, SpecKind, parse_spec
 
 
 @pytest.mark.parametrize(
@@ -10,7 +10,12 @@ from models.specs import ModelSpec, SpecKind, parse_spec
     [
         ("ViT-B-32:laion2b_s34b_b79k", SpecKind.PRETRAINED, "ViT-B-32", "laion2b_s34b_b79k"),
         ("coca_ViT-B-32:laion2b_s13b_b90k", SpecKind.PRETRAINED, "coca_ViT-B-32", "laion2b_s13b_b90k"),
-        ("hf-hub:laion/CoCa-ViT-B-32-laion2B-s13B-b90k", SpecKind.HF_HUB, None, "laion/CoCa-ViT-B-32-laion2B-s13B-b90k"),
+        (
+            "hf-hub:laion/CoCa-ViT-B-32-laion2B-s13B-b90k",
+            SpecKind.HF_HUB,
+            None,
+            "laion/CoCa-ViT-B-32-laion2B-s13B-b90k",
+        ),
         ("local-dir:/models/mine", SpecKind.LOCAL_DIR, None, "/models/mine"),
         ("/models/mine/", SpecKind.LOCAL_DIR, None, "/models/mine"),
         ("ViT-B-32:/w/ckpt.safetensors", SpecKind.CHECKPOINT, "ViT-B-32", "/w/ckpt.safetensors"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.encoders import Encoder, can_trim_padding
+from xmodal.models.encoders import Encoder, can_trim_padding
 
 TEXTS = ["a dog", "a red bus parked by the side of a busy street in the middle of the city", "pizza", ""]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import replace
 
 import open_clip
@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from models.registry import register_configs
-from models.training import CheckpointMismatchError, CsvData, TrainConfig, WorldData, train
-from models.training.batches import StepBatches
-from models.training.objective import Objective
-from models.training.optim import VocabAdamW
-from models.world import World, write_scenes
+from xmodal.models.registry import register_configs
+from xmodal.models.training import CheckpointMismatchError, CsvData, TrainConfig, WorldData, train
+from xmodal.models.training.batches import StepBatches
+from xmodal.models.training.objective import Objective
+from xmodal.models.training.optim import VocabAdamW
+from xmodal.models.world import World, write_scenes
 
 TINY_WORLD = WorldData(scenes=64, image_size=32)
 
@@ -130,9 +130,16 @@ def test_plain_clip_trains_with_the_contrastive_loss_alone(tmp_path):
     assert isinstance(open_clip.create_model(f"local-dir:{result.output_dir}"), open_clip.CLIP)
 
 
-TEXTS = ["a red circle", "a small blue square on the left", "two stars", "question: how many? answer: 2",
-         "a large green triangle at the top and a small red circle at the bottom", "a shape", "a circle",
-         "question: what colour is the square? answer: blue"]
+TEXTS = [
+    "a red circle",
+    "a small blue square on the left",
+    "two stars",
+    "question: how many? answer: 2",
+    "a large green triangle at the top and a small red circle at the bottom",
+    "a shape",
+    "a circle",
+    "question: what colour is the square? answer: blue",
+]
 
 
 def _tiny_coca_batch():
@@ -148,7 +155,7 @@ def _tiny_coca_batch():
 @pytest.mark.parametrize("live_columns", ["all", "some"])
 def test_objective_equals_open_clip_coca_loss(live_columns, groups, monkeypatch):
     """Length groups, packing, truncation and the zero-column shortcut leave CoCaLoss's value unchanged."""
-    from models.training import objective
+    from xmodal.models.training import objective
 
     monkeypatch.setattr(objective, "GROUP_OVERHEAD", 10**6 if groups == "one" else 0)
     model, images, texts, tokenizer = _tiny_coca_batch()
@@ -174,7 +181,7 @@ def test_objective_equals_open_clip_coca_loss(live_columns, groups, monkeypatch)
 
 def test_length_groups_give_the_gradients_of_full_padding(monkeypatch):
     """Several texts per image, grouped by length, train exactly as the untrimmed batch does."""
-    from models.training import objective
+    from xmodal.models.training import objective
 
     model, images, texts, tokenizer = _tiny_coca_batch()
     with torch.no_grad():
@@ -240,7 +247,9 @@ def test_vocab_adamw_takes_sparse_gradients():
     embedding = nn.Parameter(torch.randn(50, 4))
     projection = nn.Parameter(torch.zeros(4, 50))
     reference = [nn.Parameter(p.detach().clone()) for p in (embedding, projection)]
-    ours = VocabAdamW([{"params": [embedding, projection], "weight_decay": 0.1}], {embedding: 0, projection: 1}, lr=1e-2)
+    ours = VocabAdamW(
+        [{"params": [embedding, projection], "weight_decay": 0.1}], {embedding: 0, projection: 1}, lr=1e-2
+    )
     theirs = torch.optim.AdamW([{"params": reference, "weight_decay": 0.1}], lr=1e-2)
     for _ in range(10):
         rows = torch.randint(0, 50, (6,))  # with repeats
@@ -272,14 +281,16 @@ def test_config_rejects_nonsense(tmp_path):
 
 
 def test_multi_positive_loss_is_clip_loss_on_the_diagonal_and_forgives_duplicates():
-    from models.training.objective import multi_positive_clip_loss
+    from xmodal.models.training.objective import multi_positive_clip_loss
 
     torch.manual_seed(0)
     images = nn.functional.normalize(torch.randn(6, 8), dim=-1)
     texts = nn.functional.normalize(torch.randn(6, 8), dim=-1)
     scale = torch.tensor(10.0)
     identity = torch.eye(6, dtype=torch.bool)
-    assert torch.allclose(multi_positive_clip_loss(images, texts, scale, identity), open_clip.ClipLoss()(images, texts, scale))
+    assert torch.allclose(
+        multi_positive_clip_loss(images, texts, scale, identity), open_clip.ClipLoss()(images, texts, scale)
+    )
     # Images 0 and 1 show the same thing and texts 0 and 1 say the same thing. Marked as matches
     # of each other, the loss is lowest when the model gives the twins equal scores; with one
     # match each (plain CLIP), it rewards pulling the twins apart.
@@ -296,14 +307,20 @@ def test_multi_positive_loss_is_clip_loss_on_the_diagonal_and_forgives_duplicate
 
 
 def test_world_batches_mark_every_image_a_text_describes():
-    from models.training.examples import Collate, ExampleDataset
-    from models.training.sources import WorldSource
-    from models.world import satisfies
+    from xmodal.models.training.examples import Collate, ExampleDataset
+    from xmodal.models.training.sources import WorldSource
+    from xmodal.models.world import satisfies
 
     register_configs()
-    dataset = ExampleDataset(WorldSource(replace(TINY_WORLD, scenes=24)), lambda image: torch.zeros(3, 4, 4),
-                             vqa_fraction=1.0, decoder_targets=3, query_fraction=0.5, contrastive_texts=2,
-                             hard_negatives=1)
+    dataset = ExampleDataset(
+        WorldSource(replace(TINY_WORLD, scenes=24)),
+        lambda image: torch.zeros(3, 4, 4),
+        vqa_fraction=1.0,
+        decoder_targets=3,
+        query_fraction=0.5,
+        contrastive_texts=2,
+        hard_negatives=1,
+    )
     examples = [dataset[(i, f"0:1:{i}")] for i in range(24)]
     batch = Collate(open_clip.get_tokenizer("xmodal-tiny-coca"))(examples)
     assert batch.texts.shape[0] == 72 and batch.targets.shape[0] == 72 and batch.positives.shape == (72, 24)
@@ -323,13 +340,18 @@ def test_world_batches_mark_every_image_a_text_describes():
 
 @pytest.mark.parametrize("answers_only", [True, False])
 def test_question_targets_teach_only_their_answer(answers_only):
-    from models.training.examples import Collate, ExampleDataset
-    from models.training.sources import WorldSource
+    from xmodal.models.training.examples import Collate, ExampleDataset
+    from xmodal.models.training.sources import WorldSource
 
     register_configs()
     tokenizer = open_clip.get_tokenizer("xmodal-tiny-coca")
-    dataset = ExampleDataset(WorldSource(replace(TINY_WORLD, scenes=8)), lambda image: torch.zeros(3, 4, 4),
-                             vqa_fraction=0.5, decoder_targets=4, answers_only=answers_only)
+    dataset = ExampleDataset(
+        WorldSource(replace(TINY_WORLD, scenes=8)),
+        lambda image: torch.zeros(3, 4, 4),
+        vqa_fraction=0.5,
+        decoder_targets=4,
+        answers_only=answers_only,
+    )
     examples = [dataset[(i, f"0:1:{i}")] for i in range(8)]
     batch = Collate(tokenizer)(examples)
     targets = [t for e in examples for t in e.targets]
@@ -361,7 +383,7 @@ def test_untaught_target_tokens_leave_the_captioning_loss():
 
 
 def test_from_scratch_vision_positions_start_at_the_configured_scale():
-    from models.training.starting_model import load_starting_model
+    from xmodal.models.training.starting_model import load_starting_model
 
     torch.manual_seed(0)
     default = load_starting_model("xmodal-tiny-coca", None, torch.device("cpu")).model.visual.positional_embedding
@@ -373,20 +395,22 @@ def test_from_scratch_vision_positions_start_at_the_configured_scale():
 
 
 def test_csv_batches_mark_images_sharing_a_caption():
-    from models.training.examples import Collate, Example
+    from xmodal.models.training.examples import Collate, Example
 
     image = torch.zeros(3, 4, 4)
-    batch = Collate(open_clip.get_tokenizer("xmodal-tiny-coca"))([
-        Example(image, ("a dog",), ("a dog",), ("",), None, None, ("a dog", "a brown dog")),
-        Example(image, ("a cat",), ("a cat",), ("",), None, None, ("a cat",)),
-        Example(image, ("a brown dog",), ("a dog",), ("",), None, None, ("a brown dog",)),
-    ])
+    batch = Collate(open_clip.get_tokenizer("xmodal-tiny-coca"))(
+        [
+            Example(image, ("a dog",), ("a dog",), ("",), None, None, ("a dog", "a brown dog")),
+            Example(image, ("a cat",), ("a cat",), ("",), None, None, ("a cat",)),
+            Example(image, ("a brown dog",), ("a dog",), ("",), None, None, ("a brown dog",)),
+        ]
+    )
     assert batch.positives.tolist() == [[True, False, False], [False, True, False], [True, False, True]]
 
 
 def test_training_starts_from_any_model_spec(tmp_path, tiny_coca_dir):
-    from models.loading import load_model
-    from models.training.starting_model import load_starting_model
+    from xmodal.models.loading import load_model
+    from xmodal.models.training.starting_model import load_starting_model
 
     start = load_starting_model(f"local-dir:{tiny_coca_dir}", None, torch.device("cpu"))
     assert not start.from_scratch and start.preprocess_cfg["size"] == (32, 32)
@@ -406,7 +430,7 @@ def test_training_starts_from_any_model_spec(tmp_path, tiny_coca_dir):
 
 
 def test_cpu_training_leaves_a_core_to_each_data_worker(tmp_path):
-    from models.training.loop import training_threads
+    from xmodal.models.training.loop import training_threads
 
     cores = len(os.sched_getaffinity(0))
     chosen = dict(device="cpu", cpu_threads=None)  # tiny_config pins one thread

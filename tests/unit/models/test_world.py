@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.world import (
+from xmodal.models.world import (
     ANSWERS,
     COLOURS,
     POSITIONS,
@@ -26,7 +26,7 @@ from models.world import (
     scene_query,
     write_scenes,
 )
-from models.world.language import POSITION_PHRASES
+from xmodal.models.world.language import POSITION_PHRASES
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,8 @@ def _objects_named(graph: SceneGraph, question: str) -> list[SceneObject]:
     words = question.rstrip("?").split()
     positions = [p for p, phrase in POSITION_PHRASES.items() if phrase in question]
     return [
-        o for o in graph.objects
+        o
+        for o in graph.objects
         if all(v in (o.shape, o.colour, o.size) for v in words if v in (*SHAPES, *COLOURS, "small", "large"))
         and all(o.position == p for p in positions)
     ]
@@ -190,7 +191,7 @@ def test_written_split_has_the_dataset_layout(tmp_path, scenes):
 
 
 def test_partial_queries_of_a_scene_hold_for_it(scenes):
-    from models.world import partial_query
+    from xmodal.models.world import partial_query
 
     rng = random.Random(0)
     for scene in scenes:
@@ -200,7 +201,7 @@ def test_partial_queries_of_a_scene_hold_for_it(scenes):
 
 
 def test_near_misses_change_exactly_one_attribute(scenes):
-    from models.world import canonical_caption, near_miss
+    from xmodal.models.world import canonical_caption, near_miss
 
     rng = random.Random(0)
     for scene in scenes:
