@@ -43,7 +43,7 @@ def pick_index(runtime: Runtime, *names: object) -> ServedIndex:
     if not all(isinstance(name, str) for name in given):
         raise ApiError(422, "index must be a string: the name of a served index")
     if len(set(given)) > 1:
-        raise ApiError(422, f"index is named twice, differently: {sorted(set(given))}")
+        raise ApiError(422, f"index is named twice, differently: {sorted(map(str, set(given)))}")
     name = given[0] if given else None
     served = runtime.indexes
     if name is None:

@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         loading = asyncio.create_task(runtime.load_in_background())
         if settings.exit_on_load_failure:
-            loading.add_done_callback(lambda _: runtime.error and _stop_server(app))
+            loading.add_done_callback(lambda _: _stop_server(app) if runtime.error else None)
         yield
         loading.cancel()
         await runtime.aclose()

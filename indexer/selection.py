@@ -273,7 +273,7 @@ def parse_bytes(text: str) -> int:
     (powers of 1000), KiB/MiB/GiB/TiB (powers of 1024)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).upper() if match else None
-    if unit not in _UNITS:
+    if match is None or unit not in _UNITS:
         raise ValueError(f"not a size: {text!r} (examples: 2GB, 512MiB, 1.5G)")
     value = int(float(match.group(1)) * _UNITS[unit])
     if value <= 0:

@@ -137,13 +137,14 @@ def _webdataset(root: Path, shards: list[Path]) -> Source:
 
 
 def _sidecars(tar: tarfile.TarFile, parts: dict[str, tarfile.TarInfo]) -> tuple[tuple[str, ...], dict]:
-    captions, extra = (), {}
+    captions: tuple[str, ...] = ()
+    extra: dict = {}
     if "txt" in parts:
-        text = tar.extractfile(parts["txt"]).read().decode("utf-8", "replace").strip()
+        text = _member_bytes(tar, parts["txt"]).decode("utf-8", "replace").strip()
         captions = (text,) if text else ()
     if "json" in parts:
         try:
-            loaded = json.loads(tar.extractfile(parts["json"]).read())
+            loaded = json.loads(_member_bytes(tar, parts["json"]))
         except (json.JSONDecodeError, UnicodeDecodeError):
             loaded = {}
         if isinstance(loaded, dict):
@@ -183,3 +184,8 @@ def read_captions(csv_path: Path) -> dict[str, list[str]]:
 def captions_for(key: str, captions: dict[str, list[str]]) -> list[str]:
     """Captions keyed by the record key (path relative to the source), or by the file name alone."""
     return captions.get(key) or captions.get(Path(key).name) or []
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    return handle.read() if handle is not None else b""  # None: not a regular file

@@ -75,7 +75,7 @@ def load_checkpoint(path: Path, trajectory: dict[str, str], **stateful: Any) -> 
 
 
 def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]  # a tuple when legacy
     return {
         "python": random.getstate(),
         # Plain lists, so the checkpoint loads with torch.load(weights_only=True).

@@ -247,11 +247,13 @@ class _Rate:
     """Samples per second over recent steps, so the bar reflects current speed."""
 
     def __init__(self, smoothing: float = 0.9):
-        self.smoothing, self.value, self.last = smoothing, None, time.perf_counter()
+        self.smoothing, self.last = smoothing, time.perf_counter()
+        self.value: float | None = None
 
     def update(self, samples: int) -> float:
         now = time.perf_counter()
         current = samples / max(now - self.last, 1e-9)
         self.last = now
-        self.value = current if self.value is None else self.smoothing * self.value + (1 - self.smoothing) * current
-        return self.value
+        value = current if self.value is None else self.smoothing * self.value + (1 - self.smoothing) * current
+        self.value = value
+        return value

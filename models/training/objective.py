@@ -252,14 +252,15 @@ def _length_groups(lengths: list[int], extra: int) -> list[tuple[int, int, int]]
     n = len(lengths)
     # Runs only ever end where the length changes (or at the end).
     ends = [i + 1 for i in range(n) if i == n - 1 or lengths[i + 1] != lengths[i]]
-    best = {0: (0, None)}  # end of a prefix -> (cost, start of its last run)
+    best: dict[int, tuple[int, int]] = {0: (0, 0)}  # end of a prefix -> (cost, start of its last run)
     for stop in ends:
         best[stop] = min(
             (best[start][0] + (stop - start) * (lengths[stop - 1] + extra) + GROUP_OVERHEAD, start)
             for start in [0] + ends
             if start < stop and start in best
         )
-    groups, stop = [], n
+    groups: list[tuple[int, int, int]] = []
+    stop = n
     while stop:
         start = best[stop][1]
         groups.append((start, stop, lengths[stop - 1]))

@@ -115,7 +115,8 @@ def near_miss(graph: SceneGraph, rng: random.Random) -> SceneGraph:
     attribute = rng.choice(("shape", "colour", "size", "position") if free else ("shape", "colour", "size"))
     choices = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES, "position": free}[attribute]
     value = rng.choice([v for v in choices if v != getattr(obj, attribute)])
-    objects = [*graph.objects[:index], replace(obj, **{attribute: value}), *graph.objects[index + 1 :]]
+    changed: SceneObject = replace(obj, **{attribute: value})  # type: ignore[arg-type]  # attribute names a str field
+    objects = [*graph.objects[:index], changed, *graph.objects[index + 1 :]]
     objects.sort(key=lambda o: POSITIONS.index(o.position))  # reading order, as sample_graph keeps it
     return SceneGraph(objects=tuple(objects), background=graph.background)
 
