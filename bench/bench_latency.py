@@ -54,21 +54,14 @@ from bench_selection import _cpu_model, clustered_vectors  # noqa: E402 - same g
 
 from tests.e2e.server import Server  # noqa: E402 - the e2e tests' server runner, given the checkout to serve
 from xmodal.indexer import store  # noqa: E402
+from xmodal.indexer.faiss_build import build_vector_index
 from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo, package_version  # noqa: E402
 from xmodal.indexer.reader import OpenIndex  # noqa: E402
+from xmodal.indexer.recall import TIE_TOLERANCE, exact_search
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import Searcher, SearchParams, exact_scores, is_ivf
 from xmodal.indexer.selection import parse_bytes  # noqa: E402
-from xmodal.indexer.tuning import (  # noqa: E402
-    EF_SEARCH,
-    TIE_TOLERANCE,
-    Searcher,
-    SearchParams,
-    StoredRows,
-    _probe_ladder,
-    build_vector_index,
-    exact_scores,
-    exact_search,
-    is_ivf,
-)
+from xmodal.indexer.tuning import EF_SEARCH, probe_ladder
 
 HERE = Path(__file__).resolve().parent
 K = 10
@@ -378,7 +371,7 @@ def faiss_sweep(opened, truths: dict[str, Truth], timed: int, max_ms: float, tar
         ladder = [SearchParams(f"efSearch={ef}") for ef in EF_SEARCH]
     elif is_ivf(info.index_key):
         nlist = faiss.extract_index_ivf(index).nlist
-        ladder = [SearchParams(f"nprobe={p}", served.rerank) for p in _probe_ladder(nlist)]
+        ladder = [SearchParams(f"nprobe={p}", served.rerank) for p in probe_ladder(nlist)]
     else:
         ladder = [served]
     rows = StoredRows(store.map_vectors(version, info.embeddings)) if served.rerank else None

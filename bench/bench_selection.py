@@ -32,17 +32,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from xmodal.indexer.faiss_build import train_and_add
+from xmodal.indexer.recall import RecallBench, single_query_ms
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import Searcher, read_flags
 from xmodal.indexer.selection import IndexChoice, choose_index_keys, estimate_bytes, format_bytes, ivf_lists
-from xmodal.indexer.tuning import (
-    RecallBench,
-    Searcher,
-    StoredRows,
-    held_out_count,
-    read_flags,
-    single_query_ms,
-    train_and_add,
-    tune_search_params,
-)
+from xmodal.indexer.tuning import held_out_count, tune_search_params
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("flat", "hnsw", "ivf_flat", "opq_ivf_pq", "ivf_pq")

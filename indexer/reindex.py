@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from xmodal.indexer import store
+from xmodal.indexer.faiss_build import BuiltIndex, build_vector_index
 from xmodal.indexer.manifest import Manifest, VectorIndexInfo, package_version
+from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
-from xmodal.indexer.tuning import BuiltIndex, StoredRows, build_vector_index
 
 log = logging.getLogger(__name__)
 
