@@ -198,14 +198,15 @@ def train_and_add(
     """
     rows = as_rows(vectors)
     index = faiss.index_factory(rows.dim, choice.key, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf = faiss.downcast_index(ivf)
+    extracted = faiss.try_extract_index_ivf(index)
+    if extracted is not None:
+        ivf = faiss.downcast_index(extracted)
         if hasattr(ivf, "do_polysemous_training"):
             ivf.do_polysemous_training = False  # we never search with polysemous codes; it was 90% of PQ training
     if isinstance(index, faiss.IndexPreTransform):
-        for i in range(index.chain.size()):
-            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+        chain = index.chain  # a C++ std::vector; faiss's stubs call it a Python list
+        for i in range(chain.size()):  # type: ignore[attr-defined]
+            transform = faiss.downcast_VectorTransform(chain.at(i))  # type: ignore[attr-defined]
             if isinstance(transform, faiss.OPQMatrix):
                 transform.niter = OPQ_ITERATIONS
     seconds = {}
@@ -239,6 +240,8 @@ def add_to_sized_lists(index: faiss.IndexIVF, rows: StoredRows, planned: StoredR
     for start, stop in add_ranges(len(planned), "ivf"):
         _, nearest = index.quantizer.search(planned.block(start, stop), 1)
         assignments[start:stop] = nearest[:, 0]
+    if index.invlists is None:
+        raise ValueError("the IVF index has no inverted lists to size")
     lists = faiss.downcast_InvertedLists(index.invlists)
     for list_no, size in enumerate(np.bincount(assignments, minlength=index.nlist).tolist()):
         if size:

@@ -97,7 +97,7 @@ class ShardFile:
     def rows(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.dim), self.dtype)
         row_bytes = self.dim * self.dtype.itemsize
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = out.reshape(-1).view(np.uint8).data
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for i, row in enumerate(rows.tolist()):
@@ -112,7 +112,7 @@ class ShardFile:
 def mapped_file(array: np.ndarray) -> ShardFile | None:
     """Where a memory-mapped array (np.load(..., mmap_mode="r")), or a view of its first rows, lies in
     its file; None for arrays in RAM and views it cannot place."""
-    base = array
+    base: np.ndarray | None = array
     while isinstance(base, np.ndarray) and not isinstance(base.base, mmap.mmap):
         base = base.base
     if not (

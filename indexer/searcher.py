@@ -53,7 +53,8 @@ def apply_search_params(index: faiss.Index, params: str | SearchParams | None) -
     """
     parsed = SearchParams.parse(params)
     if parsed.faiss:
-        faiss.ParameterSpace().set_index_parameters(index, parsed.faiss)
+        # faiss's stubs list only the (index, int) overload; the string form is the one documented
+        faiss.ParameterSpace().set_index_parameters(index, parsed.faiss)  # type: ignore[arg-type]
     return parsed
 
 
@@ -88,7 +89,7 @@ class Searcher:
         else:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
             scores, candidates = self.index.search(queries, fetch, params=self._selecting(selector))
-        if not self.params.rerank:
+        if not self.params.rerank or self.rows is None:  # __init__ refuses rerank without rows
             return scores, candidates
         exact = exact_scores(self.rows, queries, candidates)
         best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
@@ -98,14 +99,15 @@ class Searcher:
 
     def _selecting(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
         """Search parameters carrying `selector` and the tuned values: a faiss IVF index refuses plain
-        SearchParameters, and its nprobe would otherwise fall back to the parameters' default of 1."""
+        SearchParameters, and its nprobe would otherwise fall back to the parameters' default of 1.
+        faiss's stubs miss the keyword constructors and SearchParametersHNSW (all in faiss >= 1.7.3)."""
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)  # type: ignore[call-arg]
         hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)
         if hnsw is not None:
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)
-        return faiss.SearchParameters(sel=selector)
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)  # type: ignore[attr-defined]
+        return faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
 
 
 def exact_scores(rows: StoredRows, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
