@@ -5,7 +5,7 @@
 
 Index (built once, cached in --cache-dir, e.g. ~/.cache/xmodal/bench/latency-1m; --rebuild forces it):
 1M clustered synthetic unit vectors of dim 512 (bench_selection.clustered_vectors, float16 as stored),
-written the way `xmodal index` writes a version (store.VersionWriter, tuning.build_vector_index: the
+written the way `xmodal index` writes a version (store.VersionWriter, faiss_build.build_vector_index: the
 selector's first choice for the size and budget, tuned to recall@10 0.95 on held-out rows, or --key), an
 items table with the real columns (paths point at no files: item image routes answer 404), and a manifest
 naming the model spec with its real weights fingerprint, so `xmodal serve --index DIR` serves it. The 300
@@ -20,7 +20,7 @@ with a fresh synthetic vector, and POST /v1/search/text (end to end), all k=10; 
 with --clients concurrent clients. Client-side latency and the server's took_ms per row. After the server
 stops, recall@10 of the served results against exact search over the stored float16 shards, for the
 embeddings the server returned (a result counts when its exact score reaches the true 10th, as in
-indexer.tuning.RecallBench). Then, in this process with no server, the split: encode_texts of one text,
+indexer.recall.RecallBench). Then, in this process with no server, the split: encode_texts of one text,
 OpenIndex.item_rows of a query's 10 result ids, and the index alone on one thread up its search-parameter
 ladder (efSearch or nprobe) with recall@10 per query set, until text and image queries reach 0.95 or a
 query takes --sweep-max-ms. Prints one table and writes JSON (bench/results/latency.json; the server's
@@ -318,7 +318,7 @@ class Truth:
         self.kth, self.first = best[:, -1], best[:, 0]
 
     def recall(self, served_ids: list[list[int]] | np.ndarray) -> dict:
-        """recall@10: a result counts when its exact score reaches the true 10th (as indexer.tuning.RecallBench)."""
+        """recall@10: a result counts when its exact score reaches the true 10th (as indexer.recall.RecallBench)."""
         ids = np.full((len(self.queries), K), -1, np.int64)
         for row, found in zip(ids, served_ids):
             found = list(found)[:K]

@@ -57,7 +57,7 @@ def reindex(
     try:
         updates: dict[str, VectorIndexInfo] = {}
         for name, info in infos.items():
-            # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.tuning.StoredRows)
+            # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.rows.StoredRows)
             vectors = StoredRows(store.map_vectors(source, info.embeddings), file_reads=True)
             built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key)
             size = writer.write_index(name, built.index)

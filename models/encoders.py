@@ -21,7 +21,7 @@ class Encoder:
     """Image and text towers of one loaded open_clip model.
 
     int8_text=True (fp32 models on the CPU whose texts can be trimmed, see can_trim_padding): the text
-    tower's matrix products read int8 copies of its weights (models.decoding.Int8Products), 4x fewer
+    tower's matrix products read int8 copies of its weights (models.int8.Int8Products), 4x fewer
     bytes; a batch-1 query is bound by those bytes. Text vectors then move slightly from fp32's
     (bench/bench_text_encode.py measures how far).
 
