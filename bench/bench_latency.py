@@ -4,7 +4,7 @@
         [--qps-seconds 15] [--clients 8] [--budget 2GB | --key FACTORY_KEY] [--rebuild] [--app-root DIR]
 
 Index (built once, cached in --cache-dir, e.g. ~/.cache/xmodal/bench/latency-1m; --rebuild forces it):
-1M clustered synthetic unit vectors of dim 512 (bench_selection.clustered_vectors, float16 as stored),
+1M clustered synthetic unit vectors of dim 512 (common.clustered_vectors, float16 as stored),
 written the way `xmodal index` writes a version (store.VersionWriter, faiss_build.build_vector_index: the
 selector's first choice for the size and budget, tuned to recall@10 0.95 on held-out rows, or --key), an
 items table with the real columns (paths point at no files: item image routes answer 404), and a manifest
@@ -49,10 +49,9 @@ import faiss  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-from bench_batching import closed_loop  # noqa: E402 - the same load loop as the batching bench (repo root on sys.path)
-from bench_selection import _cpu_model, clustered_vectors  # noqa: E402 - same generator as the selection bench
+from common import closed_loop, clustered_vectors, cpu_model  # noqa: E402 - shared with the batching and selection benches
 
-from tests.e2e.server import Server  # noqa: E402 - the e2e tests' server runner, given the checkout to serve
+from xmodal.app.testing import Server  # noqa: E402 - the e2e tests' server runner, given the checkout to serve
 from xmodal.indexer import store  # noqa: E402
 from xmodal.indexer.faiss_build import build_vector_index
 from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo, package_version  # noqa: E402
@@ -168,7 +167,7 @@ def build_or_reuse(
         "rejected": list(built.rejected),
         "tried": [list(t) for t in built.tried],
         "index_bytes": size,
-        "built_on": f"{_cpu_model()}, {os.cpu_count()} cores, load {_load()}",
+        "built_on": f"{cpu_model()}, {os.cpu_count()} cores, load {_load()}",
     }
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -517,7 +516,7 @@ def main() -> None:
     del opened
     phases["sweep_load_after"] = _load()
 
-    hardware = f"{_cpu_model()}, {os.cpu_count()} cores (server, client and other sessions' jobs)"
+    hardware = f"{cpu_model()}, {os.cpu_count()} cores (server, client and other sessions' jobs)"
     e2e = summary["search_text"]
     result = {
         "goal": f"text -> image search over HTTP, one sequential client: p99 <= {args.target_p99_ms:g} ms at recall@10 >= 0.95",
@@ -537,7 +536,7 @@ def main() -> None:
             "served": served_index,
             "build": record,
         },
-        "data": "clustered synthetic 512-d unit vectors (bench_selection.clustered_vectors, seed 0, float16)",
+        "data": "clustered synthetic 512-d unit vectors (common.clustered_vectors, seed 0, float16)",
         "queries": {
             "text": f"{len(texts)} distinct 2-6 word texts, k={K}, after {len(warm_texts)} warm-up queries",
             "image": f"{args.image_queries} JPEGs, the {len(images)} smallest of {args.photos} in turn "

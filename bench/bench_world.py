@@ -16,14 +16,10 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from xmodal.app.reports import world_table  # noqa: E402
 from xmodal.models.training import train  # noqa: E402

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from tests.e2e.server import XMODAL
 from tests.unit.indexer.synthetic import clustered_unit_vectors
+from xmodal.app.testing import XMODAL
 from xmodal.indexer import store
 from xmodal.indexer.build import BuildConfig, build_index
 from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo
