@@ -234,8 +234,9 @@ def _parse_index_options(values: list[str]) -> Path | dict[str, Path]:
 def _load_captioner(model: str, device: str, vqa_prompt: str | None = None, int8: bool = False):
     """The model as a Captioner, or a readable exit 2."""
     from xmodal.models.encoders import Encoder
-    from xmodal.models.generation import DEFAULT_VQA_PROMPT, Captioner
+    from xmodal.models.generation import Captioner
     from xmodal.models.loading import ModelNotAvailable, ModelSpecError
+    from xmodal.models.prompts import DEFAULT_VQA_PROMPT
 
     try:
         return Captioner(Encoder.from_spec(model, device), vqa_prompt or DEFAULT_VQA_PROMPT, int8=int8)

@@ -284,7 +284,7 @@ def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings
 
     from xmodal.app.client import XmodalClient, XmodalError
     from xmodal.app.endpoint_eval import evaluate_through_server
-    from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation
+    from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation
 
     started = time.perf_counter()
     # No retrieval queries: the server's index is not the evaluation's gallery.
@@ -311,8 +311,8 @@ def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings
 def _evaluate_world(spec: str, device: str, threads: int | None, **settings) -> dict:
     import torch
 
-    from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation
     from xmodal.models.loading import ModelNotAvailable, ModelSpecError, load_model
+    from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation
 
     try:
         loaded = load_model(spec, device, threads=threads)
@@ -335,7 +335,7 @@ def _evaluate_world(spec: str, device: str, threads: int | None, **settings) -> 
 
 
 def _evaluate_index(folder: Path) -> dict[str, float]:
-    from xmodal.indexer.evaluation import NoCaptionsError, index_recall
+    from xmodal.indexer.caption_recall import NoCaptionsError, index_recall
     from xmodal.indexer.store import IndexNotFound
 
     try:
@@ -413,7 +413,7 @@ def demo(
 
 def _world_evaluation(data, scenes: int = TRAIN_EVAL_SCENES):
     """train()'s hook: a quick held-out evaluation (300 queries, up to 200 captions, 50 questions a type)."""
-    from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation
+    from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation
 
     config = WorldEvalConfig(
         seed=data.seed,

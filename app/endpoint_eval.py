@@ -1,6 +1,6 @@
 """Caption and VQA quality measured through a running server's /v1/caption and /v1/vqa.
 
-The same held-out world scenes and metrics as models.evaluation, but every prediction is an HTTP
+The same held-out world scenes and metrics as models.training.world_evaluation, but every prediction is an HTTP
 answer: images go up as PNG (lossless, so the server decodes the pixels the in-process evaluation
 uses) and decoding settings match it (greedy, the same token limits). `xmodal eval --model SPEC
 --server URL` runs both and prints them side by side: equal numbers mean the endpoints serve what
@@ -14,7 +14,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from xmodal.app.client import XmodalClient
-from xmodal.models.evaluation import ANSWER_TOKENS, CANDIDATES, CAPTION_TOKENS, WorldEvaluation, WorldReport
+from xmodal.models.training.world_evaluation import (
+    ANSWER_TOKENS,
+    CANDIDATES,
+    CAPTION_TOKENS,
+    WorldEvaluation,
+    WorldReport,
+)
 
 
 def evaluate_through_server(

@@ -140,7 +140,7 @@ def install_middleware(app, settings) -> None:
     the body limit, then the routes."""
     from fastapi.middleware.cors import CORSMiddleware
 
-    from xmodal.app.metrics import Metrics
+    from xmodal.app.prometheus import Metrics
 
     app.state.metrics = Metrics(lambda: getattr(app.state, "runtime", None))
     # Room for multipart boundaries/headers and base64's 4/3 growth over the image limit (as app/uploads.py).

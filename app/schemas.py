@@ -13,7 +13,7 @@ class Target(str, Enum):
     texts = "texts"
 
 
-class IndexChoice(BaseModel):
+class IndexField(BaseModel):
     """Which served index a request reads (or whose model it uses)."""
 
     index: str | None = Field(
@@ -23,7 +23,7 @@ class IndexChoice(BaseModel):
     )
 
 
-class SearchOptions(IndexChoice):
+class SearchOptions(IndexField):
     """Paging and narrowing, the same for every search."""
 
     k: int = Field(10, description="How many results (1..max_k)")
@@ -50,7 +50,7 @@ class VectorSearchRequest(SearchOptions):
     target: Literal["images", "texts"] = "images"
 
 
-class ImageSearchFields(IndexChoice):
+class ImageSearchFields(IndexField):
     """/v1/search/image's fields besides the image (multipart form fields, or JSON next to image_b64)."""
 
     k: int = Field(10, description="How many results (1..max_k)")
@@ -62,11 +62,11 @@ class ImageSearchFields(IndexChoice):
     )
 
 
-class NoFields(IndexChoice):
+class NoFields(IndexField):
     """An image endpoint that takes the image alone (and which index's model embeds it)."""
 
 
-class EmbedTextRequest(IndexChoice):
+class EmbedTextRequest(IndexField):
     text: str | None = None
     texts: list[str] | None = None
 
@@ -154,13 +154,13 @@ class ReloadResponse(BaseModel):
     version: str
 
 
-class RankImageFields(IndexChoice):
+class RankImageFields(IndexField):
     """/v1/rank with an image: the candidate texts (in a multipart form, a JSON array string)."""
 
     texts: list[str] = Field(description="Candidate texts (1..max_rank_candidates), each scored against the image")
 
 
-class RankTextRequest(IndexChoice):
+class RankTextRequest(IndexField):
     """/v1/rank with a text: indexed items to score against it."""
 
     text: str = Field(description="The query; empty or over-long text is refused")
@@ -189,7 +189,7 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class CaptionRequest(IndexChoice):
+class CaptionRequest(IndexField):
     """/v1/caption's fields besides the image (multipart form fields, or JSON next to image_b64)."""
 
     mode: Literal["greedy", "beam", "sample"] = "greedy"
@@ -218,7 +218,7 @@ class CaptionResponse(BaseModel):
     took_ms: float
 
 
-class VqaRequest(IndexChoice):
+class VqaRequest(IndexField):
     """/v1/vqa's fields besides the image. In a multipart form, `answers` is a JSON array string."""
 
     question: str = Field(description="The question; empty or over-long text is refused")

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from xmodal.models.prompts import DEFAULT_VQA_PROMPT
+
 DEFAULT_INDEX = "default"  # the name of an index given without one (`--index DIR`, XMODAL_INDEX=DIR)
 INDEX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -79,9 +81,7 @@ class Settings(BaseSettings):
     max_embed_batch: int = Field(64, ge=1, description="Most texts in one /v1/embed/text request")
     max_rank_candidates: int = Field(200, ge=1, description="Most texts or item ids in one /v1/rank request")
 
-    vqa_prompt: str = Field(
-        "question: {question} answer:", description="Prompt the caption decoder answers a question after"
-    )
+    vqa_prompt: str = Field(DEFAULT_VQA_PROMPT, description="Prompt the caption decoder answers a question after")
     max_answers: int = Field(100, ge=1, description="Most candidate answers in one /v1/vqa request")
     max_caption_tokens: int = Field(40, ge=1, description="Most new tokens one caption or answer may ask for")
     max_alternatives: int = Field(5, ge=1, description="Most alternative captions one /v1/caption request may ask for")

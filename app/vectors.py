@@ -9,7 +9,7 @@ import numpy as np
 
 from xmodal.indexer import store
 from xmodal.indexer.reader import OpenIndex
-from xmodal.indexer.tuning import StoredRows
+from xmodal.indexer.rows import StoredRows
 
 _cache: weakref.WeakKeyDictionary[OpenIndex, dict[str, StoredRows]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()

@@ -34,9 +34,10 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from tests.e2e.server import Server, run_xmodal  # noqa: E402 - the same helpers the e2e tests use
+from common import closed_loop  # noqa: E402
+
+from xmodal.app.testing import Server, run_xmodal  # noqa: E402 - the same helpers the e2e tests use
 
 
 def random_query(rng: np.random.Generator) -> str:
@@ -70,48 +71,6 @@ def model_ceiling(model: str, batch: int, threads: int | None, int8_text: bool, 
 
 
 WORDS = ["red", "blue", "dog", "cat", "street", "kitchen", "beach", "mountain", "car", "child", "pizza", "train"]
-
-
-async def closed_loop(url: str, clients: int, seconds: float, send, max_requests: int = 100_000) -> dict:
-    """`clients` httpx clients, each sending `await send(client, number, i)` (its i-th request) and waiting for
-    the answer before the next, for `seconds` (and at most `max_requests` answers in all): QPS and latency of
-    the 200s, other answers and timeouts counted as errors."""
-    latencies, errors, statuses = [], 0, {}
-    stop_at = time.monotonic() + seconds
-
-    async def client_loop(number: int) -> None:
-        nonlocal errors
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            i = 0
-            while time.monotonic() < stop_at and len(latencies) < max_requests:
-                started = time.perf_counter()
-                try:
-                    response = await send(client, number, i)
-                except httpx.TimeoutException:
-                    errors += 1
-                    continue
-                finally:
-                    i += 1
-                if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
-                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(client_loop(number) for number in range(clients)))
-    elapsed = time.monotonic() - started
-    ms = np.array(latencies) * 1000
-    return {
-        "clients": clients,
-        "seconds": round(elapsed, 1),
-        "requests": len(ms),
-        "errors": errors,
-        "error_statuses": statuses,
-        "qps": round(len(ms) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-        "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
-    }
 
 
 async def drive(url: str, clients: int, seconds: float) -> dict:

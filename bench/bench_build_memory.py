@@ -4,7 +4,7 @@
         [--run 150MB --run 2.1GB ...] [--old-ref HEAD | --no-old] [--cache-dir ~/.cache/xmodal/bench]
 
 Data (written once, cached in --cache-dir, e.g. ~/.cache/xmodal/bench/build-memory-1000000x512): n
-clustered synthetic unit vectors (bench_selection.clustered_vectors, float16 as stored) in a version
+clustered synthetic unit vectors (common.clustered_vectors, float16 as stored) in a version
 written with store.VersionWriter's shard writer, with an items table like test_reindex's; its own
 images.faiss is an empty Flat placeholder (every run replaces it).
 
@@ -22,7 +22,7 @@ threads), which reports:
                 bound: a shorter spike can fall between samples); peak_file_sampled likewise, in the JSON
     seconds     reindex() alone (this box is shared: compare seconds only within one run)
 
-Unless --no-old, the same runs also use the indexer/ package of --old-ref (default HEAD: the code before
+Unless --no-old, the same runs also use the xmodal package (app/, indexer/, models/) of --old-ref (default HEAD: the code before
 streaming, which read every shard into one float32 matrix; `git archive`, read-only) in the child
 process. Each written index file's sha256 is recorded; "same file" compares it with the other code's
 file for the same run. Prints one table and writes JSON (bench/results/build_memory.json) after every
@@ -47,6 +47,8 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from xmodal.app.testing import package_path  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MIB = 2**20
@@ -66,8 +68,6 @@ def _status() -> dict[str, int]:
 
 
 def child(spec: dict) -> dict:
-    if spec["code"]:
-        sys.path.insert(0, spec["code"])  # the old commit's indexer/ package shadows this checkout's
     from xmodal import indexer
     from xmodal.indexer import store  # noqa: F401 - imported before the baseline, as reindex() needs it
     from xmodal.indexer.reindex import reindex
@@ -115,12 +115,12 @@ def ensure_data(folder: Path, n: int, dim: int) -> Path:
     """The cached synthetic version (written when missing or for other n/dim); its version folder."""
     import faiss
     import pyarrow as pa
-    from bench_selection import clustered_vectors
+    from common import clustered_vectors
 
     from xmodal.indexer import store
     from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo
 
-    wanted = {"n": n, "dim": dim, "data_seed": 0, "generator": "bench_selection.clustered_vectors"}
+    wanted = {"n": n, "dim": dim, "data_seed": 0, "generator": "common.clustered_vectors"}
     record = folder / "bench.json"
     if record.is_file() and json.loads(record.read_text()) == wanted:
         try:
@@ -181,6 +181,8 @@ def parse_run(text: str) -> dict:
 
 def run_child(spec: dict, timeout: float) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    if spec["code"]:  # the old commit's xmodal package, first on the child's path
+        env["PYTHONPATH"] = spec["code"]
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     if result.returncode != 0:
@@ -197,10 +199,13 @@ def sha256(path: Path) -> str:
 
 
 def old_code(ref: str, folder: Path) -> Path:
-    """`ref`'s indexer/ package, extracted (read-only git: nothing in the checkout changes)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "indexer"], capture_output=True, check=True)
+    """A PYTHONPATH folder whose `xmodal` package is `ref`'s app/, indexer/ and models/, extracted
+    (read-only git: nothing in the checkout changes)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "app", "indexer", "models"], capture_output=True, check=True
+    )
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
-    return folder
+    return package_path(folder)
 
 
 def main() -> None:
@@ -224,13 +229,12 @@ def main() -> None:
     folder = args.cache_dir / f"build-memory-{args.n}x{args.dim}"
     version = ensure_data(folder, args.n, args.dim)
     vectors_f32 = args.n * args.dim * 4
-    from bench_selection import _cpu_model
+    from common import cpu_model
 
-    hardware = f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}"
+    hardware = f"{platform.machine()}, {os.cpu_count()} cores, {cpu_model()}"
     result = {
         "data": (
-            f"{args.n:,} x {args.dim} clustered synthetic unit vectors (bench_selection.clustered_vectors), "
-            "float16 shards"
+            f"{args.n:,} x {args.dim} clustered synthetic unit vectors (common.clustered_vectors), float16 shards"
         ),
         "n": args.n,
         "dim": args.dim,

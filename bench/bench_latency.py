@@ -4,8 +4,8 @@
         [--qps-seconds 15] [--clients 8] [--budget 2GB | --key FACTORY_KEY] [--rebuild] [--app-root DIR]
 
 Index (built once, cached in --cache-dir, e.g. ~/.cache/xmodal/bench/latency-1m; --rebuild forces it):
-1M clustered synthetic unit vectors of dim 512 (bench_selection.clustered_vectors, float16 as stored),
-written the way `xmodal index` writes a version (store.VersionWriter, tuning.build_vector_index: the
+1M clustered synthetic unit vectors of dim 512 (common.clustered_vectors, float16 as stored),
+written the way `xmodal index` writes a version (store.VersionWriter, faiss_build.build_vector_index: the
 selector's first choice for the size and budget, tuned to recall@10 0.95 on held-out rows, or --key), an
 items table with the real columns (paths point at no files: item image routes answer 404), and a manifest
 naming the model spec with its real weights fingerprint, so `xmodal serve --index DIR` serves it. The 300
@@ -20,7 +20,7 @@ with a fresh synthetic vector, and POST /v1/search/text (end to end), all k=10; 
 with --clients concurrent clients. Client-side latency and the server's took_ms per row. After the server
 stops, recall@10 of the served results against exact search over the stored float16 shards, for the
 embeddings the server returned (a result counts when its exact score reaches the true 10th, as in
-indexer.tuning.RecallBench). Then, in this process with no server, the split: encode_texts of one text,
+indexer.recall.RecallBench). Then, in this process with no server, the split: encode_texts of one text,
 OpenIndex.item_rows of a query's 10 result ids, and the index alone on one thread up its search-parameter
 ladder (efSearch or nprobe) with recall@10 per query set, until text and image queries reach 0.95 or a
 query takes --sweep-max-ms. Prints one table and writes JSON (bench/results/latency.json; the server's
@@ -49,26 +49,18 @@ import faiss  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-from bench_batching import closed_loop  # noqa: E402 - the same load loop as the batching bench (repo root on sys.path)
-from bench_selection import _cpu_model, clustered_vectors  # noqa: E402 - same generator as the selection bench
+from common import closed_loop, clustered_vectors, cpu_model  # noqa: E402 - shared with the batching and selection benches
 
-from tests.e2e.server import Server  # noqa: E402 - the e2e tests' server runner, given the checkout to serve
+from xmodal.app.testing import Server  # noqa: E402 - the e2e tests' server runner, given the checkout to serve
 from xmodal.indexer import store  # noqa: E402
+from xmodal.indexer.faiss_build import build_vector_index
 from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo, package_version  # noqa: E402
 from xmodal.indexer.reader import OpenIndex  # noqa: E402
+from xmodal.indexer.recall import TIE_TOLERANCE, exact_search
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import Searcher, SearchParams, exact_scores, is_ivf
 from xmodal.indexer.selection import parse_bytes  # noqa: E402
-from xmodal.indexer.tuning import (  # noqa: E402
-    EF_SEARCH,
-    TIE_TOLERANCE,
-    Searcher,
-    SearchParams,
-    StoredRows,
-    _probe_ladder,
-    build_vector_index,
-    exact_scores,
-    exact_search,
-    is_ivf,
-)
+from xmodal.indexer.tuning import EF_SEARCH, probe_ladder
 
 HERE = Path(__file__).resolve().parent
 K = 10
@@ -175,7 +167,7 @@ def build_or_reuse(
         "rejected": list(built.rejected),
         "tried": [list(t) for t in built.tried],
         "index_bytes": size,
-        "built_on": f"{_cpu_model()}, {os.cpu_count()} cores, load {_load()}",
+        "built_on": f"{cpu_model()}, {os.cpu_count()} cores, load {_load()}",
     }
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -325,7 +317,7 @@ class Truth:
         self.kth, self.first = best[:, -1], best[:, 0]
 
     def recall(self, served_ids: list[list[int]] | np.ndarray) -> dict:
-        """recall@10: a result counts when its exact score reaches the true 10th (as indexer.tuning.RecallBench)."""
+        """recall@10: a result counts when its exact score reaches the true 10th (as indexer.recall.RecallBench)."""
         ids = np.full((len(self.queries), K), -1, np.int64)
         for row, found in zip(ids, served_ids):
             found = list(found)[:K]
@@ -378,7 +370,7 @@ def faiss_sweep(opened, truths: dict[str, Truth], timed: int, max_ms: float, tar
         ladder = [SearchParams(f"efSearch={ef}") for ef in EF_SEARCH]
     elif is_ivf(info.index_key):
         nlist = faiss.extract_index_ivf(index).nlist
-        ladder = [SearchParams(f"nprobe={p}", served.rerank) for p in _probe_ladder(nlist)]
+        ladder = [SearchParams(f"nprobe={p}", served.rerank) for p in probe_ladder(nlist)]
     else:
         ladder = [served]
     rows = StoredRows(store.map_vectors(version, info.embeddings)) if served.rerank else None
@@ -524,7 +516,7 @@ def main() -> None:
     del opened
     phases["sweep_load_after"] = _load()
 
-    hardware = f"{_cpu_model()}, {os.cpu_count()} cores (server, client and other sessions' jobs)"
+    hardware = f"{cpu_model()}, {os.cpu_count()} cores (server, client and other sessions' jobs)"
     e2e = summary["search_text"]
     result = {
         "goal": f"text -> image search over HTTP, one sequential client: p99 <= {args.target_p99_ms:g} ms at recall@10 >= 0.95",
@@ -544,7 +536,7 @@ def main() -> None:
             "served": served_index,
             "build": record,
         },
-        "data": "clustered synthetic 512-d unit vectors (bench_selection.clustered_vectors, seed 0, float16)",
+        "data": "clustered synthetic 512-d unit vectors (common.clustered_vectors, seed 0, float16)",
         "queries": {
             "text": f"{len(texts)} distinct 2-6 word texts, k={K}, after {len(warm_texts)} warm-up queries",
             "image": f"{args.image_queries} JPEGs, the {len(images)} smallest of {args.photos} in turn "

@@ -31,54 +31,17 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from common import clustered_vectors, cpu_model
 
+from xmodal.indexer.faiss_build import train_and_add
+from xmodal.indexer.recall import RecallBench, single_query_ms
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import Searcher, read_flags
 from xmodal.indexer.selection import IndexChoice, choose_index_keys, estimate_bytes, format_bytes, ivf_lists
-from xmodal.indexer.tuning import (
-    RecallBench,
-    Searcher,
-    StoredRows,
-    held_out_count,
-    read_flags,
-    single_query_ms,
-    train_and_add,
-    tune_search_params,
-)
+from xmodal.indexer.tuning import held_out_count, tune_search_params
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("flat", "hnsw", "ivf_flat", "opq_ivf_pq", "ivf_pq")
-
-
-def clustered_vectors(
-    n: int,
-    dim: int,
-    seed: int = 0,
-    spread: float = 1.2,
-    decay: float = 0.5,
-    mean: float = 0.6,
-    per_cluster: int = 100,
-    chunk: int = 50_000,
-) -> np.ndarray:
-    """float16-rounded unit vectors from the mixture described above (returned as float32)."""
-    rng = np.random.default_rng(seed)
-    clusters = max(1, n // per_cluster)
-    scale = ((1.0 + np.arange(dim)) ** -decay).astype(np.float32)
-    scale /= np.linalg.norm(scale) / np.sqrt(dim)
-    rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
-    shared = rng.standard_normal(dim, dtype=np.float32)
-    shared /= np.linalg.norm(shared)
-    centres = rng.standard_normal((clusters, dim), dtype=np.float32) * scale
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        x = rng.standard_normal((m, dim), dtype=np.float32) * (scale * np.float32(spread / np.sqrt(dim)))
-        x += centres[rng.integers(0, clusters, m)]
-        x = x @ rotation
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        x += mean * shared
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[start : start + m] = x.astype(np.float16)
-    return out
 
 
 def candidates(n: int, dim: int) -> dict[str, IndexChoice]:
@@ -218,7 +181,7 @@ def main() -> None:
         for kind in kinds:
             rows.append(bench_kind(chosen[kind], vectors, fresh, args.recall, args.hnsw_max_s, Path(tmp)))
 
-    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}"
+    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {cpu_model()}"
     result = {
         "data": data,
         "n": n - held_out_count(n),
@@ -247,16 +210,6 @@ def main() -> None:
     print(f"total {result['total_s']:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -46,11 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodal.app.testing import HUB_COMMIT, fill_hub_cache  # the same hub layout the loading tests use
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.hub_cache import COMMIT, fill_hub_cache  # noqa: E402 - the same hub layout the loading tests use
 
 DATA = ROOT.parent / "shared/data"
 DEFAULT_VENV = Path(os.environ.get("XMODAL_BENCH_CR_VENV", "~/.cache/xmodal/bench/clip-retrieval-venv")).expanduser()
@@ -111,7 +110,7 @@ def write_weights(hub_cache: Path, arch: str, hf_hub: str, seed: int) -> Path:
     save_file(state, str(weights))
     fill_hub_cache(hub_cache, repo, {filename: weights})
     weights.unlink()
-    return hub_cache / f"models--{repo.replace('/', '--')}" / "snapshots" / COMMIT / filename
+    return hub_cache / f"models--{repo.replace('/', '--')}" / "snapshots" / HUB_COMMIT / filename
 
 
 def timed(commands: list[list[str]], env: dict, log: Path, timeout: float) -> list[float]:

@@ -16,19 +16,15 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from xmodal.app.reports import world_table  # noqa: E402
-from xmodal.models.evaluation import WorldEvalConfig, WorldEvaluation  # noqa: E402
 from xmodal.models.training import train  # noqa: E402
 from xmodal.models.training.recipes import WORLD_RECIPE, world_config  # noqa: E402
+from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "world.json"
 # The goals of the issue "Contrastive training, a generated world ...": trained from scratch in

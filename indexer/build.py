@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from xmodal.indexer import store
 from xmodal.indexer.download import DownloadConfig, download_all, download_path
+from xmodal.indexer.faiss_build import build_vector_index
 from xmodal.indexer.journal import Journal
 from xmodal.indexer.manifest import Manifest, ModelInfo, SkipCounts, VectorIndexInfo, package_version
 from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
 from xmodal.indexer.sources import Record, Source, captions_for, open_source, read_captions, read_record_bytes
-from xmodal.indexer.tuning import StoredRows, build_vector_index
 from xmodal.models.encoders import Encoder
 from xmodal.models.generation import can_caption, generate_captions
 from xmodal.models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, source_size

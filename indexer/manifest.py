@@ -31,7 +31,7 @@ class VectorIndexInfo(BaseModel):
     embeddings: list[str] = Field(description="float16 .npy shards, row i = vector id i")
     count: int
     index_key: str = Field(description="faiss.index_factory description")
-    search_params: str = Field("", description="e.g. nprobe=16, efSearch=48, nprobe=64,rerank=4 (indexer.tuning)")
+    search_params: str = Field("", description="e.g. nprobe=16, efSearch=48, nprobe=64,rerank=4 (indexer.searcher)")
     measured_recall_at_10: float | None = Field(
         None, description="recall@10 against exact search at search_params, on held-out vectors; null for exact Flat"
     )

@@ -8,9 +8,11 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from xmodal.indexer import store, tuning
+from xmodal.indexer import store
 from xmodal.indexer.filters import matching_ids
 from xmodal.indexer.manifest import Manifest, VectorIndexInfo
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import Searcher, SearchParams, read_flags
 from xmodal.indexer.sources import Record, read_record_bytes
 
 _PUBLIC = ("id", "path", "width", "height", "sha256", "captions", "duplicates")
@@ -25,7 +27,7 @@ class OpenIndex:
         self.version = store.resolve_version(path)
         self.manifest: Manifest = store.read_manifest(self.version)
         self.source = Path(self.manifest.source)
-        self.image_index = store.read_index(self.version, "images", tuning.read_flags(self.manifest.images.index_key))
+        self.image_index = store.read_index(self.version, "images", read_flags(self.manifest.images.index_key))
         self._image_searcher = _searcher(self.version, self.manifest.images, self.image_index)
         # One chunk per column: Table.take over Parquet's many chunks costs O(rows) (23 ms for 10 rows
         # of a 1M-item index, bench/bench_latency.py), over one chunk it is O(k).
@@ -33,7 +35,7 @@ class OpenIndex:
         self.text_index: faiss.Index | None = None
         self.texts: pa.Table | None = None
         if self.manifest.texts is not None:
-            self.text_index = store.read_index(self.version, "texts", tuning.read_flags(self.manifest.texts.index_key))
+            self.text_index = store.read_index(self.version, "texts", read_flags(self.manifest.texts.index_key))
             self._text_searcher = _searcher(self.version, self.manifest.texts, self.text_index)
             self.texts = store.read_table(self.version, "texts").combine_chunks()
 
@@ -87,14 +89,14 @@ class OpenIndex:
             return None
 
 
-def _searcher(version: Path, info: VectorIndexInfo, index: faiss.Index) -> tuning.Searcher:
+def _searcher(version: Path, info: VectorIndexInfo, index: faiss.Index) -> Searcher:
     """The index with the manifest's search parameters applied; re-ranking reads the stored shards."""
-    params = tuning.SearchParams.parse(info.search_params)
-    rows = tuning.StoredRows(store.map_vectors(version, info.embeddings)) if params.rerank else None
-    return tuning.Searcher(index, params, rows)
+    params = SearchParams.parse(info.search_params)
+    rows = StoredRows(store.map_vectors(version, info.embeddings)) if params.rerank else None
+    return Searcher(index, params, rows)
 
 
-def _search(searcher: tuning.Searcher, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
+def _search(searcher: Searcher, queries: np.ndarray, k: int, allowed: np.ndarray | None = None):
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if allowed is not None and len(allowed) == 0:
         return [[] for _ in queries]

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from xmodal.indexer import store
+from xmodal.indexer.faiss_build import BuiltIndex, build_vector_index
 from xmodal.indexer.manifest import Manifest, VectorIndexInfo, package_version
+from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
-from xmodal.indexer.tuning import BuiltIndex, StoredRows, build_vector_index
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def reindex(
     try:
         updates: dict[str, VectorIndexInfo] = {}
         for name, info in infos.items():
-            # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.tuning.StoredRows)
+            # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.rows.StoredRows)
             vectors = StoredRows(store.map_vectors(source, info.embeddings), file_reads=True)
             built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key)
             size = writer.write_index(name, built.index)

@@ -1,52 +1,10 @@
 """Which FAISS index to build: a pure function of vector count, dimension, memory budget and targets.
 
 No faiss import: `choose_index_keys` can run before anything is loaded, e.g. to refuse a budget up front.
-`indexer.tuning` builds the first candidate, tunes its search parameters and falls back to the next one.
-
-Rules, in rank order (all vectors are unit-norm, metric inner product):
-
-1. `Flat` (exact) when n < 10,000, or when one exact query is estimated to take at most `latency_ms`
-   (n * dim * FLAT_NS_PER_ELEMENT). It is listed last as an exact fallback when only the latency rules it out.
-2. `HNSW32,Flat` when it fits: the lowest latency of the full-precision indexes at recall@10 >= 0.95,
-   about 4*dim + 272 bytes a vector, but the slowest to build and always fully in RAM.
-3. `IVF{nlist},Flat` when it fits: 4*dim + 8 bytes a vector; inverted lists can be memory-mapped.
-4. `OPQ{m}_{dout},IVF{nlist},PQ{m}` and `IVF{nlist},PQ{m}` for tight budgets: m + 8 bytes a vector, m the
-   largest code size that fits. PQ codes alone stop near recall@10 0.67 (PQ64, 512-d), so these are
-   searched with re-ranking from the stored float16 embeddings (`rerank=R` in the search parameters;
-   see indexer.tuning). OPQ ranks above plain PQ when dim/m >= 8, where the rotation pays.
-
-nlist = the power of two nearest 2*sqrt(n), at most n/39 (faiss's k-means wants 39 training points a list).
-
-Measured on this project's 2-core AMD EPYC machine (shared with other jobs, so under load), faiss-cpu
-1.15, on bench/bench_selection.py's clustered 512-d unit vectors (float16-rounded), recall@10 against
-exact search on queries held out of the index. At 1M vectors (bench/results/selection.json, 46 min):
-
-    index                      bytes    build   params                recall@10  1 query, 1 thread
-    Flat                       1.9 GiB     4 s  -                     1.000      82.4 ms
-    HNSW32,Flat                2.2 GiB   778 s  efSearch=768          0.962       9.7 ms
-    IVF2048,Flat               1.9 GiB    47 s  nprobe=256            0.965      32.8 ms
-    OPQ64_512,IVF2048,PQ64    74 MiB     259 s  nprobe=256,rerank=32  0.960       9.1 ms
-    IVF2048,PQ64              73 MiB      49 s  nprobe=384,rerank=32  0.957      14.1 ms
-
-(re-ranking read the stored rows from RAM there; the server reads them from the memory-mapped float16
-shards, fast only while those stay in the page cache: 1 GB at 1M x 512.) At 100k vectors, an earlier
-sweep (300 queries that were indexed rows, own row left out: slightly optimistic; /tmp scripts, not kept):
-
-    index                     bytes/vec  train(40k)  recall@10 at the given parameters
-    Flat, one query, 1 thread      2048      -       exact; 11.5-12.4 ms = 0.22-0.24 ns per vector*dim
-    IVF1024,Flat                   2077     7 s      nprobe=32: 0.946; 64: 0.977; 128: 0.993
-    IVF1024,PQ64                     98    15 s      nprobe=128: 0.667; +rerank=4: 0.946; rerank=8: 0.975
-    OPQ64_512,IVF1024,PQ64          109    78 s      nprobe=64: 0.761; +rerank=4: 0.968; nprobe=128,rerank=4: 0.980
-    IVF1024,PQ32                     66    ~8 s      nprobe=128,rerank=8: 0.886 (never 0.95 up to rerank=8)
-    OPQ32_256,IVF1024,PQ32           58    ~60 s     nprobe=128,rerank=8: 0.952
-
-So: OPQ adds 3-7 points of recall at the same m and re-ranking depth, and cut the 1M latency from 14 to
-9 ms: worth its training time when dim/m >= 8. 8 dimensions a sub-quantizer (dout = 8m) reached 0.95;
-PQ with dim/m >= 16 needs re-ranking depth 16+ (allowed, up to 32). IVF-PQ is trained without
-polysemous codes (faiss's factory turns them on; they took 165 of 180 s), OPQ with 20 iterations.
-HNSW ranks above IVF-Flat because it was 3.4x faster at the same recall at 1M; it costs 16x the
-build time (efConstruction 40, faiss's default). IVF-Flat ranks above the PQ types, although OPQ was
-faster at 1M, because its latency does not depend on a gigabyte of shards staying cached.
+indexer.faiss_build builds the first candidate, tunes it and falls back to the next one. In rank order:
+exact `Flat` for small sets (or when one exact query fits `latency_ms`), `HNSW32,Flat`, `IVF{nlist},Flat`,
+then OPQ/IVF-PQ for tight budgets, searched with re-ranking from the stored float16 embeddings.
+Measurements and rejected variants: docs/decisions/index-selection.md
 """
 
 from __future__ import annotations

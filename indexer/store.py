@@ -153,7 +153,7 @@ def read_manifest(version: Path) -> Manifest:
 
 
 def read_index(version: Path, name: str, io_flags: int = 0) -> faiss.Index:
-    """The FAISS index; io_flags e.g. faiss.IO_FLAG_MMAP (see indexer.tuning.read_flags)."""
+    """The FAISS index; io_flags e.g. faiss.IO_FLAG_MMAP (see indexer.searcher.read_flags)."""
     return faiss.read_index(str(version / f"{name}.faiss"), io_flags)
 
 

@@ -16,14 +16,19 @@ longest sequence CoCa saw in training.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from xmodal.models.attention import cross_attention_block, cross_keys_values, self_attention_block
+from xmodal.models.int8 import FLOAT_PRODUCTS, Int8Products
+
+if TYPE_CHECKING:
+    from open_clip.coca_model import CoCa
+    from open_clip.transformer import MultimodalTransformer, ResidualAttentionBlock, TextTransformer
 
 DecodeMode = Literal["greedy", "beam", "sample"]
 DECODE_MODES: tuple[str, ...] = ("greedy", "beam", "sample")
@@ -134,7 +139,7 @@ class CocaDecoder:
     def __init__(self, model: nn.Module, tokenizer: TextTokenizer, *, int8: bool = False):
         if not is_captioner(model):
             raise ValueError(f"{type(model).__name__} is not a CoCa model with a text decoder")
-        self.model = model.eval()
+        self.model: CoCa = model.eval()
         self.tokenizer = tokenizer
         self.int8 = int8
         self._cached = _CachedCoca(model, int8=int8)
@@ -218,19 +223,19 @@ class CocaDecoder:
         lengths = torch.tensor([len(t) for t in targets], device=self.device)
         # Shorter answers are padded with end-of-text: causal attention keeps the padding
         # out of the positions that are scored.
-        target = torch.full((len(targets), int(lengths.max())), self.tokenizer.eot_token_id, device=self.device)
+        padded = torch.full((len(targets), int(lengths.max())), self.tokenizer.eot_token_id, device=self.device)
         for row, ids in enumerate(targets):
-            target[row, : len(ids)] = torch.tensor(ids, device=self.device)
+            padded[row, : len(ids)] = torch.tensor(ids, device=self.device)
 
         state = self._cached.new_state(image_embs)
         prompt_logits = self._cached.forward(state, torch.tensor([prompt_ids], device=self.device))
         logits = prompt_logits.expand(len(targets), -1, -1)
-        if target.shape[1] > 1:
+        if padded.shape[1] > 1:
             state.select_rows(torch.zeros(len(targets), dtype=torch.long, device=self.device))
-            answer_logits = self._cached.forward(state, target[:, :-1], all_positions=True)
+            answer_logits = self._cached.forward(state, padded[:, :-1], all_positions=True)
             logits = torch.cat([logits, answer_logits], dim=1)
-        logprobs = logits.float().log_softmax(-1).gather(2, target.unsqueeze(-1)).squeeze(-1)
-        scored = torch.arange(target.shape[1], device=self.device) < lengths.unsqueeze(1)
+        logprobs = logits.float().log_softmax(-1).gather(2, padded.unsqueeze(-1)).squeeze(-1)
+        scored = torch.arange(padded.shape[1], device=self.device) < lengths.unsqueeze(1)
         return (logprobs.masked_fill(~scored, 0.0).sum(1) / lengths).tolist()
 
     def _check_images(self, images: Tensor) -> Tensor:
@@ -260,181 +265,6 @@ class CocaDecoder:
         special = {self.tokenizer.sot_token_id, self.tokenizer.eot_token_id}
         text = self.tokenizer.decode([t for t in token_ids if t not in special])
         return " ".join(text.split())
-
-
-# ---------------------------------------------------------------- cached forward
-
-
-def _split_heads(x: Tensor, heads: int) -> Tensor:
-    """(rows, tokens, width) -> (rows, heads, tokens, head_width)."""
-    rows, tokens, width = x.shape
-    return x.view(rows, tokens, heads, width // heads).transpose(1, 2)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    """(rows, heads, tokens, head_width) -> (rows, tokens, width)."""
-    rows, heads, tokens, head_width = x.shape
-    return x.transpose(1, 2).reshape(rows, tokens, heads * head_width)
-
-
-def _in_projection(attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
-    """Part of nn.MultiheadAttention's packed q/k/v input projection."""
-    bias = attn.in_proj_bias[part] if attn.in_proj_bias is not None else None
-    return F.linear(x, attn.in_proj_weight[part], bias)
-
-
-class _Products:
-    """The matrix products a decoding step runs, with the model's own weights."""
-
-    def in_proj(self, attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
-        return _in_projection(attn, x, part)
-
-    def out_proj(self, attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
-        return attn.out_proj(x)
-
-    def mlp(self, block: nn.Module, x: Tensor) -> Tensor:
-        return block.mlp(x)
-
-    def vocab(self, decoder: nn.Module, x: Tensor) -> Tensor:
-        return x @ decoder.text_projection
-
-
-class Int8Products(_Products):
-    """The same products from int8 weight copies (fbgemm/onednn dynamic quantization, CPU).
-
-    Covers every weight a step reads: self-attention q/k/v, cross-attention q, output
-    projections, MLPs and the vocabulary projection. The image keys and values of cross
-    attention, computed once per image, keep the model's weights.
-    """
-
-    def __init__(self, text: nn.Module, decoder: nn.Module):
-        self._setup(decoder.text_projection)
-        for block in [*text.transformer.resblocks, *decoder.resblocks]:
-            self._pack(block.attn, "qkv", block.attn.in_proj_weight, block.attn.in_proj_bias)
-        for block in decoder.cross_attn:
-            width, bias = block.attn.embed_dim, block.attn.in_proj_bias
-            self._pack(block.attn, "q", block.attn.in_proj_weight[:width], bias[:width] if bias is not None else None)
-        self._pack_outputs_and_mlps([*text.transformer.resblocks, *decoder.resblocks, *decoder.cross_attn])
-        self._pack(decoder, "vocab", decoder.text_projection.t(), None)
-
-    @classmethod
-    def for_blocks(cls, blocks: Sequence[nn.Module]) -> Int8Products:
-        """int8 copies of self-attention blocks' weights only: a text tower encoding whole texts."""
-        products = cls.__new__(cls)
-        products._setup(blocks[0].attn.in_proj_weight)
-        for block in blocks:
-            products._pack(block.attn, "qkv", block.attn.in_proj_weight, block.attn.in_proj_bias)
-        products._pack_outputs_and_mlps(blocks)
-        return products
-
-    def _setup(self, weight: Tensor) -> None:
-        if weight.device.type != "cpu" or weight.dtype != torch.float32:
-            raise ValueError("int8 weight copies need an fp32 model on the CPU")
-        self.packed: dict[tuple[int, str], object] = {}
-        # Without VNNI the x86 kernels add u8 x s8 pairs in saturating int16: 7-bit activations keep
-        # that exact. VNNI accumulates in int32, so activations keep all 8 bits (about 40% less error).
-        self.reduce_range = not _cpu_has_vnni()
-
-    def _pack_outputs_and_mlps(self, blocks: Sequence[nn.Module]) -> None:
-        for block in blocks:
-            self._pack(block.attn, "out", block.attn.out_proj.weight, block.attn.out_proj.bias)
-            mlp = block.mlp
-            if not (isinstance(mlp, nn.Sequential) and list(dict(mlp.named_children())) == ["c_fc", "gelu", "c_proj"]):
-                raise ValueError(f"int8 weight copies support open_clip's c_fc/gelu/c_proj MLP, not {mlp}")
-            self._pack(mlp, "c_fc", mlp.c_fc.weight, mlp.c_fc.bias)
-            self._pack(mlp, "c_proj", mlp.c_proj.weight, mlp.c_proj.bias)
-
-    def _pack(self, module: nn.Module, name: str, weight: Tensor, bias: Tensor | None) -> None:
-        """A copy of `weight` (out, in) as int8 with one scale per output row, packed for the CPU kernels."""
-        weight = weight.detach().float().contiguous()
-        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12).double()
-        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-        bias = bias.detach().float().contiguous() if bias is not None else None
-        try:
-            with warnings.catch_warnings():
-                # torch marks its quantized tensor types deprecated; these kernels are what we measured.
-                warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-                qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-                self.packed[id(module), name] = torch.ops.quantized.linear_prepack(qweight, bias)
-        except (AttributeError, RuntimeError) as exc:
-            raise ValueError(
-                f"int8 weight copies need torch's quantized CPU kernels, which failed here: {exc}"
-            ) from exc
-
-    def _linear(self, module: nn.Module, name: str, x: Tensor) -> Tensor:
-        packed = self.packed[id(module), name]
-        return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, self.reduce_range)
-
-    def in_proj(self, attn: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
-        if part == slice(None):
-            return self._linear(attn, "qkv", x)
-        if part == slice(0, attn.embed_dim) and (id(attn), "q") in self.packed:
-            return self._linear(attn, "q", x)
-        return _in_projection(attn, x, part)
-
-    def out_proj(self, attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
-        return self._linear(attn, "out", x)
-
-    def mlp(self, block: nn.Module, x: Tensor) -> Tensor:
-        mlp = block.mlp
-        return self._linear(mlp, "c_proj", mlp.gelu(self._linear(mlp, "c_fc", x)))
-
-    def vocab(self, decoder: nn.Module, x: Tensor) -> Tensor:
-        return self._linear(decoder, "vocab", x)
-
-
-def _cpu_has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
-_FLOAT = _Products()
-
-
-def self_attention_block(
-    block: nn.Module, x: Tensor, kv: Tensor, start: int, mask: Tensor | None, products: _Products = _FLOAT
-) -> Tensor:
-    """open_clip's ResidualAttentionBlock (self-attention) on new tokens.
-
-    kv (2, rows, heads, capacity, head_width) holds earlier keys and values and gets the new ones.
-    """
-    attn = block.attn
-    end = start + x.shape[1]
-    q, k, v = products.in_proj(attn, block.ln_1(x), slice(None)).chunk(3, dim=-1)
-    kv[0, :, :, start:end] = _split_heads(k, attn.num_heads)
-    kv[1, :, :, start:end] = _split_heads(v, attn.num_heads)
-    out = F.scaled_dot_product_attention(
-        _split_heads(q, attn.num_heads), kv[0, :, :, :end], kv[1, :, :, :end], attn_mask=mask
-    )
-    x = x + block.ls_1(products.out_proj(attn, _merge_heads(out)))
-    return x + block.ls_2(products.mlp(block, block.ln_2(x)))
-
-
-def _cross_keys_values(block: nn.Module, image_embs: Tensor) -> tuple[Tensor, Tensor]:
-    """A cross-attention block's keys and values over the image tokens, computed once per image."""
-    attn, width = block.attn, block.attn.embed_dim
-    image_embs = block.ln_1_kv(image_embs)
-    keys = _in_projection(attn, image_embs, slice(width, 2 * width))
-    values = _in_projection(attn, image_embs, slice(2 * width, None))
-    return _split_heads(keys, attn.num_heads), _split_heads(values, attn.num_heads)
-
-
-def _cross_attention_block(
-    block: nn.Module, x: Tensor, keys: Tensor, values: Tensor, products: _Products = _FLOAT
-) -> Tensor:
-    """open_clip's ResidualAttentionBlock (cross-attention) with precomputed image keys and values."""
-    attn = block.attn
-    rows, tokens, width = x.shape
-    q = products.in_proj(attn, block.ln_1(x), slice(0, width))
-    # Rows are grouped by image, so each image's rows share its keys without copying them.
-    q = _split_heads(q.reshape(keys.shape[0], -1, width), attn.num_heads)
-    out = _merge_heads(F.scaled_dot_product_attention(q, keys, values)).reshape(rows, tokens, width)
-    x = x + block.ls_1(products.out_proj(attn, out))
-    return x + block.ls_2(products.mlp(block, block.ln_2(x)))
 
 
 def _select_cached(kv: Tensor, source: Tensor, length: int) -> Tensor:
@@ -470,10 +300,11 @@ class _DecodeState:
 class _CachedCoca:
     """CoCa's text tower and text decoder, one step at a time, mirroring open_clip's forward."""
 
-    def __init__(self, model: nn.Module, *, int8: bool = False):
-        self.text, self.decoder = model.text, model.text_decoder
+    def __init__(self, model: CoCa, *, int8: bool = False):
+        self.text: TextTransformer = model.text
+        self.decoder: MultimodalTransformer = model.text_decoder
         _check_supported(self.text, self.decoder)
-        self.products = Int8Products(self.text, self.decoder) if int8 else _FLOAT
+        self.products = Int8Products(self.text, self.decoder) if int8 else FLOAT_PRODUCTS
         self.capacity = min(self.text.context_length, self.decoder.context_length)
         # open_clip masks padding (pad_id) keys in the text tower whenever a CLS token is appended.
         # Its default (legacy) CoCa mask is shifted one place: key t is dropped when token t-1 is padding.
@@ -485,13 +316,13 @@ class _CachedCoca:
         """An empty cache with one row per image."""
         images = image_embs.shape[0]
         return _DecodeState(
-            image_keys_values=[_cross_keys_values(block, image_embs) for block in self.decoder.cross_attn],
+            image_keys_values=[cross_keys_values(block, image_embs) for block in self.decoder.cross_attn],
             text_kv=self._empty_kv(self.text.transformer.resblocks, images, image_embs),
             decoder_kv=self._empty_kv(self.decoder.resblocks, images, image_embs),
             tokens=torch.full((images, self.capacity), self.pad_id, device=image_embs.device),
         )
 
-    def _empty_kv(self, blocks: nn.ModuleList, rows: int, like: Tensor) -> Tensor:
+    def _empty_kv(self, blocks: Sequence[ResidualAttentionBlock], rows: int, like: Tensor) -> Tensor:
         attn = blocks[0].attn
         shape = (len(blocks), 2, rows, attn.num_heads, self.capacity, attn.head_dim)
         return torch.empty(shape, device=like.device, dtype=attn.in_proj_weight.dtype)
@@ -520,7 +351,7 @@ class _CachedCoca:
         layers = zip(self.decoder.resblocks, self.decoder.cross_attn, state.image_keys_values)
         for layer, (self_block, cross_block, (keys, values)) in enumerate(layers):
             x = self_attention_block(self_block, x, state.decoder_kv[layer], start, decoder_mask, self.products)
-            x = _cross_attention_block(cross_block, x, keys, values, self.products)
+            x = cross_attention_block(cross_block, x, keys, values, self.products)
         state.length = end
 
         if not all_positions:
@@ -535,7 +366,7 @@ class _CachedCoca:
         return unpadded
 
 
-def _check_supported(text: nn.Module, decoder: nn.Module) -> None:
+def _check_supported(text: TextTransformer, decoder: MultimodalTransformer) -> None:
     """The cached forward mirrors open_clip's default blocks only; refuse anything else up front."""
     if not hasattr(text, "token_embedding"):
         raise ValueError("only open_clip's own TextTransformer can be decoded (not HF text towers)")
@@ -578,7 +409,7 @@ class _CachedSteps:
 class _ReferenceSteps:
     """Next-token logits from open_clip's own CoCa.forward over the whole sequence at every step."""
 
-    def __init__(self, model: nn.Module, image_latent: Tensor, image_embs: Tensor):
+    def __init__(self, model: CoCa, image_latent: Tensor, image_embs: Tensor):
         self.model, self.image_latent, self.image_embs = model, image_latent, image_embs
 
     def start(self, prompt: Tensor) -> Tensor:
@@ -711,7 +542,7 @@ def _beam_search(
         top_totals, top_index = totals.topk(2 * beams, dim=1)
         first_row = torch.arange(images, device=device).unsqueeze(1) * live_per_image
         top_rows, top_tokens = (first_row + top_index // vocab).tolist(), (top_index % vocab).tolist()
-        top_totals, generated_ids = top_totals.tolist(), history[:, prompt_length:].tolist()
+        best_totals, generated_ids = top_totals.tolist(), history[:, prompt_length:].tolist()
         last_step = generated + 1 == max_new
 
         next_beams: list[tuple[float, int, int]] = []  # (log-prob sum, source row, token)
@@ -719,8 +550,8 @@ def _beam_search(
             if done[image]:
                 next_beams += [(float("-inf"), image * live_per_image, eot)] * beams  # placeholders
                 continue
-            live = []
-            for rank, (total, row, token) in enumerate(zip(top_totals[image], top_rows[image], top_tokens[image])):
+            live: list[tuple[float, int, int]] = []  # (log-prob sum, source row, token)
+            for rank, (total, row, token) in enumerate(zip(best_totals[image], top_rows[image], top_tokens[image])):
                 if token == eot:
                     if rank < beams:  # an ending only counts if it ranks among the beams
                         hypothesis = _Hypothesis(generated_ids[row], total, finished=True)

@@ -21,7 +21,7 @@ class Encoder:
     """Image and text towers of one loaded open_clip model.
 
     int8_text=True (fp32 models on the CPU whose texts can be trimmed, see can_trim_padding): the text
-    tower's matrix products read int8 copies of its weights (models.decoding.Int8Products), 4x fewer
+    tower's matrix products read int8 copies of its weights (models.int8.Int8Products), 4x fewer
     bytes; a batch-1 query is bound by those bytes. Text vectors then move slightly from fp32's
     (bench/bench_text_encode.py measures how far).
 
@@ -119,7 +119,7 @@ def _text_tower(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _int8_text_products(model: torch.nn.Module, trims_padding: bool):
-    from xmodal.models.decoding import Int8Products
+    from xmodal.models.int8 import Int8Products
 
     if not trims_padding:
         raise ValueError("int8 text encoding supports open_clip's own causal text towers only")
@@ -129,7 +129,7 @@ def _int8_text_products(model: torch.nn.Module, trims_padding: bool):
 def _int8_image_products(model: torch.nn.Module):
     from open_clip.transformer import VisionTransformer
 
-    from xmodal.models.decoding import Int8Products
+    from xmodal.models.int8 import Int8Products
 
     visual = getattr(model, "visual", None)
     # _embeds and _pool are open_clip 3's steps of VisionTransformer.forward around its blocks.
@@ -140,7 +140,7 @@ def _int8_image_products(model: torch.nn.Module):
 
 def encode_image_int8(visual: torch.nn.Module, pixels: torch.Tensor, products) -> torch.Tensor:
     """open_clip's VisionTransformer.forward (the pooled, projected features) with the blocks' matrix
-    products from Int8Products, run by models.decoding.self_attention_block."""
+    products from Int8Products, run by models.attention.self_attention_block."""
     x = _int8_blocks(visual.transformer, visual._embeds(pixels), None, products)
     pooled, _ = visual._pool(x)
     return pooled @ visual.proj if visual.proj is not None else pooled
@@ -149,7 +149,7 @@ def encode_image_int8(visual: torch.nn.Module, pixels: torch.Tensor, products) -
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor, int8=None) -> torch.Tensor:
     """model.encode_text over the first columns of `tokens` only (see can_trim_padding): open_clip's
     own steps, with positions and the causal mask sliced to the kept length. `int8`: Int8Products for
-    the tower's blocks, run by models.decoding.self_attention_block instead of open_clip's blocks."""
+    the tower's blocks, run by models.attention.self_attention_block instead of open_clip's blocks."""
     from open_clip.transformer import text_global_pool
 
     text = getattr(model, "text", None)
@@ -184,7 +184,7 @@ def _int8_blocks(transformer: torch.nn.Module, x: torch.Tensor, mask: torch.Tens
     """The tower's blocks over whole texts or images (no mask) with int8 products. open_clip hands
     nn.MultiheadAttention an additive mask of (length, length), or (rows x heads, length, length)
     with CoCa's padding mask; scaled_dot_product_attention takes it as (rows, heads, length, length)."""
-    from xmodal.models.decoding import self_attention_block
+    from xmodal.models.attention import self_attention_block
 
     rows, length, _ = x.shape
     heads = transformer.resblocks[0].attn.num_heads

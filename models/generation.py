@@ -22,8 +22,8 @@ from torch import Tensor
 from xmodal.models.decoding import Candidate, CocaDecoder, DecodeOptions, is_captioner
 from xmodal.models.encoders import Encoder
 from xmodal.models.loading import LoadedModel
+from xmodal.models.prompts import DEFAULT_VQA_PROMPT, vqa_prompt
 
-DEFAULT_VQA_PROMPT = "question: {question} answer:"
 DEFAULT_CAPTION_TOKENS = 20
 DEFAULT_ANSWER_TOKENS = 10
 
@@ -79,7 +79,7 @@ class Captioner:
         return self.require_decoder("captioning").generate(pixels, options)
 
     def prompt_for(self, question: str) -> str:
-        return self.vqa_prompt.format(question=question.strip())
+        return vqa_prompt(question.strip(), self.vqa_prompt)
 
     def answer(
         self,

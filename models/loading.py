@@ -55,7 +55,7 @@ class LoadedModel:
     has_decoder: bool
     load_seconds: float
     # The open_clip architecture config the model was built from: with the weights and
-    # preprocess_cfg it rebuilds the model (models.export.save_model_dir writes all three).
+    # preprocess_cfg it rebuilds the model (models.model_dir.save_model_dir writes all three).
     model_cfg: dict = field(default_factory=dict)
 
 

@@ -47,8 +47,8 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 def _save_local_dir(arch: str, folder: Path) -> Path:
     import open_clip
 
-    from xmodal.models.export import save_model_dir
     from xmodal.models.loading import load_model
+    from xmodal.models.model_dir import save_model_dir
 
     loaded = load_model(arch, "cpu")
     return save_model_dir(loaded.model, open_clip.get_model_config(arch), loaded.preprocess_cfg, folder)

@@ -19,7 +19,6 @@ _EXPORTS = {
     "CsvData": "xmodal.models.training.config",
     "TrainConfig": "xmodal.models.training.config",
     "WorldData": "xmodal.models.training.config",
-    "vqa_text": "xmodal.models.training.examples",
     "Evaluate": "xmodal.models.training.loop",
     "TrainResult": "xmodal.models.training.loop",
     "train": "xmodal.models.training.loop",
@@ -30,7 +29,6 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from xmodal.models.training.checkpoint import CheckpointMismatchError
     from xmodal.models.training.config import CsvData, TrainConfig, WorldData
-    from xmodal.models.training.examples import vqa_text
     from xmodal.models.training.loop import Evaluate, TrainResult, train
 
 

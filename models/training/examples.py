@@ -19,15 +19,10 @@ from typing import NamedTuple
 
 import torch
 
+from xmodal.models.prompts import vqa_text
+from xmodal.models.training.datasets import CsvSource, ImageTexts, WorldSource
 from xmodal.models.training.objective import PAD_ID
-from xmodal.models.training.sources import CsvSource, ImageTexts, WorldSource
 from xmodal.models.world import Query, SceneGraph, canonical_caption, near_miss, partial_query, satisfies, scene_query
-
-
-def vqa_text(question: str, answer: str) -> str:
-    """How a question/answer pair is written as a decoder target; a VQA decoder prompts with
-    `vqa_text(question, "")` and reads the continuation."""
-    return f"question: {question} answer: {answer}".rstrip()
 
 
 class Example(NamedTuple):
@@ -121,7 +116,7 @@ class ExampleDataset(torch.utils.data.Dataset):
 
         def question() -> tuple[str, str]:
             asked, answer = rng.choice(texts.questions)
-            # The prompt is the text up to the answer, as models.evaluation.vqa_prompt decodes from.
+            # The prompt is the text up to the answer, as models.prompts.vqa_prompt decodes from.
             return vqa_text(asked, answer), vqa_text(asked, "") if self.answers_only else ""
 
         if self.decoder_targets == 1:

@@ -17,14 +17,14 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 from tqdm.auto import tqdm
 
-from xmodal.models.export import save_model_dir
+from xmodal.models.model_dir import save_model_dir
 from xmodal.models.training.batches import StepBatches
 from xmodal.models.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from xmodal.models.training.config import TrainConfig
+from xmodal.models.training.datasets import build_source
 from xmodal.models.training.examples import Collate, ExampleDataset
 from xmodal.models.training.objective import Objective
 from xmodal.models.training.optim import build_optimizer, build_schedule
-from xmodal.models.training.sources import build_source
 from xmodal.models.training.starting_model import load_starting_model
 
 logger = logging.getLogger(__name__)

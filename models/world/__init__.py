@@ -7,12 +7,12 @@ write_scenes(heldout, Path("out/world-heldout"))
 satisfies(scene.graph, Query(objects=(ObjectQuery(shape="circle", colour="red"),)))
 """
 
-from xmodal.models.world.export import read_graphs, write_scenes
 from xmodal.models.world.generate import Scene, Split, World, split_of
 from xmodal.models.world.language import ANSWERS, QA, QUESTION_TYPES, canonical_caption
 from xmodal.models.world.query import ObjectQuery, Query, near_miss, partial_query, random_query, satisfies, scene_query
 from xmodal.models.world.render import DEFAULT_IMAGE_SIZE, render
 from xmodal.models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
+from xmodal.models.world.scene_files import read_graphs, write_scenes
 
 __all__ = [
     "ANSWERS",

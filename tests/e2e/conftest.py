@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.conftest import COCO_MINI
-from tests.e2e.server import Server, run_xmodal
+from xmodal.app.testing import Server, run_xmodal
 
 LIMITS = {
     "XMODAL_MAX_UPLOAD_BYTES": "3000000",

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.server import Server
+from xmodal.app.testing import Server
 
 pytestmark = pytest.mark.e2e
 QUERIES = [

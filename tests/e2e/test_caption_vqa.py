@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import COCO_MINI, IMAGES_EDGE
-from tests.e2e.server import Server, run_xmodal
+from xmodal.app.testing import Server, run_xmodal
 from xmodal.models.decoding import CocaDecoder, DecodeOptions
 from xmodal.models.images import load_image
 from xmodal.models.loading import load_model

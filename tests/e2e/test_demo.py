@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.server import Server
+from xmodal.app.testing import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.server import Server
+from xmodal.app.testing import Server
 from xmodal.indexer.build import BuildConfig, build_index
 from xmodal.models.encoders import Encoder
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import COCO_MINI
 from tests.e2e.conftest import LIMITS
-from tests.e2e.server import Server
+from xmodal.app.testing import Server
 
 pytestmark = pytest.mark.e2e
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import COCO_MINI
-from tests.e2e.server import Server
 from xmodal.app.client import XmodalClient, XmodalError
+from xmodal.app.testing import Server
 from xmodal.indexer import store
 from xmodal.indexer.build import BuildConfig, build_index
 from xmodal.models.encoders import Encoder

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.server import Server, free_port, run_xmodal
+from xmodal.app.testing import Server, free_port, run_xmodal
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.server import Server
+from xmodal.app.testing import Server
 
 pytestmark = pytest.mark.e2e
 DRAINING = "Waiting for connections to close"  # uvicorn's log line once it stopped listening and waits

@@ -14,7 +14,7 @@ import random
 import httpx
 import pytest
 
-from tests.e2e.server import Server, run_xmodal
+from xmodal.app.testing import Server, run_xmodal
 from xmodal.models.world import Scene, SceneGraph, SceneObject, canonical_caption, write_scenes
 from xmodal.models.world.scene import BACKGROUNDS, JITTER, RADIUS_JITTER
 

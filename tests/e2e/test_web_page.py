@@ -16,7 +16,7 @@ from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import COCO_MINI
-from tests.e2e.server import Server, run_xmodal
+from xmodal.app.testing import Server, run_xmodal
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [

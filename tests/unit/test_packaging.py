@@ -6,6 +6,7 @@ import ast
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,20 +35,165 @@ def test_compose_files_are_valid_and_the_api_checks_readiness():
     assert "/readyz" in result.stdout and "xmodal-data:/data" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "package, forbidden",
-    [("models", {"xmodal.app", "xmodal.indexer"}), ("indexer", {"xmodal.app"})],
-)
-def test_imports_flow_one_way(package, forbidden):
-    """app -> indexer, models; indexer -> models; models imports neither."""
-    for path in (ROOT / package).rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-            )
-            for name in names:
-                top = ".".join(name.split(".")[:2])
-                assert top not in forbidden, f"{path.relative_to(ROOT)} imports {name}"
+PACKAGES = {"app": "xmodal.app", "indexer": "xmodal.indexer", "models": "xmodal.models"}
+TRAINING = ("xmodal.models.training", "xmodal.models.world")
+# What may import training code besides training itself: the `train`/`eval`/`demo` commands (app/cli.py,
+# app/cli_models.py, or an app/cli/ package) and the `xmodal eval --server` helper they alone import.
+TRAINING_COMMANDS = ("xmodal.app.cli", "xmodal.app.cli_models", "xmodal.app.endpoint_eval")
+# What the server process and the encoders load on import: none of it may reach training code or the CLI.
+SERVING_ROOTS = ("xmodal.app.main", "xmodal.models.encoders", "xmodal.models.generation")
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    module_level: bool  # run on import: not inside a function, nor under `if TYPE_CHECKING:`
+    line: int
+
+
+def _module_files() -> dict[str, Path]:
+    """xmodal.* module name -> file, for every module of the installed layout (app/, indexer/, models/)."""
+    out = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            name = ".".join([package, *parts])
+            out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(name: str, path: Path, modules: set[str]) -> list[Edge]:
+    """Every import in the file resolved to xmodal modules, absolute and relative, wherever it stands."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    edges: list[Edge] = []
+
+    def add(target: str, module_level: bool, line: int) -> None:
+        while target and target not in modules:  # `import xmodal.models.x.y` of a name, not a module
+            target = target.rpartition(".")[0]
+        if target.startswith("xmodal.") and target != name:
+            edges.append(Edge(name, target, module_level, line))
+
+    def visit(node: ast.AST, module_level: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    add(alias.name, module_level, child.lineno)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for alias in child.names:  # `from pkg import module` imports the module
+                    add(
+                        f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base,
+                        module_level,
+                        child.lineno,
+                    )
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, False)
+            elif isinstance(child, ast.If) and _is_type_checking(child.test):
+                for part in child.body:
+                    visit(ast.Module(body=[part], type_ignores=[]), False)
+                for part in child.orelse:
+                    visit(ast.Module(body=[part], type_ignores=[]), module_level)
+            else:
+                visit(child, module_level)
+
+    visit(ast.parse(path.read_text(), str(path)), True)
+    return edges
+
+
+def _graph() -> list[Edge]:
+    files = _module_files()
+    return [edge for name, path in files.items() for edge in _imports(name, path, set(files))]
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _where(edge: Edge) -> str:
+    return f"{edge.source} (line {edge.line}) imports {edge.target}"
+
+
+def test_layers_import_one_way():
+    """app -> indexer, models; indexer -> models; models imports neither (imports inside functions too)."""
+    wrong = sorted(
+        {
+            _where(edge)
+            for edge in _graph()
+            if (_within(edge.source, ("xmodal.models",)) and _within(edge.target, ("xmodal.app", "xmodal.indexer")))
+            or (_within(edge.source, ("xmodal.indexer",)) and _within(edge.target, ("xmodal.app",)))
+        }
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_only_training_code_imports_training_code():
+    """models.training and models.world are for training: the library, the server and the indexer never
+    import them, anywhere; only training itself and the CLI's train/eval/demo commands do."""
+    wrong = sorted(
+        {
+            _where(edge)
+            for edge in _graph()
+            if _within(edge.target, TRAINING) and not _within(edge.source, TRAINING + TRAINING_COMMANDS)
+        }
+    )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_module_level_imports_have_no_cycles():
+    graph: dict[str, set[str]] = {}
+    for edge in _graph():
+        if edge.module_level:
+            graph.setdefault(edge.source, set()).add(edge.target)
+    cycles, state = [], {}  # state: 1 on the current path, 2 done
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                walk(target, [*path, target])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [node])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_serving_never_loads_training_code_or_the_cli():
+    """What the server and the encoders import on load (module level, transitively) stays clear of
+    training, the generated world and the command line; search needs no faiss build or tuning code."""
+    graph: dict[str, set[str]] = {}
+    for edge in _graph():
+        if edge.module_level:
+            graph.setdefault(edge.source, set()).add(edge.target)
+    for root in SERVING_ROOTS:
+        loaded, todo = set(), [root]
+        while todo:
+            node = todo.pop()
+            if node not in loaded:
+                loaded.add(node)
+                todo += graph.get(node, ())
+        forbidden = TRAINING + TRAINING_COMMANDS + ("xmodal.indexer.faiss_build", "xmodal.indexer.tuning")
+        assert not [n for n in loaded if _within(n, forbidden)], (
+            f"{root} loads {sorted(n for n in loaded if _within(n, forbidden))}"
+        )
+
+
+def test_the_encoders_do_not_depend_on_the_decoder():
+    """The attention block and int8 products both use live in models.attention and models.int8."""
+    wrong = {
+        _where(e) for e in _graph() if e.source == "xmodal.models.encoders" and e.target == "xmodal.models.decoding"
+    }
+    assert not wrong, "\n".join(sorted(wrong))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e.server import XMODAL
+from xmodal.app.testing import XMODAL
 from xmodal.indexer import store
 from xmodal.indexer.build import BuildConfig, build_index
 from xmodal.indexer.journal import JOURNAL

@@ -10,14 +10,16 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from tests.e2e.server import XMODAL
 from tests.unit.indexer.synthetic import clustered_unit_vectors
+from xmodal.app.testing import XMODAL
 from xmodal.indexer import store
 from xmodal.indexer.build import BuildConfig, build_index
 from xmodal.indexer.manifest import Manifest, ModelInfo, VectorIndexInfo
 from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.recall import RecallBench, exact_search
 from xmodal.indexer.reindex import reindex, split_budget
-from xmodal.indexer.tuning import RecallBench, SearchParams, StoredRows, exact_search
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import SearchParams
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 N, DIM, TARGET, FRESH_SLACK = 20_000, 64, 0.95, 0.015
@@ -105,7 +107,7 @@ def test_the_reader_searches_at_the_stored_params_and_agrees_with_exact_search(r
 
 
 def _without_rerank(opened):
-    from xmodal.indexer.tuning import Searcher
+    from xmodal.indexer.searcher import Searcher
 
     return Searcher(opened.image_index, SearchParams.parse(opened.manifest.images.search_params).faiss)
 

@@ -10,10 +10,13 @@ import pytest
 from PIL import Image
 
 from tests.unit.indexer.synthetic import clustered_unit_vectors
-from xmodal.indexer import store, tuning
+from xmodal.indexer import faiss_build, store, tuning
 from xmodal.indexer.build import BuildConfig, build_index
+from xmodal.indexer.faiss_build import add_ranges, build_vector_index
 from xmodal.indexer.reader import OpenIndex
-from xmodal.indexer.tuning import Searcher, StoredRows, add_ranges, build_vector_index, exact_search
+from xmodal.indexer.recall import exact_search
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import Searcher
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 N, DIM, SHARD = 20_000, 64, 7_000
@@ -118,8 +121,8 @@ def builds(vectors, mapped) -> dict:
     for key in KEYS:
         in_memory = build_vector_index(vectors, key=key, recall=0.95)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tuning, "ADD_ROWS", 3_000)  # many chunks, some across shard boundaries
-            patch.setattr(tuning, "ADD_BLOCK", 8_000)
+            patch.setattr(faiss_build, "ADD_ROWS", 3_000)  # many chunks, some across shard boundaries
+            patch.setattr(faiss_build, "ADD_BLOCK", 8_000)
             out[key] = in_memory, build_vector_index(mapped, key=key, recall=0.95)
     return out
 
@@ -148,11 +151,11 @@ def test_the_index_is_the_one_built_by_hand_as_before(builds, vectors):
     """Before streaming: train on vectors[the seed's sample], add every row but the tuning queries, then them."""
     key, indexed = "IVF256,PQ16", N - tuning.held_out_count(N)
     streamed = builds[key][1]
-    choice = tuning.describe_key(key, N, DIM)
+    choice = faiss_build.describe_key(key, N, DIM)
     sample = np.sort(np.random.default_rng(0).choice(indexed, min(choice.train_size, indexed), replace=False))
     by_hand = faiss.index_factory(DIM, key, faiss.METRIC_INNER_PRODUCT)
     faiss.downcast_index(faiss.extract_index_ivf(by_hand)).do_polysemous_training = False
-    with tuning.blas_for_small_batches():
+    with faiss_build.blas_for_small_batches():
         by_hand.train(vectors[sample])
     by_hand.add(vectors[:indexed])
     by_hand.add(vectors[indexed:])
@@ -178,7 +181,7 @@ def test_a_build_reads_a_chunk_at_a_time(monkeypatch):
     monkeypatch.setattr(StoredRows, "take", counted_take)
     built = build_vector_index(rows, key="IVF64,Flat", recall=0.9)
     assert built.index.ntotal == n and built.search_params.startswith("nprobe=")
-    assert max(sizes) <= tuning.ADD_ROWS < n and sum(sizes) > 2 * n  # training sample, adds, ground truth
+    assert max(sizes) <= faiss_build.ADD_ROWS < n and sum(sizes) > 2 * n  # training sample, adds, ground truth
 
 
 def test_build_index_writes_shards_batch_by_batch_and_indexes_them(tiny_coca_dir, tmp_path, monkeypatch):
@@ -214,10 +217,10 @@ def test_build_index_writes_shards_batch_by_batch_and_indexes_them(tiny_coca_dir
 def test_sized_inverted_lists_give_the_index_a_plain_add_gives(vectors, mapped, key):
     """Lists reserved at their final size before adding (rows first, the held-out rest after): the
     same index, byte for byte, as faiss's own adds."""
-    choice = tuning.describe_key(key, N, DIM)
+    choice = faiss_build.describe_key(key, N, DIM)
     first, rest = 15_000, vectors[15_000:]
     train_ids = np.arange(0, first, 5)
-    sized, _ = tuning.train_and_add(mapped.head(first), choice, train_ids, size_lists_for=mapped)
+    sized, _ = faiss_build.train_and_add(mapped.head(first), choice, train_ids, size_lists_for=mapped)
     sized.add(rest)
     plain = faiss.index_factory(DIM, key, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(plain))

@@ -7,18 +7,13 @@ import numpy as np
 import pytest
 
 from tests.unit.indexer.synthetic import clustered_unit_vectors
-from xmodal.indexer import tuning
+from xmodal.indexer import faiss_build, tuning
+from xmodal.indexer.faiss_build import build_vector_index
+from xmodal.indexer.recall import RecallBench, exact_search
+from xmodal.indexer.rows import StoredRows
+from xmodal.indexer.searcher import Searcher, SearchParams, apply_search_params, read_flags
 from xmodal.indexer.selection import IndexChoice, NoIndexFits, estimate_bytes
-from xmodal.indexer.tuning import (
-    RecallBench,
-    RecallNotReached,
-    Searcher,
-    SearchParams,
-    StoredRows,
-    apply_search_params,
-    build_vector_index,
-    exact_search,
-)
+from xmodal.indexer.tuning import RecallNotReached
 
 N, DIM, TARGET = 20_000, 64, 0.95
 # The target is met on the tuning queries (the last rows, held out of the index while tuning); fresh
@@ -72,7 +67,7 @@ def test_tuned_indexes_reach_the_recall_target_on_fresh_queries(built, vectors, 
     bounds = {setting: bound for setting, _, bound in result.tried}
     assert bounds[result.search_params] >= TARGET
     if knob == "nprobe" and int(params.faiss.split("=")[1]) > 1:
-        lower = tuning._probe_ladder(256)
+        lower = tuning.probe_ladder(256)
         cheaper = lower[lower.index(int(params.faiss.split("=")[1])) - 1]
         assert bounds.get(str(SearchParams(f"nprobe={cheaper}", params.rerank)), 0.0) < TARGET
 
@@ -106,11 +101,11 @@ def test_a_budget_picks_compressed_codes_that_still_reach_the_target(vectors, fr
 def test_a_candidate_that_misses_the_target_gives_way_to_the_next(vectors, monkeypatch):
     ivf_pq = IndexChoice("IVF256,PQ8", "ivf_pq", 0, 20_000, False, True, True, "test")
     ivf_flat = IndexChoice("IVF256,Flat", "ivf_flat", 0, 12_800, False, True, False, "test")
-    monkeypatch.setattr(tuning, "choose_index_keys", lambda *args, **kwargs: [ivf_pq, ivf_flat])
+    monkeypatch.setattr(faiss_build, "choose_index_keys", lambda *args, **kwargs: [ivf_pq, ivf_flat])
     monkeypatch.setattr(tuning, "RERANK_FACTORS", (0,))  # PQ8 codes alone stop far below 0.95
     result = build_vector_index(vectors, recall=TARGET)
     assert result.key == "IVF256,Flat" and len(result.rejected) == 1 and "IVF256,PQ8" in result.rejected[0]
-    monkeypatch.setattr(tuning, "choose_index_keys", lambda *args, **kwargs: [ivf_pq])
+    monkeypatch.setattr(faiss_build, "choose_index_keys", lambda *args, **kwargs: [ivf_pq])
     with pytest.raises(RecallNotReached, match="IVF256,PQ8 reaches recall@10 0"):
         build_vector_index(vectors, recall=TARGET)
 
@@ -150,10 +145,10 @@ def test_ivf_indexes_are_memory_mapped_read_only(built, vectors, tmp_path):
     path = tmp_path / "ivf.faiss"
     faiss.write_index(built["IVF256,PQ16"].index, str(path))
     path.chmod(0o444)
-    mapped = faiss.read_index(str(path), tuning.read_flags("IVF256,PQ16"))
+    mapped = faiss.read_index(str(path), read_flags("IVF256,PQ16"))
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(mapped).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists)
-    assert tuning.read_flags("HNSW32,Flat") == tuning.read_flags("Flat") == 0
+    assert read_flags("HNSW32,Flat") == read_flags("Flat") == 0
     params = built["IVF256,PQ16"].search_params
     expected = Searcher(built["IVF256,PQ16"].index, params, StoredRows(vectors)).search(vectors[:20], 10)
     got = Searcher(mapped, params, StoredRows(vectors)).search(vectors[:20], 10)

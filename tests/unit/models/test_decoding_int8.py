@@ -70,7 +70,7 @@ def test_int8_logits_stay_within_tolerance_of_fp32(decoders, images):
 
 
 def test_every_int8_product_matches_its_fp32_product(model):
-    from xmodal.models.decoding import _FLOAT, Int8Products
+    from xmodal.models.int8 import FLOAT_PRODUCTS, Int8Products
 
     text, decoder = model.text, model.text_decoder
     int8 = Int8Products(text, decoder)
@@ -83,15 +83,15 @@ def test_every_int8_product_matches_its_fp32_product(model):
 
     with torch.inference_mode():
         for block in [*text.transformer.resblocks, *decoder.resblocks]:
-            close(int8.in_proj(block.attn, x, slice(None)), _FLOAT.in_proj(block.attn, x, slice(None)))
+            close(int8.in_proj(block.attn, x, slice(None)), FLOAT_PRODUCTS.in_proj(block.attn, x, slice(None)))
         for block in decoder.cross_attn:
-            close(int8.in_proj(block.attn, x, slice(0, width)), _FLOAT.in_proj(block.attn, x, slice(0, width)))
+            close(int8.in_proj(block.attn, x, slice(0, width)), FLOAT_PRODUCTS.in_proj(block.attn, x, slice(0, width)))
             keys = slice(width, 2 * width)  # image keys keep the model's weights
-            assert torch.equal(int8.in_proj(block.attn, x, keys), _FLOAT.in_proj(block.attn, x, keys))
+            assert torch.equal(int8.in_proj(block.attn, x, keys), FLOAT_PRODUCTS.in_proj(block.attn, x, keys))
         for block in [*text.transformer.resblocks, *decoder.resblocks, *decoder.cross_attn]:
-            close(int8.out_proj(block.attn, x), _FLOAT.out_proj(block.attn, x))
-            close(int8.mlp(block, x), _FLOAT.mlp(block, x))
-        close(int8.vocab(decoder, x), _FLOAT.vocab(decoder, x))
+            close(int8.out_proj(block.attn, x), FLOAT_PRODUCTS.out_proj(block.attn, x))
+            close(int8.mlp(block, x), FLOAT_PRODUCTS.mlp(block, x))
+        close(int8.vocab(decoder, x), FLOAT_PRODUCTS.vocab(decoder, x))
 
 
 def test_int8_generation_and_answer_scores_track_fp32(decoders, images):

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_CLIP, TINY_COCA
-from tests.hub_cache import fill_hub_cache
+from xmodal.app.testing import fill_hub_cache
 from xmodal.models.loading import ModelNotAvailable, ModelSpecError, load_model
 
 TAG_REPO = "xmodal-test/tiny-coca-tagged"

@@ -307,8 +307,8 @@ def test_multi_positive_loss_is_clip_loss_on_the_diagonal_and_forgives_duplicate
 
 
 def test_world_batches_mark_every_image_a_text_describes():
+    from xmodal.models.training.datasets import WorldSource
     from xmodal.models.training.examples import Collate, ExampleDataset
-    from xmodal.models.training.sources import WorldSource
     from xmodal.models.world import satisfies
 
     register_configs()
@@ -340,8 +340,8 @@ def test_world_batches_mark_every_image_a_text_describes():
 
 @pytest.mark.parametrize("answers_only", [True, False])
 def test_question_targets_teach_only_their_answer(answers_only):
+    from xmodal.models.training.datasets import WorldSource
     from xmodal.models.training.examples import Collate, ExampleDataset
-    from xmodal.models.training.sources import WorldSource
 
     register_configs()
     tokenizer = open_clip.get_tokenizer("xmodal-tiny-coca")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.indexer import store
-from xmodal.models import metrics
+from xmodal.models import scores
 
 DEFAULT_KS = (1, 5, 10)
 CHUNK = 1024  # queries scored at once, to bound memory on large indexes
@@ -50,8 +50,8 @@ def recall_from_embeddings(
     with_texts = [i for i, texts in enumerate(own_texts) if texts]
     result: dict[str, float] = {}
     for k in ks:
-        result[f"t2i_r@{k}"] = metrics.recall_at_k(t2i, [{int(i)} for i in text_image], k)
-        result[f"i2t_r@{k}"] = metrics.recall_at_k(i2t[with_texts], [own_texts[i] for i in with_texts], k)
+        result[f"t2i_r@{k}"] = scores.recall_at_k(t2i, [{int(i)} for i in text_image], k)
+        result[f"i2t_r@{k}"] = scores.recall_at_k(i2t[with_texts], [own_texts[i] for i in with_texts], k)
     result["images"] = float(len(with_texts))
     result["texts"] = float(len(text_emb))
     return result
@@ -59,7 +59,7 @@ def recall_from_embeddings(
 
 def _ranked(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     return (
-        np.concatenate([metrics.top_k(queries[s : s + CHUNK] @ items.T, k) for s in range(0, len(queries), CHUNK)])
+        np.concatenate([scores.top_k(queries[s : s + CHUNK] @ items.T, k) for s in range(0, len(queries), CHUNK)])
         if len(queries)
         else np.zeros((0, min(k, len(items))), dtype=np.int64)
     )

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmodal.models import metrics
+from xmodal.models import scores
+from xmodal.models.prompts import vqa_prompt
 from xmodal.models.world import COLOURS, POSITIONS, QUESTION_TYPES, SHAPES, SIZES, World, random_query, satisfies
 
 # Candidate answers for ranked VQA, per question type.
@@ -45,13 +46,6 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 CAPTION_TOKENS = 30  # most new tokens of a greedy caption (the world's captions are far shorter)
 ANSWER_TOKENS = 4  # most new tokens of an open-ended answer (every answer is one word)
-
-
-def vqa_prompt(question: str) -> str:
-    """The decoder prompt for a question: the training target's text up to the answer."""
-    from xmodal.models.training.examples import vqa_text
-
-    return vqa_text(question, "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,13 +135,13 @@ class WorldEvaluation:
         query_emb = encode_texts([q.text for q in self.queries])
         caption_emb = encode_texts(self.captions)
         k_max = max(config.ks)
-        t2i = metrics.top_k(query_emb @ image_emb.T, k_max)
-        t2i_caption = metrics.top_k(caption_emb @ image_emb.T, k_max)
-        i2t = metrics.top_k(image_emb @ caption_emb.T, k_max)
+        t2i = scores.top_k(query_emb @ image_emb.T, k_max)
+        t2i_caption = scores.top_k(caption_emb @ image_emb.T, k_max)
+        i2t = scores.top_k(image_emb @ caption_emb.T, k_max)
         for k in config.ks:
-            report.metrics[f"t2i_p@{k}"] = metrics.precision_at_k(t2i, self.query_hits, k)
-            report.metrics[f"t2i_caption_r@{k}"] = metrics.recall_at_k(t2i_caption, self.scenes_of_caption, k)
-            report.metrics[f"i2t_r@{k}"] = metrics.recall_at_k(i2t, [{c} for c in self.caption_of_scene], k)
+            report.metrics[f"t2i_p@{k}"] = scores.precision_at_k(t2i, self.query_hits, k)
+            report.metrics[f"t2i_caption_r@{k}"] = scores.recall_at_k(t2i_caption, self.scenes_of_caption, k)
+            report.metrics[f"i2t_r@{k}"] = scores.recall_at_k(i2t, [{c} for c in self.caption_of_scene], k)
         report.counts.update(queries=len(self.queries), images=len(self.scenes), captions=len(self.captions))
 
         from xmodal.models.decoding import is_captioner
@@ -178,8 +172,8 @@ class WorldEvaluation:
         """caption_exact and caption_f1 of captions predicted for the first `captioned_count` scenes, by
         any means (in process here, through the HTTP endpoints in app/endpoint_eval.py)."""
         wanted = [scene.caption for scene in self.scenes[: len(predicted)]]
-        report.metrics["caption_exact"] = float(np.mean([metrics.exact_match(p, w) for p, w in zip(predicted, wanted)]))
-        report.metrics["caption_f1"] = float(np.mean([metrics.token_f1(p, w) for p, w in zip(predicted, wanted)]))
+        report.metrics["caption_exact"] = float(np.mean([scores.exact_match(p, w) for p, w in zip(predicted, wanted)]))
+        report.metrics["caption_f1"] = float(np.mean([scores.token_f1(p, w) for p, w in zip(predicted, wanted)]))
         report.counts["captioned"] = len(predicted)
         report.examples["captions"] = [
             {"image": self.scenes[i].id, "predicted": predicted[i], "wanted": wanted[i]}
@@ -191,7 +185,7 @@ class WorldEvaluation:
         report.counts["questions"] = len(self.questions)
         answers = [qa.answer for _, qa in self.questions]
         types = [qa.type for _, qa in self.questions]
-        for kind, accuracy in metrics.accuracy_by_type(list(predicted), answers, types).items():
+        for kind, accuracy in scores.accuracy_by_type(list(predicted), answers, types).items():
             report.metrics[f"vqa_{method}_{kind}"] = accuracy
         report.examples[f"vqa_{method}"] = [
             {"image": self.scenes[i].id, "question": qa.question, "predicted": p, "wanted": qa.answer}
@@ -240,8 +234,8 @@ class WorldEvaluation:
             images = pixels[[i for i, _ in chunk]]
             prompts = [vqa_prompt(qa.question) for _, qa in chunk]
             options = [CANDIDATES[qa.type] for _, qa in chunk]
-            scores = decoder.score_answers(images, prompts, options)
-            predicted += [opts[int(np.argmax(s))] for opts, s in zip(options, scores)]
+            answer_scores = decoder.score_answers(images, prompts, options)
+            predicted += [opts[int(np.argmax(s))] for opts, s in zip(options, answer_scores)]
         return predicted
 
 

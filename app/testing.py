@@ -1,8 +1,14 @@
-"""Run the real `xmodal` command line: index builds and a uvicorn server on 127.0.0.1."""
+"""Run the real `xmodal` command line in subprocesses: index builds and a uvicorn server on 127.0.0.1.
+
+The end-to-end tests and the benchmarks share it, so both measure the program users run; also a Hugging
+Face hub cache laid out by hand, for offline loading. Standard library and httpx only: importing it
+loads no model, index or server code.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,3 +118,21 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_hub_cache(cache: Path, repo: str, files: dict[str, Path]) -> Path:
+    """cache/models--org--repo/{refs/main, blobs/, snapshots/<commit>/<name> -> blob}."""
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / HUB_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "blobs").mkdir(exist_ok=True)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(HUB_COMMIT)
+    for name, source in files.items():
+        blob = repo_dir / "blobs" / f"blob-{name}"
+        shutil.copyfile(source, blob)
+        (snapshot / name).symlink_to(blob)
+    return snapshot

@@ -14,6 +14,8 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
+Rankings = Sequence[Sequence[int]] | np.ndarray  # per query, item ids best first (top_k's answer)
+
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -28,7 +30,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
-def recall_at_k(rankings: Sequence[Sequence[int]], relevant: Sequence[Collection[int]], k: int) -> float:
+def recall_at_k(rankings: Rankings, relevant: Sequence[Collection[int]], k: int) -> float:
     """Share of queries with at least one relevant item among their first k results."""
     _check(rankings, relevant, k)
     if len(rankings) == 0:
@@ -36,7 +38,7 @@ def recall_at_k(rankings: Sequence[Sequence[int]], relevant: Sequence[Collection
     return sum(any(i in rel for i in list(ranking)[:k]) for ranking, rel in zip(rankings, relevant)) / len(rankings)
 
 
-def precision_at_k(rankings: Sequence[Sequence[int]], relevant: Sequence[Collection[int]], k: int) -> float:
+def precision_at_k(rankings: Rankings, relevant: Sequence[Collection[int]], k: int) -> float:
     """Mean over queries of the share of the first k results that are relevant.
 
     A ranking shorter than k counts its missing places as misses.
@@ -79,7 +81,7 @@ def accuracy_by_type(predictions: Sequence[str], answers: Sequence[str], types: 
     return {kind: sum(h) / len(h) for kind, h in sorted(hits.items())}
 
 
-def _check(rankings: Sequence[Sequence[int]], relevant: Sequence[Collection[int]], k: int) -> None:
+def _check(rankings: Rankings, relevant: Sequence[Collection[int]], k: int) -> None:
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if len(rankings) != len(relevant):
