@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from xmodal.app.cli import cli
 
 
+@pytest.mark.slow
 def test_demo_prepares_once_then_reuses_model_scenes_and_index(tmp_path):
     args = (
         "demo",
