@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from xmodal.models.images import DEFAULT_MAX_PIXELS
 from xmodal.models.prompts import DEFAULT_VQA_PROMPT
 
 DEFAULT_INDEX = "default"  # the name of an index given without one (`--index DIR`, XMODAL_INDEX=DIR)
@@ -74,7 +75,7 @@ class Settings(BaseSettings):
     batch_max_queue: int = Field(1024, ge=1, description="Waiting items per batcher before answering 429")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image upload or request body")
-    max_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (width x height)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest decoded image (width x height)")
     max_text_chars: int = Field(1000, ge=1, description="Longest query text")
     max_k: int = Field(1000, ge=1, description="Most results one request may ask for")
     max_offset: int = Field(10_000, ge=0, description="Deepest page start (offset) a search may ask for")

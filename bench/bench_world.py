@@ -12,6 +12,7 @@ and writes JSON with the settings, the machine, the training curve and every met
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ TARGETS = {"t2i_p@1": 0.95, "i2t_r@1": 0.9, "caption_exact": 0.85, "vqa_generate
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/xmodal-bench-world"), help="model folder (replaced)")
-    parser.add_argument("--steps", type=int, default=WORLD_RECIPE["steps"])
+    parser.add_argument("--steps", type=int, default=WORLD_RECIPE.steps)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--eval-scenes", type=int, default=1000)
@@ -52,13 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _overrides(settings: list[str]) -> dict:
     """`field=value` strings as TrainConfig overrides, each value parsed as the recipe's type."""
-    settable = [k for k in WORLD_RECIPE if k not in ("model", "steps")]  # --steps has its own option
+    # The recipe's plain (bool, number, text) fields; --steps has its own option.
+    settable = [
+        f.name
+        for f in dataclasses.fields(WORLD_RECIPE)
+        if f.name not in ("model", "steps") and isinstance(getattr(WORLD_RECIPE, f.name), (bool, int, float, str))
+    ]
     overrides = {}
     for setting in settings:
         name, _, text = setting.partition("=")
         if name not in settable:
             raise SystemExit(f"--set {setting}: not one of {', '.join(settable)}")
-        overrides[name] = _parse(text, type(WORLD_RECIPE[name]))
+        overrides[name] = _parse(text, type(getattr(WORLD_RECIPE, name)))
     return overrides
 
 
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
     shutil.rmtree(f"{args.out}.checkpoints", ignore_errors=True)
-    overrides = {"warmup_steps": min(WORLD_RECIPE["warmup_steps"], args.steps), **_overrides(args.set)}
+    overrides = {"warmup_steps": min(WORLD_RECIPE.warmup_steps, args.steps), **_overrides(args.set)}
     config = world_config(args.out, steps=args.steps, cpu_threads=args.threads, device=args.device, **overrides)
     load_before = os.getloadavg()[0]
     result = train(config, progress=True)

@@ -20,7 +20,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 # parsers (and hand EPS files to Ghostscript) on whatever bytes arrive.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF", "TGA")  # JPEG also opens MPO (Ultra HDR)
 Image.init()  # register every plugin now, so the allowlist's names all resolve
-DEFAULT_MAX_PIXELS = 50_000_000
+# The one default for the largest decoded image (width x height), used by the server (Settings.max_pixels),
+# the indexer (BuildConfig) and every command's --max-pixels: about 150 MB of RGB, room for a 48 MP photo.
+DEFAULT_MAX_PIXELS = 40_000_000
 # Alpha is flattened onto white: what a viewer shows for a transparent background.
 _BACKGROUND = (255, 255, 255)
 

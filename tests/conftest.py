@@ -1,9 +1,14 @@
-"""Shared fixtures: tiny real open_clip models saved in every on-disk format we load."""
+"""Shared fixtures: tiny real open_clip models saved in every on-disk format we load.
+
+Also two rules for every test: a test marked `requires_data(path)` fails (never skips) when the shared data
+folder is missing, saying where it should be; every test under tests/e2e carries the `e2e` marker.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -29,8 +34,35 @@ EDGE_UNDECODABLE = {
 }
 
 
-def requires_data(path: Path):
-    return pytest.mark.skipif(not path.is_dir(), reason=f"{path} (../shared/data) is not present")
+def requires_data(*paths: Path) -> pytest.MarkDecorator:
+    """Mark a test (or a module, via pytestmark) that reads these ../shared/data folders."""
+    return pytest.mark.requires_data(*paths)
+
+
+def missing_data(path: Path) -> NoReturn:
+    """Fail the test: a missing data folder is a broken checkout, not a reason to skip."""
+    pytest.fail(
+        f"{path} is missing: tests read real data from {SHARED_DATA} (../shared/data beside the repository root). "
+        f"Link or copy the shared data folder there (ln -s /path/to/shared/data {SHARED_DATA}), then rerun.",
+        pytrace=False,
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture runs: fail a test whose data folder is missing."""
+    for marker in item.iter_markers("requires_data"):
+        for path in marker.args:
+            if not Path(path).is_dir():
+                missing_data(path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is an e2e test, whether or not its module says so."""
+    e2e = ROOT / "tests" / "e2e"
+    for item in items:
+        if item.path.is_relative_to(e2e):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

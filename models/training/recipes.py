@@ -12,11 +12,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xmodal.models.training.config import TrainConfig, WorldData
+from xmodal.models.training.config import CsvData, TrainConfig, WorldData
 
 DEFAULT_MODEL = "xmodal-small-coca"
+WORLD_DATA = WorldData(scenes=50_000)
+WORLD_SCENES = WORLD_DATA.scenes
 
-WORLD_RECIPE: dict[str, Any] = dict(
+# The recipe is the config itself: every field it does not set is TrainConfig's default, and the command
+# line's `xmodal train` / `xmodal demo` defaults are read from it. world_config() gives it a real folder.
+WORLD_RECIPE = TrainConfig(
+    output_dir=Path(DEFAULT_MODEL),  # a placeholder: world_config() replaces it
+    data=WORLD_DATA,
     model=DEFAULT_MODEL,
     steps=1600,
     batch_size=64,
@@ -36,10 +42,8 @@ WORLD_RECIPE: dict[str, Any] = dict(
     num_workers=1,  # render and preprocess the next batch while this one trains
     checkpoint_every=100,
 )
-WORLD_SCENES = 50_000
 
 
-def world_config(output_dir: Path, data: WorldData | None = None, **overrides: Any) -> TrainConfig:
-    """WORLD_RECIPE for `output_dir`, with any TrainConfig field overridden."""
-    config = TrainConfig(output_dir=Path(output_dir), data=data or WorldData(scenes=WORLD_SCENES), **WORLD_RECIPE)
-    return replace(config, **overrides)
+def world_config(output_dir: Path, data: WorldData | CsvData | None = None, **overrides: Any) -> TrainConfig:
+    """WORLD_RECIPE writing to `output_dir`, on `data` (default: the world), with any TrainConfig field overridden."""
+    return replace(WORLD_RECIPE, output_dir=Path(output_dir), data=data or WORLD_RECIPE.data, **overrides)

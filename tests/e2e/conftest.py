@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import COCO_MINI
+from tests.conftest import COCO_MINI, missing_data
 from xmodal.app.testing import Server, run_xmodal
 
 LIMITS = {
@@ -21,7 +21,7 @@ LIMITS = {
 def coco_index_dir(tiny_coca_dir, tmp_path_factory):
     """`xmodal index` on coco-mini with captions, as a user would run it."""
     if not COCO_MINI.is_dir():
-        pytest.skip("../shared/data/coco-mini is not present")
+        missing_data(COCO_MINI)
     out = tmp_path_factory.mktemp("e2e") / "coco-index"
     result = run_xmodal(
         "index",

@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import COCO_MINI, IMAGES_EDGE
+from tests.conftest import COCO_MINI, IMAGES_EDGE, requires_data
 from xmodal.app.testing import Server, run_xmodal
 from xmodal.models.decoding import CocaDecoder, DecodeOptions
 from xmodal.models.images import load_image
 from xmodal.models.loading import load_model
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, requires_data(COCO_MINI, IMAGES_EDGE)]
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
 QUESTION = "what is in the room?"
 ANSWERS = ["a television", "a dog", "two chairs", "nothing", "a red car"]

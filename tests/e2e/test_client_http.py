@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import COCO_MINI
+from tests.conftest import COCO_MINI, requires_data
 from xmodal.app.client import AsyncXmodalClient, XmodalClient, XmodalError
 from xmodal.app.schemas import ImageHit, TextHit
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, requires_data(COCO_MINI)]
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
 
 

@@ -7,11 +7,11 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import COCO_MINI
+from tests.conftest import COCO_MINI, requires_data
 from tests.e2e.conftest import LIMITS
 from xmodal.app.testing import Server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, requires_data(COCO_MINI)]
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
 TEXTS = ["a dog on a beach", "two people riding bikes down a busy street", "pizza"]
 

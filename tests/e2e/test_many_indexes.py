@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import COCO_MINI
+from tests.conftest import COCO_MINI, requires_data
 from xmodal.app.client import XmodalClient, XmodalError
 from xmodal.app.testing import Server
 from xmodal.indexer import store
 from xmodal.indexer.build import BuildConfig, build_index
 from xmodal.models.encoders import Encoder
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, requires_data(COCO_MINI)]
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
 READ, ADMIN = "many-read-key-0123456789", "many-admin-key-0123456789"
 ENV = {

@@ -7,11 +7,11 @@ import base64
 import numpy as np
 import pytest
 
-from tests.conftest import COCO_MINI
+from tests.conftest import COCO_MINI, requires_data
 from xmodal.app.vectors import dedup
 from xmodal.indexer import store
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, requires_data(COCO_MINI)]
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
 
 

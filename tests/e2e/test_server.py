@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import COCO_MINI, EDGE_UNDECODABLE, IMAGES_EDGE
+from tests.conftest import COCO_MINI, EDGE_UNDECODABLE, IMAGES_EDGE, requires_data
 from xmodal.indexer import store
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, requires_data(COCO_MINI, IMAGES_EDGE)]
 PHOTO = COCO_MINI / "images" / "000000000139.jpg"
 
 
@@ -170,7 +170,7 @@ def _edge_requests(path):
     ]
 
 
-@pytest.mark.skipif(not IMAGES_EDGE.is_dir(), reason="../shared/data/images-edge is not present")
+@requires_data(IMAGES_EDGE)
 def test_every_edge_file_on_every_image_endpoint_gets_200_or_a_4xx_and_the_server_keeps_serving(client):
     """images-edge/README: decodable files work everywhere; the rest are refused with a JSON 4xx, never a 5xx."""
     wrong = []

@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import COCO_MINI
+from tests.conftest import COCO_MINI, requires_data
 from xmodal.app.testing import Server, run_xmodal
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.e2e,
+    requires_data(COCO_MINI),
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"),
 ]
 CHROMIUM_ARGS = [

@@ -37,9 +37,9 @@ def test_compose_files_are_valid_and_the_api_checks_readiness():
 
 PACKAGES = {"app": "xmodal.app", "indexer": "xmodal.indexer", "models": "xmodal.models"}
 TRAINING = ("xmodal.models.training", "xmodal.models.world")
-# What may import training code besides training itself: the `train`/`eval`/`demo` commands (app/cli.py,
-# app/cli_models.py, or an app/cli/ package) and the `xmodal eval --server` helper they alone import.
-TRAINING_COMMANDS = ("xmodal.app.cli", "xmodal.app.cli_models", "xmodal.app.endpoint_eval")
+# What may import training code besides training itself: the `train`/`eval`/`demo` commands
+# app/cli/training.py, app/cli/demo.py) and the `xmodal eval --server` helper they alone import.
+TRAINING_COMMANDS = ("xmodal.app.cli.training", "xmodal.app.cli.demo", "xmodal.app.endpoint_eval")
 # What the server process and the encoders load on import: none of it may reach training code or the CLI.
 SERVING_ROOTS = ("xmodal.app.main", "xmodal.models.encoders", "xmodal.models.generation")
 

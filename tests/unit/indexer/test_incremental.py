@@ -40,6 +40,7 @@ def _contents(out):
     return rows, vectors, index.manifest
 
 
+@pytest.mark.slow
 def test_kill_9_mid_build_then_rerun_equals_a_clean_build(tiny_coca_dir, tmp_path):
     photos = _photos(tmp_path / "photos", 60)
     command = [

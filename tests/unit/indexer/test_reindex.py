@@ -65,6 +65,7 @@ def reindexed(vectors, tmp_path_factory):
     return root, first, report
 
 
+@pytest.mark.slow
 def test_reindex_publishes_a_new_version_with_the_chosen_index_and_measurements(reindexed):
     root, first, report = reindexed
     assert (root / "CURRENT").read_text().strip() == report.version.name != first.name
@@ -85,6 +86,7 @@ def test_reindex_publishes_a_new_version_with_the_chosen_index_and_measurements(
     assert (old.model, old.source, old.images.embeddings) == (manifest.model, manifest.source, info.embeddings)
 
 
+@pytest.mark.slow
 def test_the_reader_searches_at_the_stored_params_and_agrees_with_exact_search(reindexed, vectors):
     root, _, report = reindexed
     opened = OpenIndex(root)
@@ -112,6 +114,7 @@ def _without_rerank(opened):
     return Searcher(opened.image_index, SearchParams.parse(opened.manifest.images.search_params).faiss)
 
 
+@pytest.mark.slow
 def test_filtered_search_on_a_reindexed_version(reindexed, vectors):
     root, _, _ = reindexed
     opened = OpenIndex(root)

@@ -127,6 +127,7 @@ def builds(vectors, mapped) -> dict:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", KEYS)
 def test_a_streamed_build_equals_the_build_from_one_matrix(builds, vectors, mapped, key):
     in_memory, streamed = builds[key]
@@ -147,6 +148,7 @@ def _contents(index: faiss.Index) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
+@pytest.mark.slow
 def test_the_index_is_the_one_built_by_hand_as_before(builds, vectors):
     """Before streaming: train on vectors[the seed's sample], add every row but the tuning queries, then them."""
     key, indexed = "IVF256,PQ16", N - tuning.held_out_count(N)

@@ -44,6 +44,7 @@ def built(vectors) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "key, knob",
     [
@@ -72,6 +73,7 @@ def test_tuned_indexes_reach_the_recall_target_on_fresh_queries(built, vectors, 
         assert bounds.get(str(SearchParams(f"nprobe={cheaper}", params.rerank)), 0.0) < TARGET
 
 
+@pytest.mark.slow
 def test_size_estimates_match_the_written_indexes(built):
     for key, result in built.items():
         actual = faiss.serialize_index(result.index).nbytes
@@ -86,6 +88,7 @@ def test_small_sets_stay_exact_flat_and_untuned(vectors):
     assert np.array_equal(ids, exact_ids) and np.allclose(scores, exact_scores, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_budget_picks_compressed_codes_that_still_reach_the_target(vectors, fresh_queries):
     flat_bytes = N * DIM * 4
     result = build_vector_index(vectors, budget_bytes=flat_bytes // 4, recall=TARGET)
@@ -98,6 +101,7 @@ def test_a_budget_picks_compressed_codes_that_still_reach_the_target(vectors, fr
         build_vector_index(vectors, budget_bytes=10_000)
 
 
+@pytest.mark.slow
 def test_a_candidate_that_misses_the_target_gives_way_to_the_next(vectors, monkeypatch):
     ivf_pq = IndexChoice("IVF256,PQ8", "ivf_pq", 0, 20_000, False, True, True, "test")
     ivf_flat = IndexChoice("IVF256,Flat", "ivf_flat", 0, 12_800, False, True, False, "test")
@@ -125,6 +129,7 @@ def test_search_params_parse_apply_and_print():
         SearchParams.parse("rerank=-1")
 
 
+@pytest.mark.slow
 def test_filtered_search_keeps_the_tuned_parameters(built, vectors):
     """faiss's IVF search with an ID selector takes nprobe from the parameters object (default 1)."""
     result = built["IVF256,Flat"]
@@ -141,6 +146,7 @@ def test_filtered_search_keeps_the_tuned_parameters(built, vectors):
     assert np.mean([len(set(a) & set(allowed[e])) / 10 for a, e in zip(ids_one, exact_ids)]) < recall
 
 
+@pytest.mark.slow
 def test_ivf_indexes_are_memory_mapped_read_only(built, vectors, tmp_path):
     path = tmp_path / "ivf.faiss"
     faiss.write_index(built["IVF256,PQ16"].index, str(path))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY_CLIP, TINY_COCA
+from tests.conftest import COCO_MINI, TINY_CLIP, TINY_COCA, requires_data
 from xmodal.app.testing import fill_hub_cache
 from xmodal.models.loading import ModelNotAvailable, ModelSpecError, load_model
 
@@ -103,11 +103,11 @@ def test_unknown_architecture_tag_and_missing_paths_are_clear(tmp_path):
         load_model(f"local-dir:{tmp_path}", "cpu")
 
 
+@requires_data(COCO_MINI)
 def test_encoder_matches_open_clips_reference_pipeline(tiny_coca_dir):
     """The embedding parity bound: our encode == open_clip's own preprocess + encode (cos >= 0.9999)."""
     from PIL import Image
 
-    from tests.conftest import COCO_MINI
     from xmodal.models.encoders import Encoder
     from xmodal.models.images import load_image
 

@@ -53,6 +53,7 @@ def _mean(steps, key) -> float:
     return sum(h[key] for h in steps) / len(steps)
 
 
+@pytest.mark.slow
 def test_training_lowers_contrastive_and_caption_loss(trained):
     _, result = trained
     first, last = result.history[:5], result.history[-5:]
@@ -62,6 +63,7 @@ def test_training_lowers_contrastive_and_caption_loss(trained):
     assert _mean(last, "contrastive_loss") < math.log(32)
 
 
+@pytest.mark.slow
 def test_model_dir_reloads_bit_identical(trained):
     config, result = trained
     reloaded = open_clip.create_model(f"local-dir:{result.output_dir}")
@@ -77,6 +79,7 @@ def test_model_dir_reloads_bit_identical(trained):
     assert open_clip.get_model_preprocess_cfg(reloaded)["mean"] == saved["preprocess_cfg"]["mean"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_gives_the_same_weights(tmp_path):
     config = tiny_config(tmp_path / "straight")
     straight = train(config, progress=False)
@@ -97,6 +100,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
     config = tiny_config(tmp_path, steps=4)
     train(config, progress=False)
@@ -408,6 +412,7 @@ def test_csv_batches_mark_images_sharing_a_caption():
     assert batch.positives.tolist() == [[True, False, False], [False, True, False], [True, False, True]]
 
 
+@pytest.mark.slow
 def test_training_starts_from_any_model_spec(tmp_path, tiny_coca_dir):
     from xmodal.models.loading import load_model
     from xmodal.models.training.starting_model import load_starting_model

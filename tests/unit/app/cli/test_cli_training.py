@@ -1,4 +1,4 @@
-"""`xmodal train`, `eval` and `demo` in-process, on the tiny CoCa and a few generated scenes."""
+"""`xmodal train` and `xmodal eval` (app/cli/training.py) in-process, on the tiny CoCa and a few generated scenes."""
 
 from __future__ import annotations
 
@@ -151,32 +151,3 @@ def test_cli_errors_are_readable(tmp_path):
     bad_model = invoke("train", "--out", tmp_path / "m", "--model", "no-such-arch", "--steps", 1, "--no-progress")
     assert bad_model.exit_code == 2 and "no-such-arch" in bad_model.output
     assert "--data" in invoke("train", "--help").output
-
-
-def test_demo_prepares_once_then_reuses_model_scenes_and_index(tmp_path):
-    args = (
-        "demo",
-        "--cache-dir",
-        tmp_path,
-        "--model",
-        "xmodal-tiny-coca",
-        "--steps",
-        2,
-        "--scenes",
-        12,
-        "--threads",
-        1,
-        "--eval-scenes",
-        10,
-        "--device",
-        "cpu",
-        "--no-serve",
-    )
-    first = invoke(*args)
-    assert first.exit_code == 0, first.output
-    assert "training xmodal-tiny-coca" in first.output and "indexed 12 scenes and 60 captions" in first.output
-    assert "/v1/search/text" in first.output and (tmp_path / "demo-scenes" / "images").is_dir()
-    again = invoke(*args)
-    assert again.exit_code == 0, again.output
-    assert "reusing the model" in again.output and "reusing the index" in again.output
-    assert "training" not in again.output

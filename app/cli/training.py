@@ -1,31 +1,28 @@
-"""`xmodal train`, `xmodal eval` and `xmodal demo`: train a model, measure it, show it off.
+"""`xmodal train` (train or fine-tune a model) and `xmodal eval` (measure one).
 
-Registered on the `xmodal` Typer app in app/cli.py. Heavy imports (torch, training code)
-happen inside the commands, so `xmodal --help` stays fast.
+Every `train` default is read from models.training.recipes.WORLD_RECIPE (a TrainConfig), so the command line
+and the recipe cannot drift apart. Only the recipe (plain dataclasses) is read at import; torch and the training
+loop are imported inside the commands, so `xmodal --help` stays fast.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from xmodal.models.training.recipes import DEFAULT_MODEL, WORLD_RECIPE, WORLD_SCENES
+from xmodal.app.cli.common import fail, setup_logging
+from xmodal.models.training.config import Precision
+from xmodal.models.training.recipes import WORLD_DATA, WORLD_RECIPE
 
 WORLD = "world"
 TRAINING_RECORD = "training.json"  # written next to the weights in the model folder
 # Held-out scenes evaluated during and after `xmodal train` (fewer than `xmodal eval`'s, to stay quick).
 TRAIN_EVAL_SCENES = 500
-DEMO_DIR = Path("~/.cache/xmodal")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    return typer.Exit(code)
 
 
 def train(
@@ -41,8 +38,8 @@ def train(
     data: Annotated[
         str, typer.Option(help="'world' (the generated world's train split) or an image,caption CSV")
     ] = WORLD,
-    scenes: Annotated[int, typer.Option(min=2, help="World: training scenes")] = WORLD_SCENES,
-    seed: Annotated[int, typer.Option(help="World: its seed (`xmodal eval` needs the same one)")] = 0,
+    scenes: Annotated[int, typer.Option(min=2, help="World: training scenes")] = WORLD_DATA.scenes,
+    seed: Annotated[int, typer.Option(help="World: its seed (`xmodal eval` needs the same one)")] = WORLD_DATA.seed,
     image_root: Annotated[
         Optional[Path],
         typer.Option(
@@ -52,68 +49,70 @@ def train(
     questions: Annotated[Optional[Path], typer.Option(help="CSV: image,question,answer rows for VQA")] = None,
     model: Annotated[
         str, typer.Option(help="Start point: an architecture name (from scratch) or any model spec (fine-tune)")
-    ] = DEFAULT_MODEL,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps")] = WORLD_RECIPE["steps"],
-    batch_size: Annotated[int, typer.Option(min=2, help="Images per step")] = WORLD_RECIPE["batch_size"],
-    lr: Annotated[float, typer.Option(help="Peak learning rate")] = WORLD_RECIPE["lr"],
-    warmup: Annotated[int, typer.Option(min=0, help="Linear warm-up steps (then cosine decay)")] = WORLD_RECIPE[
-        "warmup_steps"
-    ],
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay")] = WORLD_RECIPE["weight_decay"],
-    caption_weight: Annotated[float, typer.Option(help="Caption loss weight (CoCa)")] = WORLD_RECIPE[
-        "caption_loss_weight"
-    ],
-    contrastive_weight: Annotated[float, typer.Option(help="Contrastive loss weight")] = WORLD_RECIPE[
-        "contrastive_loss_weight"
-    ],
+    ] = WORLD_RECIPE.model,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps")] = WORLD_RECIPE.steps,
+    batch_size: Annotated[int, typer.Option(min=2, help="Images per step")] = WORLD_RECIPE.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate")] = WORLD_RECIPE.lr,
+    warmup: Annotated[
+        int, typer.Option(min=0, help="Linear warm-up steps (then cosine decay)")
+    ] = WORLD_RECIPE.warmup_steps,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay")] = WORLD_RECIPE.weight_decay,
+    caption_weight: Annotated[
+        float, typer.Option(help="Caption loss weight (CoCa)")
+    ] = WORLD_RECIPE.caption_loss_weight,
+    contrastive_weight: Annotated[
+        float, typer.Option(help="Contrastive loss weight")
+    ] = WORLD_RECIPE.contrastive_loss_weight,
     vqa_fraction: Annotated[
         float, typer.Option(help="Share of decoder targets that are question/answer texts")
-    ] = WORLD_RECIPE["vqa_fraction"],
+    ] = WORLD_RECIPE.vqa_fraction,
     decoder_lr_scale: Annotated[
         float, typer.Option(help="CoCa: the decoder's learning rate is lr times this")
-    ] = WORLD_RECIPE["decoder_lr_scale"],
+    ] = WORLD_RECIPE.decoder_lr_scale,
     decoder_targets: Annotated[
         int,
         typer.Option(
             min=1,
             help="Decoder texts per image and step: a caption, then question/answer texts (each with --vqa-fraction)",
         ),
-    ] = WORLD_RECIPE["decoder_targets"],
+    ] = WORLD_RECIPE.decoder_targets,
     contrastive_texts: Annotated[
         int,
         typer.Option(
             min=1, help="Contrastive texts per image and step: a caption, then captions or (world) partial queries"
         ),
-    ] = WORLD_RECIPE["contrastive_texts"],
+    ] = WORLD_RECIPE.contrastive_texts,
     query_fraction: Annotated[
         float, typer.Option(help="World: share of the extra contrastive texts that are partial attribute queries")
-    ] = WORLD_RECIPE["query_fraction"],
+    ] = WORLD_RECIPE.query_fraction,
     hard_negatives: Annotated[
         int, typer.Option(min=0, help="World: captions of near-miss scenes per image, as negatives")
-    ] = WORLD_RECIPE["hard_negatives"],
+    ] = WORLD_RECIPE.hard_negatives,
     answers_only: Annotated[
         bool,
         typer.Option(
             "--vqa-answers-only/--vqa-whole-text",
             help="Question/answer targets teach the answer only (the question is a prompt), or the whole text",
         ),
-    ] = WORLD_RECIPE["vqa_answers_only"],
+    ] = WORLD_RECIPE.vqa_answers_only,
     vision_position_std: Annotated[
         float,
         typer.Option(
             min=0.0, help="From scratch: std of the vision transformer's initial position embeddings (0: open_clip's)"
         ),
-    ] = WORLD_RECIPE["vision_position_std"],
-    train_seed: Annotated[int, typer.Option(help="Seed of the initial weights and batch order")] = 0,
+    ] = WORLD_RECIPE.vision_position_std or 0.0,
+    train_seed: Annotated[int, typer.Option(help="Seed of the initial weights and batch order")] = WORLD_RECIPE.seed,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")] = "auto",
+    precision: Annotated[
+        Precision, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    ] = WORLD_RECIPE.precision,
     threads: Annotated[
         Optional[int], typer.Option(min=1, help="CPU threads (default: the cores the data workers leave free)")
     ] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes")] = WORLD_RECIPE["num_workers"],
-    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints")] = WORLD_RECIPE[
-        "checkpoint_every"
-    ],
+    workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes")] = WORLD_RECIPE.num_workers,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Steps between checkpoints")
+    ] = WORLD_RECIPE.checkpoint_every,
     eval_every: Annotated[
         int, typer.Option(min=0, help="World: steps between held-out evaluations (0: only at the end)")
     ] = 0,
@@ -130,22 +129,23 @@ def train(
     Use the result anywhere a model spec goes: `xmodal index ... --model local-dir:OUT`.
     Rerunning the same command after a crash resumes from the last checkpoint.
     """
-    from xmodal.app.cli import setup_logging
     from xmodal.models.loading import ModelNotAvailable, ModelSpecError
-    from xmodal.models.training import CheckpointMismatchError, CsvData, TrainConfig, WorldData
+    from xmodal.models.training import CheckpointMismatchError, CsvData, WorldData
 
     setup_logging()
     try:
+        source: WorldData | CsvData
         if data == WORLD:
-            source: Any = WorldData(scenes=scenes, seed=seed)
+            source = WorldData(scenes=scenes, seed=seed)
         else:
             csv = Path(data)
             if not csv.is_file():
-                raise _fail(f"--data must be 'world' or a CSV file; {csv} is not a file")
+                fail(f"--data must be 'world' or a CSV file; {csv} is not a file")
             if questions is not None and not questions.is_file():
-                raise _fail(f"--questions {questions} is not a file")
+                fail(f"--questions {questions} is not a file")
             source = CsvData(captions_csv=csv, questions_csv=questions, image_root=image_root)
-        config = TrainConfig(
+        config = replace(  # the recipe, with every setting the command line has
+            WORLD_RECIPE,
             output_dir=out,
             data=source,
             model=model,
@@ -173,12 +173,12 @@ def train(
             eval_every=eval_every if evaluate else 0,
         )
     except ValueError as exc:
-        raise _fail(str(exc)) from exc
-    hook = _world_evaluation(config.data, eval_scenes) if evaluate and isinstance(config.data, WorldData) else None
+        fail(str(exc))
+    hook = world_evaluation(config.data, eval_scenes) if evaluate and isinstance(config.data, WorldData) else None
     try:
         result = run_training(config, hook, progress)
     except (ModelNotAvailable, ModelSpecError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     typer.echo(f"model written to {result.output_dir}: use --model local-dir:{result.output_dir.resolve()}")
 
 
@@ -249,12 +249,11 @@ def evaluate(
     --server: the same caption and VQA metrics through a running server's endpoints; with --model,
     side by side with the in-process numbers (they are equal when the server runs that model).
     """
-    from xmodal.app.cli import setup_logging
     from xmodal.app.reports import comparison_table, draw_plot, index_table, world_table
 
     setup_logging("warning")
     if model is None and not index and server is None:
-        raise _fail(
+        fail(
             "give --model SPEC (world evaluation), --server URL (its endpoints) and/or --index DIR "
             "(recall@K over its captions)"
         )
@@ -294,9 +293,9 @@ def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings
             served = client.index().model_dump()
             result = evaluate_through_server(client, evaluation, concurrency=concurrency)
     except XmodalError as exc:
-        raise _fail(f"{url} answered {exc.status}: {exc.detail}") from exc
+        fail(f"{url} answered {exc.status}: {exc.detail}")
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {url}: {exc}") from exc
+        fail(f"cannot reach {url}: {exc}")
     return {
         "url": url,
         "served": served,
@@ -317,7 +316,7 @@ def _evaluate_world(spec: str, device: str, threads: int | None, **settings) -> 
     try:
         loaded = load_model(spec, device, threads=threads)
     except (ModelNotAvailable, ModelSpecError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     started = time.perf_counter()
     config = WorldEvalConfig(ks=(1, 5, 10), **settings)
     evaluation = WorldEvaluation(config, tokenizer=loaded.tokenizer, preprocess=loaded.preprocess)
@@ -341,77 +340,10 @@ def _evaluate_index(folder: Path) -> dict[str, float]:
     try:
         return index_recall(folder)
     except (NoCaptionsError, IndexNotFound, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
 
 
-def demo(
-    cache_dir: Annotated[
-        Path,
-        typer.Option(envvar="XMODAL_DEMO_DIR", help="Where the trained model, scenes and index are kept and reused"),
-    ] = DEMO_DIR,
-    scenes: Annotated[int, typer.Option(min=10, help="Held-out scenes exported and indexed")] = 3000,
-    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port")] = 8000,
-    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda, cuda:N")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for training")] = None,
-    retrain: Annotated[bool, typer.Option(help="Train again even if a model with these settings is cached")] = False,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps (fewer: a quicker, weaker demo)")] = WORLD_RECIPE[
-        "steps"
-    ],
-    model: Annotated[str, typer.Option(help="Architecture to train from scratch")] = DEFAULT_MODEL,
-    eval_scenes: Annotated[int, typer.Option(min=10, hidden=True)] = TRAIN_EVAL_SCENES,
-    serve: Annotated[bool, typer.Option(help="Start the server at the end (--no-serve: only prepare)")] = True,
-) -> None:
-    """Offline demo: train the small model on the generated world (or reuse it), index held-out scenes, serve.
-
-    Nothing is downloaded. The first run trains xmodal-small-coca from scratch (8 minutes
-    measured on a busy 2-core CPU; on the GPU when there is one) and prints its held-out
-    quality; later runs reuse the cached model, scenes and index.
-    """
-    from xmodal.app.cli import setup_logging
-    from xmodal.models.training import CheckpointMismatchError
-    from xmodal.models.training.recipes import world_config
-
-    setup_logging()
-    root = cache_dir.expanduser()
-    model_dir = root / "demo-model"
-    config = world_config(
-        model_dir,
-        device=None if device == "auto" else device,
-        cpu_threads=threads,
-        steps=steps,
-        warmup_steps=min(WORLD_RECIPE["warmup_steps"], steps),
-        model=model,
-    )
-    record = _training_record(model_dir)
-    if retrain or record is None or record.get("trajectory") != config.trajectory():
-        typer.echo(f"training {config.model} on the generated world ({config.steps} steps) into {model_dir}")
-        if retrain:
-            shutil.rmtree(config.resolved_checkpoint_dir, ignore_errors=True)
-        try:
-            run_training(config, _world_evaluation(config.data, eval_scenes))
-        except CheckpointMismatchError:  # checkpoints of an older recipe: start over
-            shutil.rmtree(config.resolved_checkpoint_dir, ignore_errors=True)
-            run_training(config, _world_evaluation(config.data, eval_scenes))
-        record = _training_record(model_dir)
-    else:
-        typer.echo(f"reusing the model trained in {model_dir} ({record['steps']} steps, {record['seconds']:.0f}s)")
-        if record.get("evaluations"):
-            from xmodal.app.reports import world_table
-
-            typer.echo(world_table({k: v for k, v in record["evaluations"][-1].items() if k != "step"}))
-
-    data_dir = _export_heldout(root / "demo-scenes", config.data, scenes)
-    index_dir = _build_demo_index(root / "demo-index", data_dir, model_dir, device)
-    example = sorted((data_dir / "images").glob("*.png"))[0]
-    _print_examples(host, port, example)
-    if serve:
-        from xmodal.app.cli import serve as serve_command
-
-        serve_command(index=[str(index_dir)], host=host, port=port, device=device, model=None)
-
-
-def _world_evaluation(data, scenes: int = TRAIN_EVAL_SCENES):
+def world_evaluation(data, scenes: int = TRAIN_EVAL_SCENES):
     """train()'s hook: a quick held-out evaluation (300 queries, up to 200 captions, 50 questions a type)."""
     from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation
 
@@ -425,84 +357,6 @@ def _world_evaluation(data, scenes: int = TRAIN_EVAL_SCENES):
         questions_per_type=min(50, max(1, scenes // 10)),
     )
     return WorldEvaluation(config)
-
-
-def _training_record(model_dir: Path) -> dict | None:
-    path = model_dir / TRAINING_RECORD
-    weights = model_dir / "open_clip_model.safetensors"
-    if not (path.is_file() and weights.is_file()):
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-def _export_heldout(folder: Path, data, count: int) -> Path:
-    """The first `count` held-out scenes as images + captions.csv (reused when already written)."""
-    from tqdm import tqdm
-
-    from xmodal.models.world import World, write_scenes
-
-    stamp = {
-        "seed": data.seed,
-        "heldout_fraction": data.heldout_fraction,
-        "scenes": count,
-        "image_size": data.image_size,
-    }
-    marker = folder / "export.json"
-    if marker.is_file() and json.loads(marker.read_text()) == stamp:
-        typer.echo(f"reusing {count} held-out scenes in {folder}")
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    world = World(seed=data.seed, heldout_fraction=data.heldout_fraction)
-    scenes = tqdm(world.scenes(count, "heldout"), desc="writing held-out scenes", unit="scene")
-    write_scenes(scenes, folder, image_size=data.image_size)
-    marker.write_text(json.dumps(stamp) + "\n")
-    return folder
-
-
-def _build_demo_index(folder: Path, data_dir: Path, model_dir: Path, device: str) -> Path:
-    """Index the exported scenes with their captions; reused while model and scenes are unchanged."""
-    from xmodal.indexer.build import BuildConfig, build_index
-
-    weights = model_dir / "open_clip_model.safetensors"
-    stamp = {
-        "model_mtime_ns": weights.stat().st_mtime_ns,
-        "model_size": weights.stat().st_size,
-        "scenes": json.loads((data_dir / "export.json").read_text()),
-    }
-    marker = folder.with_name(folder.name + ".json")
-    if (folder / "CURRENT").is_file() and marker.is_file() and json.loads(marker.read_text()) == stamp:
-        typer.echo(f"reusing the index in {folder}")
-        return folder
-    report = build_index(
-        BuildConfig(
-            source=data_dir / "images",
-            out=folder,
-            model=f"local-dir:{model_dir}",
-            captions=data_dir / "captions.csv",
-            workers=0,
-            device=device,
-        )
-    )
-    typer.echo(f"indexed {report.indexed} scenes and {report.texts} captions into {folder}")
-    marker.write_text(json.dumps(stamp) + "\n")
-    return folder
-
-
-def _print_examples(host: str, port: int, image: Path) -> None:
-    url = f"{host}:{port}"
-    lines = [
-        f"Serving on http://{url} (docs at /docs). Try:",
-        f'  curl -s {url}/v1/search/text -H \'content-type: application/json\' -d \'{{"text": "a large red circle", "k": 3}}\'',
-        f'  curl -s {url}/v1/search/text -H \'content-type: application/json\' -d \'{{"text": "a blue star on the left and a small yellow square", "k": 3}}\'',
-        f"  curl -s {url}/v1/search/image -F file=@{image} -F k=3",
-        f"  curl -s {url}/v1/search/image -F file=@{image} -F target=texts -F k=3",
-        f"  curl -s {url}/v1/caption -F file=@{image}",
-        f"  curl -s {url}/v1/vqa -F file=@{image} -F 'question=how many shapes are there?'",
-    ]
-    typer.echo("\n".join(lines))
 
 
 def _curve(history) -> list[dict[str, float]]:
