@@ -19,12 +19,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
+from xmodal.models import errors
+
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class Overloaded(RuntimeError):
+class Overloaded(errors.Overloaded, RuntimeError):
     """The batcher's queue is full; the caller should retry later."""
 
 
