@@ -53,7 +53,10 @@ def json_list_fields(fields: dict, *names: str) -> dict:
     parsed = dict(fields)
     for name in names:
         if isinstance(parsed.get(name), str):
-            parsed[name] = parse_json(parsed[name], f"{name} (a JSON array string)")
+            try:
+                parsed[name] = parse_json(parsed[name], name)
+            except Malformed as exc:
+                raise InvalidInput(f'{name} must be a JSON array of strings, e.g. ["red", "blue"] ({exc})') from exc
     return parsed
 
 
