@@ -1,8 +1,8 @@
 """The fast route tier: the real app (`create_app(test_settings)`) through FastAPI's TestClient, in-process.
 
-One session-wide app serves two tiny indexes built here: "default" (the tiny CoCa, with captions and a
-`license` metadata column: captions, VQA, text search and filters) and "clip" (the tiny CLIP, no decoder:
-the 501s). Building both and loading the models takes a few seconds, once.
+One session-wide app serves two tiny indexes built here: "default" (the tiny CoCa with captions: captions,
+VQA, text search; its items are ids 0..3 = blue, green, grey, red by path, 39 to 41 px wide for filters) and
+"clip" (the tiny CLIP, no decoder: the 501s). Building both and loading the models takes a few seconds, once.
 """
 
 from __future__ import annotations
@@ -52,11 +52,9 @@ def route_indexes(tiny_coca_dir, tiny_clip_dir, tmp_path_factory) -> dict:
     photos = root / "photos"
     photos.mkdir()
     for name, colour in COLOURS.items():
-        Image.new("RGB", (32 + len(name), 32), colour).save(photos / name)
+        Image.new("RGB", (32 + len(name), 32), colour).save(photos / name)  # wide: red 39, blue and grey 40, green 41
     captions = root / "captions.csv"
-    lines = ["image,caption,license"] + [
-        f"{name},{text},{'cc0' if 'r' in name else 'cc-by'}" for name, text in CAPTIONS.items()
-    ]
+    lines = ["image,caption"] + [f"{name},{text}" for name, text in CAPTIONS.items()]
     captions.write_text("\n".join(lines) + "\n")
     built = {}
     for name, model_dir, with_captions in (("default", tiny_coca_dir, True), ("clip", tiny_clip_dir, False)):
