@@ -26,6 +26,9 @@ def test_an_image_gets_a_caption_and_alternatives(client):
         ({"alternatives": 2}, 422, "greedy decoding returns one sequence"),
         ({"top_p": 1.5, "mode": "sample"}, 422, "top_p must be in (0, 1]"),
         ({"prompt": "dog " * 45}, 422, "context length"),
+        ({"mode": "sample", "seed": 10**30}, 422, "seed"),
+        ({"mode": "sample", "temperature": 1e-320}, 422, "temperature"),
+        ({"mode": "sample", "top_p": 1e-300}, 422, "top_p"),
         ({"index": "clip"}, 501, "text decoder"),
     ],
 )
