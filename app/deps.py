@@ -39,9 +39,12 @@ IndexQuery = Annotated[
 def pick_index(runtime: Runtime, *names: object) -> ServedIndex:
     """The served index a request names (in its body and/or query; they must agree), or the default one:
     the only index, else the one named "default". 404 for an unknown name."""
-    given = [name for name in names if name is not None]
-    if not all(isinstance(name, str) for name in given):
-        raise InvalidInput("index must be a string: the name of a served index")
+    given: list[str] = []
+    for name in names:
+        if name is not None and not isinstance(name, str):
+            raise InvalidInput("index must be a string: the name of a served index")
+        if name is not None:
+            given.append(name)
     if len(set(given)) > 1:
         raise InvalidInput(f"index is named twice, differently: {sorted(set(given))}")
     name = given[0] if given else None

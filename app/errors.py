@@ -8,6 +8,8 @@ request id (the X-Request-ID header, app/middleware.py) and which is logged once
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -127,7 +129,7 @@ def _internal_error() -> JSONResponse:
     )
 
 
-def _jsonable(errors: list[dict]) -> list[dict]:
+def _jsonable(errors: Sequence[Any]) -> list[dict]:
     return [
         {
             key: (value if key != "ctx" else {k: str(v) for k, v in value.items()})

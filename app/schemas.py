@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -189,6 +189,12 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+    request_id: str | None = Field(None, description="500 only: the X-Request-ID to quote when reporting it")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's documented error statuses, each with the ErrorBody shape (FastAPI's `responses=`)."""
+    return {code: {"model": ErrorBody} for code in codes}
 
 
 class CaptionRequest(IndexChoice):

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xmodal.app.bodies import elapsed_ms, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, pick_index
-from xmodal.app.schemas import CaptionAlternative, CaptionRequest, CaptionResponse, ErrorBody, image_request_body
+from xmodal.app.schemas import CaptionAlternative, CaptionRequest, CaptionResponse, error_responses, image_request_body
 from xmodal.app.settings import Settings
 from xmodal.app.uploads import read_image_input
 from xmodal.models.decoding import DecodeOptions
@@ -17,7 +17,7 @@ from xmodal.models.errors import InvalidInput
 from xmodal.models.generation import decode_options as checked_decode_options
 
 router = APIRouter(prefix="/v1/caption", tags=["caption"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 501, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 501, 503)
 DEFAULT_BEAMS = 3
 
 

@@ -7,13 +7,13 @@ from starlette.concurrency import run_in_threadpool
 
 from xmodal.app.bodies import elapsed_ms, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
-from xmodal.app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody, NoFields, image_request_body
+from xmodal.app.schemas import EmbedResponse, EmbedTextRequest, NoFields, error_responses, image_request_body
 from xmodal.app.served import ServedModel
 from xmodal.app.uploads import read_image_input
 from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/embed", tags=["embed"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 503)
 
 
 @router.post(

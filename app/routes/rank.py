@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from xmodal.app.bodies import elapsed_ms, json_list_fields, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
 from xmodal.app.runtime import Runtime
-from xmodal.app.schemas import ErrorBody, RankHit, RankImageFields, RankResponse, RankTextRequest
+from xmodal.app.schemas import RankHit, RankImageFields, RankResponse, RankTextRequest, error_responses
 from xmodal.app.served import ServedIndex
 from xmodal.app.settings import Settings
 from xmodal.app.uploads import ImageInput, image_from_payload, read_image_input, read_json_payload
@@ -19,7 +19,7 @@ from xmodal.app.vectors import stored_rows
 from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/rank", tags=["rank"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
 
 _IMAGE_B64 = {"type": "string", "description": "base64 of the image file"}
 _TEXTS = RankImageFields.model_json_schema()["properties"]["texts"]

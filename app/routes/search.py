@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 from xmodal.app.bodies import elapsed_ms, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_k, check_text, pick_index
 from xmodal.app.schemas import (
-    ErrorBody,
     ImageHit,
     ImageSearchFields,
     SearchOptions,
@@ -19,6 +18,7 @@ from xmodal.app.schemas import (
     TextHit,
     TextSearchRequest,
     VectorSearchRequest,
+    error_responses,
     image_request_body,
 )
 from xmodal.app.settings import Settings
@@ -28,7 +28,7 @@ from xmodal.indexer.reader import OpenIndex
 from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
 DEDUP_MAX_POOL = 16  # with dedup, at most 16 x (offset + k) candidates are examined
 
 

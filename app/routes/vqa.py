@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 from xmodal.app.bodies import elapsed_ms, json_list_fields, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
 from xmodal.app.routes.caption import check_max_tokens
-from xmodal.app.schemas import ErrorBody, VqaRequest, VqaResponse, image_request_body
+from xmodal.app.schemas import VqaRequest, VqaResponse, error_responses, image_request_body
 from xmodal.app.settings import Settings
 from xmodal.app.uploads import read_image_input
 from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/vqa", tags=["vqa"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 501, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 501, 503)
 MULTIPART_ANSWERS = {
     "answers": {"type": "string", "description": 'Candidate answers as a JSON array string, e.g. ["red", "blue"]'}
 }
