@@ -58,7 +58,7 @@ async def search_image(
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
     options, target = _image_query_fields(upload.fields, settings)
-    served = pick_index(runtime, upload.fields.get("index"), index_name)
+    served = pick_index(runtime, options.index, index_name)
     index = served.index
     _check_target(index, target)
     pixels = await run_in_threadpool(served.model.encoder.preprocess_image, upload.image)
@@ -95,7 +95,9 @@ def _image_query_fields(fields: dict, settings: Settings) -> tuple[SearchOptions
     # A multipart form may send an optional number as an empty field: the same as leaving it out.
     given = {name: value for name, value in fields.items() if not (name in ("min_score", "dedup") and value == "")}
     parsed = parse_fields(ImageSearchFields, given)
-    options = SearchOptions(k=parsed.k, offset=parsed.offset, min_score=parsed.min_score, dedup=parsed.dedup)
+    options = SearchOptions(
+        index=parsed.index, k=parsed.k, offset=parsed.offset, min_score=parsed.min_score, dedup=parsed.dedup
+    )
     return _checked(options, settings), Target(parsed.target)
 
 
