@@ -19,12 +19,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
+from xmodal.models import errors
+
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
+# The defaults, here once; app/settings.py's batch_* settings use them too.
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_WAIT_MS = 10.0
+DEFAULT_MAX_QUEUE = 1024
 Result = TypeVar("Result")
 
 
-class Overloaded(RuntimeError):
+class Overloaded(errors.Overloaded, RuntimeError):
     """The batcher's queue is full; the caller should retry later."""
 
 
@@ -34,14 +40,13 @@ class DynamicBatcher(Generic[Item, Result]):
         name: str,
         run_batch: Callable[[list[Item]], Sequence[Result]],
         executor: Executor,
-        max_batch_size: int = 64,
-        max_wait_ms: float = 2.0,
-        max_queue: int = 1024,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         self.name, self.run_batch, self.executor = name, run_batch, executor
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_ms / 1000
         self.queue: asyncio.Queue[tuple[Item, asyncio.Future]] = asyncio.Queue(maxsize=max_queue)
-        self.batch_sizes: list[int] = []  # recent sizes, for metrics and tests
         self.size_counts: Counter[int] = Counter()  # batch size -> batches run, since start (for /metrics)
         self._task: asyncio.Task | None = None
         self._last_batch = 0  # size of the previous batch: > 1 means requests are arriving together
@@ -90,7 +95,6 @@ class DynamicBatcher(Generic[Item, Result]):
             if not live:
                 continue
             self._last_batch = len(live)
-            self.batch_sizes = (self.batch_sizes + [len(live)])[-1000:]
             self.size_counts[len(live)] += 1
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in live])

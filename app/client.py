@@ -4,8 +4,9 @@
         hits = xm.search_text("a dog on a beach", k=5).results
 
 Every method returns the server's response model (app/schemas.py). Every method that reads an index or uses a
-model takes `index=NAME` to pick one of the served indexes (GET /v1/indexes); left out, the server's default. A 4xx/5xx raises `XmodalError` with the
-status and the server's `detail`; 429 and 503 are retried (at most `retries` more times), waiting what the
+model takes `index=NAME` to pick one of the served indexes (GET /v1/indexes); left out, the server's default.
+A 4xx/5xx raises `XmodalHTTPError` (not the server side's xmodal.models.errors.XmodalError) with the status
+and the server's `detail`; 429 and 503 are retried (at most `retries` more times), waiting what the
 server's Retry-After says (capped at `max_wait_s`), else an exponential backoff. Images are a path, bytes or a
 PIL image. This module imports no model code: it needs httpx, pydantic and (for PIL images) Pillow.
 """
@@ -41,7 +42,7 @@ ImageLike = Union[str, Path, bytes, "PIL.Image.Image"]  # noqa: F821 - Pillow is
 RETRY_STATUSES = (429, 503)
 
 
-class XmodalError(Exception):
+class XmodalHTTPError(Exception):
     """The server answered an error: `status`, its `detail` text, and the X-Request-ID to find it in the logs."""
 
     def __init__(self, status: int, detail: str, request_id: str | None = None):
@@ -90,12 +91,12 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error(response: httpx.Response) -> XmodalError:
+def _error(response: httpx.Response) -> XmodalHTTPError:
     try:
         detail = response.json().get("detail") or response.reason_phrase
     except (ValueError, AttributeError):
         detail = response.text or response.reason_phrase
-    return XmodalError(response.status_code, str(detail), response.headers.get("x-request-id"))
+    return XmodalHTTPError(response.status_code, str(detail), response.headers.get("x-request-id"))
 
 
 class _Endpoints:

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from xmodal.app.errors import ApiError
 from xmodal.app.runtime import Runtime
 from xmodal.app.served import ServedIndex
 from xmodal.app.settings import DEFAULT_INDEX, Settings
+from xmodal.models.errors import InvalidInput, NotFound, Unavailable
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -20,7 +20,7 @@ def get_ready_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     if not runtime.ready:
         detail = f"not ready: {runtime.error}" if runtime.error else "not ready: still loading the index and model"
-        raise ApiError(503, detail, headers={"Retry-After": "5"})
+        raise Unavailable(detail)
     return runtime
 
 
@@ -39,11 +39,14 @@ IndexQuery = Annotated[
 def pick_index(runtime: Runtime, *names: object) -> ServedIndex:
     """The served index a request names (in its body and/or query; they must agree), or the default one:
     the only index, else the one named "default". 404 for an unknown name."""
-    given = [name for name in names if name is not None]
-    if not all(isinstance(name, str) for name in given):
-        raise ApiError(422, "index must be a string: the name of a served index")
+    given: list[str] = []
+    for name in names:
+        if name is not None and not isinstance(name, str):
+            raise InvalidInput("index must be a string: the name of a served index")
+        if name is not None:
+            given.append(name)
     if len(set(given)) > 1:
-        raise ApiError(422, f"index is named twice, differently: {sorted(map(str, set(given)))}")
+        raise InvalidInput(f"index is named twice, differently: {sorted(map(str, set(given)))}")
     name = given[0] if given else None
     served = runtime.indexes
     if name is None:
@@ -51,22 +54,22 @@ def pick_index(runtime: Runtime, *names: object) -> ServedIndex:
             return next(iter(served.values()))
         if DEFAULT_INDEX in served:
             return served[DEFAULT_INDEX]
-        raise ApiError(422, f"this server has several indexes ({', '.join(served)}): name one with `index`")
+        raise InvalidInput(f"this server has several indexes ({', '.join(served)}): name one with `index`")
     if name not in served:
-        raise ApiError(404, f"no index named {name!r}; this server has: {', '.join(served)}")
+        raise NotFound(f"no index named {name!r}; this server has: {', '.join(served)}")
     return served[name]
 
 
 def check_k(k: int, settings: Settings) -> int:
     if not 1 <= k <= settings.max_k:
-        raise ApiError(422, f"k must be between 1 and {settings.max_k}, got {k}")
+        raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
     return k
 
 
 def check_text(text: str, settings: Settings, what: str = "text") -> str:
     text = text.strip()
     if not text:
-        raise ApiError(422, f"{what} is empty")
+        raise InvalidInput(f"{what} is empty")
     if len(text) > settings.max_text_chars:
-        raise ApiError(422, f"{what} is {len(text)} characters, over the limit of {settings.max_text_chars}")
+        raise InvalidInput(f"{what} is {len(text)} characters, over the limit of {settings.max_text_chars}")
     return text

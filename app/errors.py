@@ -1,35 +1,79 @@
-"""Every error leaves as JSON `{"detail": "..."}` with a 4xx/5xx status, never an HTML page."""
+"""Every error leaves as JSON `{"detail": "..."}`, never an HTML page; only typed errors are the client's fault.
+
+An `XmodalError` (models/errors.py) becomes the 4xx/5xx its kind means (STATUS_BY_KIND), plus FastAPI's own
+422 for a body that fails its pydantic model. Any other exception is a bug: a 500 whose body carries the
+request id (the X-Request-ID header, app/middleware.py) and which is logged once, with its traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from xmodal.app.batching import Overloaded
+from xmodal.app.logs import request_id_var
+from xmodal.models.errors import (
+    Conflict,
+    InvalidInput,
+    Malformed,
+    NotFound,
+    Overloaded,
+    TooLarge,
+    Unavailable,
+    Unsupported,
+    XmodalError,
+)
 
 log = logging.getLogger(__name__)
 
+# Most specific first: the first kind an error is an instance of gives its status.
+STATUS_BY_KIND: tuple[tuple[type[XmodalError], int], ...] = (
+    (Malformed, 400),
+    (TooLarge, 413),
+    (InvalidInput, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Overloaded, 429),
+    (Unsupported, 501),
+    (Unavailable, 503),
+)
 
-class ApiError(Exception):
+
+class ApiError(XmodalError):
+    """A refusal whose HTTP status no kind names (401, 403, 415, ...): it carries the status itself."""
+
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, headers
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+def status_of(exc: XmodalError) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status
+    return next((status for kind, status in STATUS_BY_KIND if isinstance(exc, kind)), 500)
 
-    @app.exception_handler(Overloaded)
-    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse(
-            {"detail": f"overloaded, retry shortly: {exc}"}, status_code=429, headers={"Retry-After": "1"}
-        )
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_middleware(UnhandledErrorMiddleware)  # added first: innermost, right around the routes
+
+    @app.exception_handler(XmodalError)
+    async def typed_error(_: Request, exc: XmodalError) -> JSONResponse:
+        status = status_of(exc)
+        if status >= 500 and not isinstance(exc, Unavailable | Unsupported):
+            _log_unhandled(exc)  # an XmodalError of no HTTP kind (e.g. a failed build) is still our fault
+            return _internal_error()
+        headers = exc.headers if isinstance(exc, ApiError) else None
+        if isinstance(exc, Unavailable):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        detail = exc.detail if isinstance(exc, ApiError) else str(exc)
+        if isinstance(exc, Overloaded):
+            detail = f"overloaded, retry shortly: {detail}"
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -41,13 +85,51 @@ def install_error_handlers(app: FastAPI) -> None:
         readable = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
         return JSONResponse({"detail": readable or "invalid request", "errors": _jsonable(errors)}, status_code=422)
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+class UnhandledErrorMiddleware:
+    """Any exception no handler took: log it once with its traceback, answer 500 with the request id.
+
+    Starlette's own catch-all (ServerErrorMiddleware) re-raises after answering, so the server would log the
+    same traceback a second time; this layer answers and stops there.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except StarletteHTTPException:
+            raise  # the body limit's 413 (app/middleware.py answers it)
+        except Exception as exc:  # noqa: BLE001 - the last stop for bugs: logged here, once
+            if started:
+                raise  # too late for a clean answer: the server logs it and closes the connection
+            _log_unhandled(exc)
+            await _internal_error()(scope, receive, send)
 
 
-def _jsonable(errors: list[dict]) -> list[dict]:
+def _log_unhandled(exc: BaseException) -> None:
+    log.error("unhandled error (request id %s)", request_id_var.get(), exc_info=exc)
+
+
+def _internal_error() -> JSONResponse:
+    request_id = request_id_var.get()
+    return JSONResponse(
+        {"detail": f"internal error; quote request id {request_id} when reporting it", "request_id": request_id},
+        status_code=500,
+    )
+
+
+def _jsonable(errors: Sequence[Any]) -> list[dict]:
     return [
         {
             key: (value if key != "ctx" else {k: str(v) for k, v in value.items()})

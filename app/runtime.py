@@ -12,13 +12,14 @@ from xmodal.app.served import ServedIndex, ServedModel
 from xmodal.app.settings import Settings
 from xmodal.indexer.reader import OpenIndex
 from xmodal.models.encoders import Encoder
+from xmodal.models.errors import Conflict
 from xmodal.models.generation import Captioner
 
 log = logging.getLogger(__name__)
 
 
-class IndexModelMismatch(RuntimeError):
-    pass
+class IndexModelMismatch(Conflict, RuntimeError):
+    """An index's manifest names other weights than the model it would be searched with."""
 
 
 class Runtime:

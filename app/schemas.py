@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
+
+MIN_SAMPLING_FLOAT = 1e-4  # smallest temperature / top_p: logits divided by it stay finite in float32
 
 
 class Target(str, Enum):
@@ -187,6 +189,12 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+    request_id: str | None = Field(None, description="500 only: the X-Request-ID to quote when reporting it")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's documented error statuses, each with the ErrorBody shape (FastAPI's `responses=`)."""
+    return {code: {"model": ErrorBody} for code in codes}
 
 
 class CaptionRequest(IndexField):
@@ -201,10 +209,14 @@ class CaptionRequest(IndexField):
         0, description="Also return the best N captions with scores (0..max_alternatives); N > 1 needs beam or sample"
     )
     prompt: str = Field("", description="Text the caption starts with; the caption continues it and leaves it out")
-    seed: int | None = Field(None, description="mode=sample: the same seed gives the same captions")
+    # The bounds keep values the decoder's float32 arithmetic cannot take (a seed beyond 64 bits, a temperature
+    # or top_p that rounds to 0) a 422 rather than a failure deep in sampling.
+    seed: int | None = Field(
+        None, ge=-(2**63), lt=2**64, description="mode=sample: the same seed gives the same captions (64-bit)"
+    )
     top_k: int | None = Field(None, description="mode=sample: sample among the k most likely tokens (0: all)")
-    top_p: float | None = Field(None, description="mode=sample: nucleus sampling, in (0, 1]")
-    temperature: float | None = Field(None, description="mode=sample: > 0")
+    top_p: float | None = Field(None, ge=MIN_SAMPLING_FLOAT, description="mode=sample: nucleus sampling, in [1e-4, 1]")
+    temperature: float | None = Field(None, ge=MIN_SAMPLING_FLOAT, description="mode=sample: > 0 (at least 1e-4)")
 
 
 class CaptionAlternative(BaseModel):

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from xmodal.app.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS
 from xmodal.models.images import DEFAULT_MAX_PIXELS
 from xmodal.models.prompts import DEFAULT_VQA_PROMPT
 
@@ -65,14 +66,14 @@ class Settings(BaseSettings):
         5.0, ge=0, description="How often to check the index's CURRENT for a new version to hot-swap (0: never)"
     )
     batching: bool = Field(True, description="Gather concurrent text/image encodes into shared model batches")
-    batch_max_size: int = Field(64, ge=1, description="Most items in one model batch")
+    batch_max_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, description="Most items in one model batch")
     batch_max_wait_ms: float = Field(
-        10.0,
+        DEFAULT_MAX_WAIT_MS,
         ge=0,
         description="Under load (the previous batch held several requests), how long a batcher waits "
         "to fill a batch; a lone request at low load never waits",
     )
-    batch_max_queue: int = Field(1024, ge=1, description="Waiting items per batcher before answering 429")
+    batch_max_queue: int = Field(DEFAULT_MAX_QUEUE, ge=1, description="Waiting items per batcher before answering 429")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image upload or request body")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest decoded image (width x height)")

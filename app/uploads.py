@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -13,9 +12,11 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from xmodal.app.bodies import parse_json
 from xmodal.app.errors import ApiError
 from xmodal.app.fetch import FetchError, fetch_image
 from xmodal.app.settings import Settings
+from xmodal.models.errors import InvalidInput, Malformed, TooLarge
 from xmodal.models.images import ImageError, ImageTooLarge, load_image
 
 # Room for multipart boundaries/headers and base64's 4/3 growth over the image limit.
@@ -29,7 +30,7 @@ class ImageInput:
 
 
 async def read_image_input(request: Request, settings: Settings) -> ImageInput:
-    """Decode the request's image (off the event loop); every failure is a 4xx ApiError."""
+    """Decode the request's image (off the event loop); every failure is a typed 4xx (models/errors.py)."""
     data, fields = await _read_image_bytes(request, settings)
     return ImageInput(await _decode(data, settings), fields)
 
@@ -38,9 +39,9 @@ async def _decode(data: bytes, settings: Settings) -> Image.Image:
     try:
         return await run_in_threadpool(load_image, data, settings.max_pixels)
     except ImageTooLarge as exc:
-        raise ApiError(413, f"image too large: {exc}") from exc
+        raise TooLarge(f"image too large: {exc}") from exc
     except ImageError as exc:
-        raise ApiError(422, f"unreadable image: {exc}") from exc
+        raise InvalidInput(f"unreadable image: {exc}") from exc
 
 
 async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes, dict]:
@@ -63,9 +64,9 @@ async def _read_image_bytes(request: Request, settings: Settings) -> tuple[bytes
 
 def _check_size(data: bytes, limit: int) -> None:
     if not data:
-        raise ApiError(422, "the image is empty (0 bytes)")
+        raise InvalidInput("the image is empty (0 bytes)")
     if len(data) > limit:
-        raise ApiError(413, f"image is {len(data):,} bytes, over the limit of {limit:,}")
+        raise TooLarge(f"image is {len(data):,} bytes, over the limit of {limit:,}")
 
 
 async def _from_multipart(request: Request, limit: int) -> tuple[bytes, dict]:
@@ -74,22 +75,19 @@ async def _from_multipart(request: Request, limit: int) -> tuple[bytes, dict]:
     except HTTPException:
         raise  # the body limit (app/middleware.py)
     except Exception as exc:  # noqa: BLE001 - starlette raises several types for malformed forms
-        raise ApiError(400, f"malformed multipart body: {exc}") from exc
+        raise Malformed(f"malformed multipart body: {exc}") from exc
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise ApiError(422, "multipart field 'file' (the image) is required")
+        raise InvalidInput("multipart field 'file' (the image) is required")
     data = await upload.read(limit + 1)
     fields = {key: value for key, value in form.items() if key != "file" and isinstance(value, str)}
     return data, fields
 
 
 async def read_json_payload(request: Request, settings: Settings) -> object:
-    """A JSON body within the upload limit (room for base64), parsed; 400 when it is not JSON."""
-    body = await read_body(request, settings.max_upload_bytes * 4 // 3 + _ENVELOPE_BYTES)
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    """A JSON body within the upload limit (room for base64), parsed by app.bodies.parse_json (400 when it is
+    not JSON, nested too deeply or holds a non-finite number)."""
+    return parse_json(await read_body(request, settings.max_upload_bytes * 4 // 3 + _ENVELOPE_BYTES))
 
 
 async def image_from_payload(payload: dict, settings: Settings) -> ImageInput:
@@ -108,21 +106,21 @@ async def _image_bytes_from_payload(payload: object, settings: Settings) -> tupl
         return await _from_url(payload, settings), payload
     if not isinstance(payload, dict) or not isinstance(payload.get("image_b64"), str):
         more = " (or 'image_url')" if settings.allow_image_url else ""
-        raise ApiError(422, f"JSON body needs a string field 'image_b64'{more}")
+        raise InvalidInput(f"JSON body needs a string field 'image_b64'{more}")
     encoded = payload.pop("image_b64")
     if encoded.startswith("data:") and "," in encoded:
         encoded = encoded.split(",", 1)[1]  # accept data URLs from browsers
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(422, f"image_b64 is not valid base64: {exc}") from exc
+        raise InvalidInput(f"image_b64 is not valid base64: {exc}") from exc
     return data, payload
 
 
 async def _from_url(payload: dict, settings: Settings) -> bytes:
     url = payload.pop("image_url")
     if not settings.allow_image_url:
-        raise ApiError(422, "image_url is turned off on this server (XMODAL_ALLOW_IMAGE_URL); send image_b64")
+        raise InvalidInput("image_url is turned off on this server (XMODAL_ALLOW_IMAGE_URL); send image_b64")
     try:
         return await fetch_image(url, max_bytes=settings.max_upload_bytes, timeout_s=settings.image_url_timeout_s)
     except FetchError as exc:
@@ -136,7 +134,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body over the limit of {limit:,} bytes")
+            raise TooLarge(f"request body over the limit of {limit:,} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -144,4 +142,4 @@ async def read_body(request: Request, limit: int) -> bytes:
 def _check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is {int(declared):,} bytes, over the limit of {limit:,}")
+        raise TooLarge(f"request body is {int(declared):,} bytes, over the limit of {limit:,}")

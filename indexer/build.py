@@ -32,6 +32,7 @@ from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
 from xmodal.indexer.sources import Record, Source, captions_for, open_source, read_captions, read_record_bytes
 from xmodal.models.encoders import Encoder
+from xmodal.models.errors import XmodalError
 from xmodal.models.generation import can_caption, generate_captions
 from xmodal.models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, source_size
 from xmodal.models.specs import DEFAULT_SPEC
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 TEXT_BATCH = 256
 
 
-class BuildError(RuntimeError):
-    pass
+class BuildError(XmodalError, RuntimeError):
+    """The build cannot go on (no images, a model that does not fit the index, ...); the message says why."""
 
 
 def default_workers() -> int:

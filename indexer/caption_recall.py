@@ -15,12 +15,13 @@ import numpy as np
 
 from xmodal.indexer import store
 from xmodal.models import scores
+from xmodal.models.errors import InvalidInput
 
 DEFAULT_KS = (1, 5, 10)
 CHUNK = 1024  # queries scored at once, to bound memory on large indexes
 
 
-class NoCaptionsError(ValueError):
+class NoCaptionsError(InvalidInput):
     """The index was built without --captions, so there is nothing to match images against."""
 
 

@@ -13,12 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from xmodal.models.errors import InvalidInput
+
 FILTERABLE_FIXED = ("path", "width", "height", "sha256")
 _NOT_FILTERABLE = {"id", "location", "captions", "duplicates", "generated_caption"}
 _RANGES = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}
 
 
-class FilterError(ValueError):
+class FilterError(InvalidInput):
     """A filter names an unknown column or an unknown operator, or a value of the wrong type."""
 
 
@@ -37,7 +39,11 @@ def matching_ids(items: pa.Table, filters: dict) -> np.ndarray:
         values = items.column(column)
         try:
             clause = _clause(values, condition, column)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        # Arrow refuses a value of another type (ArrowException, TypeError, ValueError) or out of the column's
+        # range (OverflowError: {"width": 10**30} on an int64 column).
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, FilterError):
+                raise
             raise FilterError(f"filter on {column!r} does not fit the column's type {values.type}: {exc}") from exc
         mask = clause if mask is None else pc.and_(mask, clause)
     if mask is None:

@@ -13,6 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from xmodal.models.errors import InvalidInput
+
 SMALL_N = 10_000  # below this, exact search is always cheap and ANN training has too little data
 FLAT_NS_PER_ELEMENT = 0.25  # one exact query, one thread: ~0.23 ns per (vector x dimension), measured
 DEFAULT_LATENCY_MS = 10.0
@@ -26,7 +28,7 @@ OPQ_MIN_DIMS_PER_CODE = 8  # OPQ ranks above plain PQ when dim / m >= this
 ID_BYTES = 8  # IVF stores an int64 id per vector
 
 
-class NoIndexFits(ValueError):
+class NoIndexFits(InvalidInput):
     """No index for these vectors fits the memory budget."""
 
     def __init__(self, n: int, dim: int, budget_bytes: int, smallest: IndexChoice | None):

@@ -29,14 +29,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xmodal.indexer.manifest import Manifest
+from xmodal.models.errors import NotFound
 
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 SHARD_ROWS = 100_000
 
 
-class IndexNotFound(FileNotFoundError):
-    pass
+class IndexNotFound(NotFound, FileNotFoundError):
+    """No index (no CURRENT, no version folder) where one was expected."""
 
 
 class VersionWriter:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from torch import Tensor
 
 from xmodal.models.decoding import Candidate, CocaDecoder, DecodeOptions, is_captioner
 from xmodal.models.encoders import Encoder
+from xmodal.models.errors import InvalidInput, Unsupported
 from xmodal.models.loading import LoadedModel
 from xmodal.models.prompts import DEFAULT_VQA_PROMPT, vqa_prompt
 
@@ -30,7 +31,7 @@ DEFAULT_ANSWER_TOKENS = 10
 AnswerMethod = Literal["generated", "likelihood", "contrastive"]
 
 
-class DecoderUnavailable(RuntimeError):
+class DecoderUnavailable(Unsupported, RuntimeError):
     """The model has no text decoder, so it cannot write text (captions, open-ended answers)."""
 
 
@@ -76,7 +77,9 @@ class Captioner:
 
     def caption(self, pixels: Tensor, options: DecodeOptions = DecodeOptions()) -> list[list[Candidate]]:
         """Per image of a (B, 3, H, W) batch, `options.num_return_sequences` captions, best first."""
-        return self.require_decoder("captioning").generate(pixels, options)
+        decoder = self.require_decoder("captioning")
+        _check_room(decoder, options.prefix, [], max(1, options.min_new_tokens))
+        return decoder.generate(pixels, options)
 
     def prompt_for(self, question: str) -> str:
         return vqa_prompt(question.strip(), self.vqa_prompt)
@@ -99,13 +102,15 @@ class Captioner:
             raise ValueError(f"pixels must be one preprocessed (3, H, W) image, got {shape}")
         question = question.strip()
         if not question:
-            raise ValueError("the question is empty")
+            raise InvalidInput("the question is empty")
         if answers is None:
             decoder = self.require_decoder("open-ended VQA")
-            options = DecodeOptions(max_new_tokens=max_new_tokens, prefix=self.prompt_for(question))
+            options = decode_options(max_new_tokens=max_new_tokens, prefix=self.prompt_for(question))
+            _check_room(decoder, options.prefix, [], 1)
             return VqaAnswer(decoder.generate(pixels[None], options)[0][0].text, None, "generated")
         candidates = clean_answers(answers)
         if self.decoder is not None:
+            _check_room(self.decoder, self.prompt_for(question), candidates, 0)
             scores = self.decoder.score_answers(pixels[None], [self.prompt_for(question)], [candidates])[0]
             method: AnswerMethod = "likelihood"
         else:
@@ -133,16 +138,45 @@ class Captioner:
 def clean_answers(answers: Sequence[str]) -> list[str]:
     """Candidate answers stripped; refuses an empty list, empty answers and duplicates."""
     if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) == 0:
-        raise ValueError("candidate answers must be a non-empty list of strings")
+        raise InvalidInput("candidate answers must be a non-empty list of strings")
     cleaned = []
     for answer in answers:
         if not isinstance(answer, str) or not answer.strip():
-            raise ValueError(f"every candidate answer must be a non-empty string, got {answer!r}")
+            raise InvalidInput(f"every candidate answer must be a non-empty string, got {answer!r}")
         cleaned.append(answer.strip())
     duplicates = sorted({a for a in cleaned if cleaned.count(a) > 1})
     if duplicates:
-        raise ValueError(f"candidate answers must be distinct; repeated: {', '.join(map(repr, duplicates))}")
+        raise InvalidInput(f"candidate answers must be distinct; repeated: {', '.join(map(repr, duplicates))}")
     return cleaned
+
+
+def decode_options(**options: Any) -> DecodeOptions:
+    """DecodeOptions from a caller's values; InvalidInput with DecodeOptions' own reason when they do not fit."""
+    try:
+        return DecodeOptions(**options)
+    except (TypeError, ValueError) as exc:  # DecodeOptions checks its fields with ValueError (models/decoding.py)
+        raise InvalidInput(f"invalid decoding options: {exc}") from exc
+
+
+def _check_room(decoder: CocaDecoder, prompt: str, answers: Sequence[str], new_tokens: int) -> None:
+    """InvalidInput unless the prompt leaves `new_tokens` of the context free, and the prompt and each answer
+    fit it: the decoder's own checks, as the caller's error, before any model work."""
+    prompt_tokens = 1 + len(decoder.tokenizer.encode(prompt))  # the start token, then the prompt
+    room = decoder.context_length - prompt_tokens
+    if room < new_tokens:
+        raise InvalidInput(
+            f"the prompt takes {prompt_tokens} tokens of the context length {decoder.context_length}, leaving "
+            f"{max(room, 0)} for new tokens; shorten it"
+        )
+    for answer in answers:
+        answer_tokens = len(decoder.tokenizer.encode(answer)) + 1  # and the end-of-text after it
+        if answer_tokens == 1:
+            raise InvalidInput(f"answer {answer!r} has no tokens")
+        if prompt_tokens + answer_tokens > decoder.context_length:
+            raise InvalidInput(
+                f"the question and answer {answer!r} take {prompt_tokens + answer_tokens} tokens, more than the "
+                f"context length {decoder.context_length}; shorten them"
+            )
 
 
 def can_caption(model: Encoder | LoadedModel) -> bool:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from xmodal.models.errors import InvalidInput, TooLarge
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".tga"})
 # Only these decoders may run: Pillow would otherwise try dozens of rarely used
 # parsers (and hand EPS files to Ghostscript) on whatever bytes arrive.
@@ -27,11 +29,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _BACKGROUND = (255, 255, 255)
 
 
-class ImageError(ValueError):
+class ImageError(InvalidInput):
     """The input is not an image we can safely decode; the message says why."""
 
 
-class ImageTooLarge(ImageError):
+class ImageTooLarge(ImageError, TooLarge):
     """The image has more pixels than the budget (decompression bombs included)."""
 
 

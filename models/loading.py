@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from xmodal.models.errors import InvalidInput, Unavailable
 from xmodal.models.registry import register_configs
 from xmodal.models.specs import ModelSpec, SpecKind, parse_spec
 
@@ -32,11 +33,11 @@ RANDOM_SEED = 0
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(InvalidInput):
     """The spec names no architecture, tag or file we know."""
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(Unavailable, RuntimeError):
     """The weights are not on this machine and may not (or could not) be downloaded."""
 
 

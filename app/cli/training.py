@@ -281,7 +281,7 @@ def evaluate(
 def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings) -> dict:
     import httpx
 
-    from xmodal.app.client import XmodalClient, XmodalError
+    from xmodal.app.client import XmodalClient, XmodalHTTPError
     from xmodal.app.endpoint_eval import evaluate_through_server
     from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation
 
@@ -292,7 +292,7 @@ def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings
         with XmodalClient(url, api_key=api_key, timeout=300) as client:
             served = client.index().model_dump()
             result = evaluate_through_server(client, evaluation, concurrency=concurrency)
-    except XmodalError as exc:
+    except XmodalHTTPError as exc:
         fail(f"{url} answered {exc.status}: {exc.detail}")
     except httpx.HTTPError as exc:
         fail(f"cannot reach {url}: {exc}")

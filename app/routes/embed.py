@@ -5,14 +5,15 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from xmodal.app.bodies import elapsed_ms, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
-from xmodal.app.errors import ApiError
-from xmodal.app.schemas import EmbedResponse, EmbedTextRequest, ErrorBody, NoFields, image_request_body
+from xmodal.app.schemas import EmbedResponse, EmbedTextRequest, NoFields, error_responses, image_request_body
 from xmodal.app.served import ServedModel
 from xmodal.app.uploads import read_image_input
+from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/embed", tags=["embed"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 503)
 
 
 @router.post(
@@ -24,7 +25,7 @@ async def embed_text(
     started = time.perf_counter()
     texts = [check_text(text, settings) for text in body.all_texts]
     if not 1 <= len(texts) <= settings.max_embed_batch:
-        raise ApiError(422, f"give 1 to {settings.max_embed_batch} texts, got {len(texts)}")
+        raise InvalidInput(f"give 1 to {settings.max_embed_batch} texts, got {len(texts)}")
     model = pick_index(runtime, body.index, index_name).model
     vectors = await model.embed_texts(texts)
     return _response(model, vectors, started)
@@ -42,7 +43,8 @@ async def embed_image(
 ) -> EmbedResponse:
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
-    model = pick_index(runtime, upload.fields.get("index"), index_name).model
+    fields = parse_fields(NoFields, upload.fields)
+    model = pick_index(runtime, fields.index, index_name).model
     pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
     vectors = await model.embed_images([pixels])
     return _response(model, vectors, started)
@@ -53,5 +55,5 @@ def _response(model: ServedModel, vectors, started: float) -> EmbedResponse:
         embeddings=vectors.tolist(),
         dim=int(vectors.shape[1]),
         model=model.encoder.spec,
-        took_ms=round((time.perf_counter() - started) * 1000, 3),
+        took_ms=elapsed_ms(started),
     )

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from xmodal.app.bodies import elapsed_ms, json_list_fields, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
-from xmodal.app.errors import ApiError
-from xmodal.app.routes.caption import parse_fields
 from xmodal.app.runtime import Runtime
-from xmodal.app.schemas import ErrorBody, RankHit, RankImageFields, RankResponse, RankTextRequest
+from xmodal.app.schemas import RankHit, RankImageFields, RankResponse, RankTextRequest, error_responses
 from xmodal.app.served import ServedIndex
 from xmodal.app.settings import Settings
 from xmodal.app.uploads import ImageInput, image_from_payload, read_image_input, read_json_payload
 from xmodal.app.vectors import stored_rows
+from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/rank", tags=["rank"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
 
 _IMAGE_B64 = {"type": "string", "description": "base64 of the image file"}
 _TEXTS = RankImageFields.model_json_schema()["properties"]["texts"]
@@ -86,7 +85,7 @@ async def rank(
             body = parse_fields(RankTextRequest, payload)
             return await _rank_items(body, pick_index(runtime, body.index, index_name), settings, started)
         if not isinstance(payload, dict):
-            raise ApiError(422, "JSON body must be an object: {image_b64, texts} or {text, images}")
+            raise InvalidInput("JSON body must be an object: {image_b64, texts} or {text, images}")
         upload = await image_from_payload(payload, settings)
     else:
         upload = await read_image_input(request, settings)  # multipart, or a 415 for anything else
@@ -96,13 +95,7 @@ async def rank(
 async def _rank_texts(
     upload: ImageInput, runtime: Runtime, settings: Settings, started: float, index_name: str | None
 ) -> RankResponse:
-    fields = upload.fields
-    if isinstance(fields.get("texts"), str):  # a multipart form carries the list as one JSON string
-        try:
-            fields = {**fields, "texts": json.loads(fields["texts"])}
-        except json.JSONDecodeError as exc:
-            raise ApiError(422, f'texts must be a JSON array of strings, e.g. ["a dog", "a cat"] ({exc})') from exc
-    parsed = parse_fields(RankImageFields, fields)
+    parsed = parse_fields(RankImageFields, json_list_fields(upload.fields, "texts"))
     model = pick_index(runtime, parsed.index, index_name).model
     texts = parsed.texts
     _check_count(len(texts), "texts", settings)
@@ -113,7 +106,7 @@ async def _rank_texts(
     scores = text_emb @ image_emb
     order = np.argsort(-scores, kind="stable")
     results = [RankHit(position=int(i), score=float(scores[i]), text=texts[i]) for i in order]
-    return RankResponse(results=results, took_ms=_ms(started))
+    return RankResponse(results=results, took_ms=elapsed_ms(started))
 
 
 async def _rank_items(body: RankTextRequest, served: ServedIndex, settings: Settings, started: float) -> RankResponse:
@@ -123,7 +116,7 @@ async def _rank_items(body: RankTextRequest, served: ServedIndex, settings: Sett
     count = index.manifest.images.count
     unknown = [item_id for item_id in body.images if not 0 <= item_id < count]
     if unknown:
-        raise ApiError(422, f"unknown item ids: {unknown[:10]} (this index has ids 0..{count - 1})")
+        raise InvalidInput(f"unknown item ids: {unknown[:10]} (this index has ids 0..{count - 1})")
     vectors = await run_in_threadpool(stored_rows(index, "images").take, np.asarray(body.images))
     query_emb = (await served.model.embed_texts([text]))[0]
     scores = vectors @ query_emb
@@ -133,13 +126,9 @@ async def _rank_items(body: RankTextRequest, served: ServedIndex, settings: Sett
         RankHit(position=int(i), score=float(scores[i]), id=body.images[i], path=paths[body.images[i]].as_py())
         for i in order
     ]
-    return RankResponse(results=results, took_ms=_ms(started))
+    return RankResponse(results=results, took_ms=elapsed_ms(started))
 
 
 def _check_count(count: int, what: str, settings: Settings) -> None:
     if not 1 <= count <= settings.max_rank_candidates:
-        raise ApiError(422, f"give 1 to {settings.max_rank_candidates} {what}, got {count}")
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
+        raise InvalidInput(f"give 1 to {settings.max_rank_candidates} {what}, got {count}")

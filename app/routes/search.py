@@ -7,10 +7,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from xmodal.app.bodies import elapsed_ms, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_k, check_text, pick_index
-from xmodal.app.errors import ApiError
 from xmodal.app.schemas import (
-    ErrorBody,
     ImageHit,
     ImageSearchFields,
     SearchOptions,
@@ -19,16 +18,17 @@ from xmodal.app.schemas import (
     TextHit,
     TextSearchRequest,
     VectorSearchRequest,
+    error_responses,
     image_request_body,
 )
 from xmodal.app.settings import Settings
 from xmodal.app.uploads import read_image_input
 from xmodal.app.vectors import dedup, stored_rows
-from xmodal.indexer.filters import FilterError
 from xmodal.indexer.reader import OpenIndex
+from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 429, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
 DEDUP_MAX_POOL = 16  # with dedup, at most 16 x (offset + k) candidates are examined
 
 
@@ -42,7 +42,7 @@ async def search_text(
     index = served.index  # one version for the whole request, even if a hot swap happens meanwhile
     options = _checked(body, settings)
     query_emb = await served.model.embed_texts([text])
-    return SearchResponse(results=_image_hits(index, query_emb, options), took_ms=_ms(started))
+    return SearchResponse(results=_image_hits(index, query_emb, options), took_ms=elapsed_ms(started))
 
 
 @router.post(
@@ -58,12 +58,12 @@ async def search_image(
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
     options, target = _image_query_fields(upload.fields, settings)
-    served = pick_index(runtime, upload.fields.get("index"), index_name)
+    served = pick_index(runtime, options.index, index_name)
     index = served.index
     _check_target(index, target)
     pixels = await run_in_threadpool(served.model.encoder.preprocess_image, upload.image)
     query_emb = await served.model.embed_images([pixels])
-    return SearchResponse(results=_hits(index, query_emb, options, target), took_ms=_ms(started))
+    return SearchResponse(results=_hits(index, query_emb, options, target), took_ms=elapsed_ms(started))
 
 
 @router.post("/vector", response_model=SearchResponse, responses=ERRORS, summary="A raw embedding → images or captions")
@@ -78,40 +78,32 @@ async def search_vector(
     dim = index.manifest.model.embed_dim
     norm = float(np.linalg.norm(vector)) if vector.size else 0.0
     if vector.shape != (dim,) or not math.isfinite(norm) or norm == 0:
-        raise ApiError(422, f"vector must be {dim} finite numbers, not all zero (got {vector.size})")
-    return SearchResponse(results=_hits(index, (vector / norm)[None], options, target), took_ms=_ms(started))
+        raise InvalidInput(f"vector must be {dim} finite numbers, not all zero (got {vector.size})")
+    return SearchResponse(results=_hits(index, (vector / norm)[None], options, target), took_ms=elapsed_ms(started))
 
 
 def _checked(options: SearchOptions, settings: Settings) -> SearchOptions:
     check_k(options.k, settings)
     if not 0 <= options.offset <= settings.max_offset:
-        raise ApiError(422, f"offset must be between 0 and {settings.max_offset}, got {options.offset}")
+        raise InvalidInput(f"offset must be between 0 and {settings.max_offset}, got {options.offset}")
     if options.dedup is not None and not (0 < options.dedup <= 1):
-        raise ApiError(422, f"dedup must be a cosine threshold in (0, 1], got {options.dedup}")
+        raise InvalidInput(f"dedup must be a cosine threshold in (0, 1], got {options.dedup}")
     return options
 
 
 def _image_query_fields(fields: dict, settings: Settings) -> tuple[SearchOptions, Target]:
-    try:
-        options = SearchOptions(
-            k=int(fields.get("k", 10)),
-            offset=int(fields.get("offset", 0)),
-            min_score=float(fields["min_score"]) if fields.get("min_score") not in (None, "") else None,
-            dedup=float(fields["dedup"]) if fields.get("dedup") not in (None, "") else None,
-        )
-        target = Target(fields.get("target", Target.images.value))
-    except (TypeError, ValueError) as exc:
-        raise ApiError(
-            422,
-            f"invalid field: k and offset must be integers, min_score and dedup numbers, target one of images, "
-            f"texts ({exc})",
-        ) from exc
-    return _checked(options, settings), target
+    # A multipart form may send an optional number as an empty field: the same as leaving it out.
+    given = {name: value for name, value in fields.items() if not (name in ("min_score", "dedup") and value == "")}
+    parsed = parse_fields(ImageSearchFields, given)
+    options = SearchOptions(
+        index=parsed.index, k=parsed.k, offset=parsed.offset, min_score=parsed.min_score, dedup=parsed.dedup
+    )
+    return _checked(options, settings), Target(parsed.target)
 
 
 def _check_target(index: OpenIndex, target: Target) -> None:
     if target is Target.texts and not index.has_texts:
-        raise ApiError(422, "this index has no captions to search; build it with `xmodal index --captions FILE`")
+        raise InvalidInput("this index has no captions to search; build it with `xmodal index --captions FILE`")
 
 
 def _hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions, target: Target):
@@ -142,10 +134,7 @@ def _page(hits: list[tuple[int, float]], options: SearchOptions) -> list[tuple[i
 def _image_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[ImageHit]:
     allowed = None
     if options.filters:
-        try:
-            allowed = index.matching_ids(options.filters)
-        except FilterError as exc:
-            raise ApiError(422, str(exc)) from exc
+        allowed = index.matching_ids(options.filters)  # FilterError (InvalidInput): 422
     search = lambda n: index.search_images(query_emb, n, allowed)[0]  # noqa: E731
     hits = _page(_candidates(index, search, options, Target.images), options)
     rows = index.item_rows([item_id for item_id, _ in hits])
@@ -154,7 +143,7 @@ def _image_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions)
 
 def _text_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[TextHit]:
     if options.filters:
-        raise ApiError(422, "filters apply to image results; target=texts takes none")
+        raise InvalidInput("filters apply to image results; target=texts takes none")
     search = lambda n: index.search_texts(query_emb, n)[0]  # noqa: E731
     hits = _page(_candidates(index, search, options, Target.texts), options)
     rows = index.text_rows([text_id for text_id, _ in hits])
@@ -163,7 +152,3 @@ def _text_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) 
         TextHit(id=row["id"], score=score, text=row["text"], image_id=row["image_id"], path=paths[row["image_id"]])
         for (_, score), row in zip(hits, rows)
     ]
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from xmodal.app.bodies import elapsed_ms, json_list_fields, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_text, pick_index
-from xmodal.app.errors import ApiError
-from xmodal.app.routes.caption import check_max_tokens, elapsed_ms, parse_fields
-from xmodal.app.schemas import ErrorBody, VqaRequest, VqaResponse, image_request_body
+from xmodal.app.routes.caption import check_max_tokens
+from xmodal.app.schemas import VqaRequest, VqaResponse, error_responses, image_request_body
 from xmodal.app.settings import Settings
 from xmodal.app.uploads import read_image_input
-from xmodal.models.generation import DecoderUnavailable
+from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/vqa", tags=["vqa"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 501, 503)}
+ERRORS = error_responses(400, 404, 413, 415, 422, 501, 503)
 MULTIPART_ANSWERS = {
     "answers": {"type": "string", "description": 'Candidate answers as a JSON array string, e.g. ["red", "blue"]'}
 }
@@ -37,42 +36,27 @@ async def answer_question(
 ) -> VqaResponse:
     started = time.perf_counter()
     upload = await read_image_input(request, settings)
-    fields = parse_fields(VqaRequest, _answers_from_json_string(upload.fields))
+    fields = parse_fields(VqaRequest, json_list_fields(upload.fields, "answers"))
     model = pick_index(runtime, fields.index, index_name).model
     question = check_text(fields.question, settings, "question")
     answers = _check_answers(fields.answers, settings)
     if answers is None:
         check_max_tokens(fields.max_tokens, settings)
     answer = functools.partial(model.captioner.answer, max_new_tokens=fields.max_tokens)
-    try:
-        if answers is None:
-            model.captioner.require_decoder("open-ended VQA")
-        pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
-        result = await model.run_model(answer, pixels, question, answers)
-    except DecoderUnavailable as exc:
-        raise ApiError(501, str(exc)) from exc
-    except ValueError as exc:  # duplicate answers, a prompt and answer over the context length, ...
-        raise ApiError(422, str(exc)) from exc
+    if answers is None:
+        model.captioner.require_decoder("open-ended VQA")  # DecoderUnavailable: 501
+    pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
+    # Duplicate answers, a question and answer over the context length, ...: InvalidInput from the model layer.
+    result = await model.run_model(answer, pixels, question, answers)
     return VqaResponse(answer=result.answer, scores=result.scores, method=result.method, took_ms=elapsed_ms(started))
-
-
-def _answers_from_json_string(fields: dict) -> dict:
-    """A multipart form carries `answers` as one JSON array string."""
-    answers = fields.get("answers")
-    if isinstance(answers, str):
-        try:
-            fields = {**fields, "answers": json.loads(answers)}
-        except json.JSONDecodeError as exc:
-            raise ApiError(422, f'answers must be a JSON array of strings, e.g. ["red", "blue"] ({exc})') from exc
-    return fields
 
 
 def _check_answers(answers: list[str] | None, settings: Settings) -> list[str] | None:
     if answers is None:
         return None
     if len(answers) > settings.max_answers:
-        raise ApiError(422, f"too many candidate answers: {len(answers)}, the limit is {settings.max_answers}")
+        raise InvalidInput(f"too many candidate answers: {len(answers)}, the limit is {settings.max_answers}")
     for answer in answers:
         if len(answer) > settings.max_text_chars:
-            raise ApiError(422, f"an answer is {len(answer)} characters, over the limit of {settings.max_text_chars}")
+            raise InvalidInput(f"an answer is {len(answer)} characters, over the limit of {settings.max_text_chars}")
     return answers

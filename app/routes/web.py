@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from xmodal.app.errors import ApiError
+from xmodal.models.errors import NotFound
 
 router = APIRouter(include_in_schema=False)  # not part of the API: kept out of /openapi.json
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -38,5 +38,5 @@ async def page() -> FileResponse:
 @router.get("/static/{name}")
 async def asset(name: str) -> FileResponse:
     if name not in ASSETS:
-        raise ApiError(404, f"no static file {name!r}")
+        raise NotFound(f"no static file {name!r}")
     return FileResponse(STATIC / name, media_type=ASSETS[name], headers=HEADERS)

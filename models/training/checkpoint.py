@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from xmodal.models.errors import Conflict
+
 PATTERN = "step-*.pt"
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(Conflict, RuntimeError):
     """A checkpoint was written with settings that would train different weights."""
 
 

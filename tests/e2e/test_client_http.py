@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import COCO_MINI, requires_data
-from xmodal.app.client import AsyncXmodalClient, XmodalClient, XmodalError
+from xmodal.app.client import AsyncXmodalClient, XmodalClient, XmodalHTTPError
 from xmodal.app.schemas import ImageHit, TextHit
 
 pytestmark = [pytest.mark.e2e, requires_data(COCO_MINI)]
@@ -57,10 +57,10 @@ def test_caption_vqa_health_and_admin(xm):
 
 
 def test_errors_carry_the_status_and_the_servers_detail(xm):
-    with pytest.raises(XmodalError) as raised:
+    with pytest.raises(XmodalHTTPError) as raised:
         xm.item(99999)
     assert raised.value.status == 404 and raised.value.detail == "no item with id 99999" and raised.value.request_id
-    with pytest.raises(XmodalError, match="422: text is empty"):
+    with pytest.raises(XmodalHTTPError, match="422: text is empty"):
         xm.search_text(" ")
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import COCO_MINI, requires_data
-from xmodal.app.client import XmodalClient, XmodalError
+from xmodal.app.client import XmodalClient, XmodalHTTPError
 from xmodal.app.testing import Server
 from xmodal.indexer import store
 from xmodal.indexer.build import BuildConfig, build_index
@@ -207,7 +207,7 @@ def test_client_passes_index_on_every_kind_of_call(many, folders):
         assert len(xm.rank_items("green", [0, 1], index="clip").results) == 2
         assert xm.vqa(photo, "what colour?", ["red", "green"], index="clip").method == "contrastive"
         assert xm.caption(PHOTO, max_tokens=3, index="shapes").caption
-        with pytest.raises(XmodalError) as unknown:
+        with pytest.raises(XmodalHTTPError) as unknown:
             xm.search_text("green", index="photos")
         assert unknown.value.status == 404
     with XmodalClient(many.url, api_key=ADMIN) as admin:

@@ -147,7 +147,7 @@ def test_image_endpoints_refuse_bad_input(client, tmp_path):
     ]
     search_only = [
         (dict(files=_file(PHOTO), data={"k": "0"}), 422, "k must be between"),
-        (dict(files=_file(PHOTO), data={"k": "ten"}), 422, "must be integers"),
+        (dict(files=_file(PHOTO), data={"k": "ten"}), 422, "k: Input should be a valid integer"),
         (dict(files=_file(PHOTO), data={"target": "videos"}), 422, "target"),
     ]
     for endpoint, endpoint_cases in (("/v1/search/image", cases + search_only), ("/v1/embed/image", cases)):

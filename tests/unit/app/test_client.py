@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 
 import httpx
 import pytest
 from PIL import Image
 
-from xmodal.app.client import AsyncXmodalClient, XmodalClient, XmodalError
+from xmodal.app.client import AsyncXmodalClient, XmodalClient, XmodalHTTPError
 
 SUMMARY = {
     "version": "v0001",
@@ -56,7 +58,7 @@ def test_without_retry_after_the_backoff_doubles_and_attempts_are_bounded():
     busy = (503, {}, {"detail": "not ready: still loading"})
     transport, seen = _replies(*[busy] * 4)
     client, waits = _client(transport, retries=3, backoff_s=0.25)
-    with pytest.raises(XmodalError) as raised:
+    with pytest.raises(XmodalHTTPError) as raised:
         client.index()
     assert raised.value.status == 503 and raised.value.detail == "not ready: still loading"
     assert waits == [0.25, 0.5, 1.0] and len(seen) == 4  # 1 try + 3 retries
@@ -69,13 +71,13 @@ def test_retry_after_is_capped_and_other_errors_are_not_retried():
     assert waits == [5]
     transport, seen = _replies((422, {"x-request-id": "r1"}, {"detail": "text is empty"}))
     client, waits = _client(transport)
-    with pytest.raises(XmodalError) as raised:
+    with pytest.raises(XmodalHTTPError) as raised:
         client.search_text("")
     assert (raised.value.status, raised.value.detail, raised.value.request_id) == (422, "text is empty", "r1")
     assert waits == [] and len(seen) == 1
     transport, seen = _replies((429, {}, {"detail": "busy"}))
     client, waits = _client(transport, retries=0)
-    with pytest.raises(XmodalError, match="429: busy"):
+    with pytest.raises(XmodalHTTPError, match="429: busy"):
         client.index()
 
 
@@ -137,3 +139,15 @@ def test_index_goes_in_the_json_body_the_form_or_the_query():
     assert b'name="index"\r\n\r\ndocs' in seen[1].read()
     assert seen[2].url.params["index"] == "docs" and seen[3].url.path == "/v1/indexes"
     assert [r.url.path for r in seen[4:]] == ["/v1/indexes/docs/reload", "/v1/admin/index/reload"]
+
+
+def test_the_client_imports_without_torch():
+    """The client is for callers without the model stack: it must not pull in torch (nor models that import it)."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "import xmodal.app.client as client\n"
+        "assert client.XmodalHTTPError is not None\n"
+        "assert not any(name.startswith(('open_clip', 'faiss')) for name in sys.modules), sorted(sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

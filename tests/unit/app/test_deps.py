@@ -7,15 +7,16 @@ from types import SimpleNamespace
 import pytest
 
 from xmodal.app.deps import pick_index
-from xmodal.app.errors import ApiError
+from xmodal.app.errors import status_of
+from xmodal.models.errors import InvalidInput, NotFound, XmodalError
 
 
 def _runtime(*names):
     return SimpleNamespace(indexes={name: f"served {name}" for name in names})
 
 
-def _refused(runtime, *names) -> ApiError:
-    with pytest.raises(ApiError) as raised:
+def _refused(runtime, *names) -> XmodalError:
+    with pytest.raises(XmodalError) as raised:
         pick_index(runtime, *names)
     return raised.value
 
@@ -30,12 +31,14 @@ def test_without_a_name_the_only_index_or_the_one_named_default():
     assert pick_index(_runtime("photos"), None, None) == "served photos"
     assert pick_index(_runtime("photos", "default"), None) == "served default"
     refused = _refused(_runtime("photos", "docs"), None)
-    assert refused.status == 422 and "several indexes (photos, docs)" in refused.detail
+    assert isinstance(refused, InvalidInput) and status_of(refused) == 422
+    assert "several indexes (photos, docs)" in str(refused)
 
 
 def test_unknown_conflicting_and_non_string_names_are_refused():
     runtime = _runtime("photos", "docs")
     unknown = _refused(runtime, "videos")
-    assert (unknown.status, unknown.detail) == (404, "no index named 'videos'; this server has: photos, docs")
-    assert _refused(runtime, "photos", "docs").status == 422
-    assert _refused(runtime, ["photos"]).detail == "index must be a string: the name of a served index"
+    assert isinstance(unknown, NotFound) and status_of(unknown) == 404
+    assert str(unknown) == "no index named 'videos'; this server has: photos, docs"
+    assert isinstance(_refused(runtime, "photos", "docs"), InvalidInput)
+    assert str(_refused(runtime, ["photos"])) == "index must be a string: the name of a served index"

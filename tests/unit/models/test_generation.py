@@ -11,6 +11,7 @@ import torch
 
 from xmodal.models.decoding import CocaDecoder, DecodeOptions
 from xmodal.models.encoders import Encoder
+from xmodal.models.errors import InvalidInput
 from xmodal.models.generation import (
     DEFAULT_VQA_PROMPT,
     Captioner,
@@ -166,12 +167,17 @@ def test_bad_candidate_answers_are_refused(answers, message):
 
 def test_bad_input_is_refused(coca, images):
     captioner = Captioner(coca)
-    with pytest.raises(ValueError, match="question is empty"):
+    with pytest.raises(InvalidInput, match="question is empty"):
         captioner.answer(images[0], "  ", ANSWERS)
-    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(3, H, W\)") as wrong_shape:  # our bug, not the caller's
         captioner.answer(images, QUESTION, ANSWERS)
-    with pytest.raises(ValueError, match="context length"):
+    assert not isinstance(wrong_shape.value, InvalidInput)
+    with pytest.raises(InvalidInput, match="context length"):
         captioner.answer(images[0], "why " * 40, ANSWERS)
+    with pytest.raises(InvalidInput, match="context length"):
+        captioner.answer(images[0], "why " * 40)
+    with pytest.raises(InvalidInput, match="context length"):
+        captioner.caption(images, DecodeOptions(prefix="why " * 40))
 
 
 @pytest.mark.parametrize("template", ["question answer:", "{q}: {question}", "{question} {0}", "{question"])
