@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from functools import lru_cache
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
     allow_image_url: bool = Field(False, description="Let image endpoints fetch JSON {'image_url': 'https://...'}")
     image_url_timeout_s: float = Field(
         10.0, gt=0, description="Whole-fetch deadline for one image_url, redirects included"
+    )
+    image_url_max_concurrent: int = Field(
+        8, ge=1, description="image_url fetches in flight at once (per process); one more is 503 with Retry-After"
+    )
+    image_url_allowed_networks: list[str] = Field(
+        [],
+        description='Networks image_url may fetch from although they are not public (JSON list, e.g. ["10.8.0.0/24"] '
+        "for an internal image store); everything else non-public stays refused. Empty: public addresses only",
     )
 
     shutdown_grace_s: float = Field(
@@ -122,6 +131,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"index names must be 1-64 of A-Z a-z 0-9 _ . - (starting with a letter or digit): {bad}"
                 )
+        return value
+
+    @field_validator("image_url_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network.strip(), strict=False)  # ValueError: not a network
         return value
 
     @property
