@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 
 from xmodal.app.errors import install_error_handlers
+from xmodal.app.item_files import ItemFiles
 from xmodal.app.middleware import install_middleware
 from xmodal.app.routes import admin, caption, embed, health, indexes, items, metrics, rank, search, vqa, web
 from xmodal.app.runtime import Runtime
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = keys
     app.state.rate_limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.auth_failure_limiter = RateLimiter(settings.auth_failure_rps, settings.auth_failure_burst)
+    app.state.item_files = ItemFiles()  # which indexed files were verified (app/item_files.py)
     install_error_handlers(app)
     app.add_middleware(TrailingSlashes)  # innermost: routing sees the path without trailing slashes
     install_middleware(app, settings)
