@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = runtime
         loading = asyncio.create_task(runtime.load_in_background())
         if settings.exit_on_load_failure:
-            loading.add_done_callback(lambda _: runtime.error and _stop_server(app))
+            loading.add_done_callback(lambda _: _stop_server(app) if runtime.error else None)
         yield
         loading.cancel()
         await runtime.aclose()
@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
         redirect_slashes=False,  # its Location comes from the Host header; TrailingSlashes answers in place
-        **({} if docs_open else {"openapi_url": None, "docs_url": None, "redoc_url": None}),
+        openapi_url="/openapi.json" if docs_open else None,  # else keyed: _keyed_docs
+        docs_url="/docs" if docs_open else None,
+        redoc_url="/redoc" if docs_open else None,
     )
     app.state.settings = settings
     app.state.keys = keys

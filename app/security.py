@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -58,7 +58,7 @@ def key_id(key: str) -> str:
 class KeyRing:
     """The configured keys; a presented key is compared against every one in constant time."""
 
-    def __init__(self, keys: dict[str, str]):
+    def __init__(self, keys: Mapping[str, str]):
         for key, scope in keys.items():
             if scope not in SCOPES:
                 raise InsecureConfig(f"API key {key_id(key)} has scope {scope!r}; use one of {', '.join(SCOPES)}")
@@ -69,7 +69,7 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
-        keys = dict(settings.api_keys)
+        keys: dict[str, str] = dict(settings.api_keys)
         if settings.api_keys_file is not None:
             try:
                 loaded = json.loads(settings.api_keys_file.read_text())
