@@ -135,10 +135,11 @@ async def measure_max(url: str, traffic: Traffic, clients: int, seconds: float) 
     return done / (time.monotonic() - started)
 
 
-async def soak(url: str, traffic: Traffic, rate: float, seconds: float, swap, swap_every: float) -> dict:
-    """Open loop at `rate`/s for `seconds`; `swap()` (blocking) every `swap_every` s in a thread."""
+async def soak(url: str, traffic: Traffic, rate: float, seconds: float, swap, swap_every: float, pid: int) -> dict:
+    """Open loop at `rate`/s for `seconds`; `swap()` (blocking) every `swap_every` s in a thread; the server's
+    (process `pid`) RSS sampled every minute, to tell a plateau from steady growth."""
     samples: list[tuple[float, str, int, float]] = []  # (start offset s, route, status, latency ms)
-    stalls, swaps, in_flight = 0, [], set()
+    stalls, swaps, in_flight, rss = 0, [], set(), []
     started = time.monotonic()
 
     async def one(http, route, at):
@@ -160,9 +161,14 @@ async def soak(url: str, traffic: Traffic, rate: float, seconds: float, swap, sw
                 {"at_s": round(t0 - started, 1), "version": version, "build_s": round(time.monotonic() - t0, 2)}
             )
 
+    async def sampler():
+        while True:
+            rss.append({"at_s": round(time.monotonic() - started, 1), "bytes": rss_bytes(pid)})
+            await asyncio.sleep(60)
+
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        swapping = asyncio.create_task(swapper())
+        swapping, sampling = asyncio.create_task(swapper()), asyncio.create_task(sampler())
         n = 0
         while (now := time.monotonic() - started) < seconds:
             due = n / rate
@@ -176,9 +182,17 @@ async def soak(url: str, traffic: Traffic, rate: float, seconds: float, swap, sw
             task.add_done_callback(in_flight.discard)
             n += 1
         swapping.cancel()
+        sampling.cancel()
         if in_flight:
             await asyncio.wait(in_flight)
-    return {"samples": samples, "stalls": stalls, "swaps": swaps, "sent": n, "seconds": time.monotonic() - started}
+    return {
+        "samples": samples,
+        "stalls": stalls,
+        "swaps": swaps,
+        "rss": rss,
+        "sent": n,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def summarize(samples, minutes: int) -> dict:
@@ -238,7 +252,9 @@ def main() -> None:
             rate = max_rps / 2
             print(f"max {max_rps:.1f} req/s with {args.clients} clients; soak at {rate:.1f} req/s", file=sys.stderr)
             rss_start = rss_bytes(server.process.pid)
-            run = asyncio.run(soak(server.url, traffic, rate, args.minutes * 60, publish, args.swap_every))
+            run = asyncio.run(
+                soak(server.url, traffic, rate, args.minutes * 60, publish, args.swap_every, server.process.pid)
+            )
             rss_end = rss_bytes(server.process.pid)
             log_tail = server.log()[-4000:]
         statuses = Counter(status for _, _, status, _ in run["samples"])
@@ -261,6 +277,7 @@ def main() -> None:
             "rss_growth": round(rss_end / rss_start - 1, 4),
             "median_p50_ratio_last_to_first_minute": round(drift, 3) if drift else None,
             "swaps": run["swaps"],
+            "rss_per_minute": run["rss"],
             "routes": table,
             "server_log_tail": log_tail,
             "machine": f"{os.cpu_count()} CPUs, torch threads in the bench process 1",
@@ -280,10 +297,12 @@ def _print(result: dict, minutes: int) -> None:
         cells = "".join((f"{r['p50_ms']:.0f}/{r['p99_ms']:.0f} ({r['n']})" if r["n"] else "-").rjust(26) for r in rows)
         print(f"{route:<15}{cells}")
     growth = result["rss_growth"] * 100
+    per_minute = ", ".join(f"{r['bytes'] / 2**20:.0f}" for r in result["rss_per_minute"])
     print(
         f"max {result['max_rps']} req/s, soak {result['rate_rps']} req/s, {result['sent']} sent, "
         f"{result['stalls']} stalls; errors {result['errors'] or 'none'}, planned 429s {result['planned_429']}; "
         f"RSS {result['rss_start_bytes'] / 2**20:.0f} -> {result['rss_end_bytes'] / 2**20:.0f} MiB ({growth:+.1f}%); "
+        f"(per minute: {per_minute} MiB); "
         f"swaps {len(result['swaps'])}; p50 last/first minute {result['median_p50_ratio_last_to_first_minute']}"
     )
 

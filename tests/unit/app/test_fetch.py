@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from xmodal.app.fetch import FetchError, FetchSlots, fetch_image, parse_networks, refusal
+from xmodal.app.fetch import DENIED, FetchError, FetchSlots, fetch_image, parse_networks, refusal
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
 
@@ -315,3 +315,9 @@ def test_fetch_slots_refuse_one_more_than_the_limit_with_retry_after():
 
     asyncio.run(scenario())
     assert slots.in_use == 0
+
+
+@pytest.mark.parametrize("what, network", DENIED, ids=[str(network) for _, network in DENIED])
+def test_each_denied_range_is_refused_from_its_first_to_its_last_address(what, network):
+    for address in (network[0], network[-1]):
+        assert refusal(str(address)), f"{address} ({what})"
