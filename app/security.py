@@ -171,7 +171,8 @@ class RateLimiter:
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
         if bucket.tokens >= 1:
-            bucket.tokens -= 0 if not spend else 1
+            if spend:
+                bucket.tokens -= 1
             return 0.0
         return (1 - bucket.tokens) / self.rate
 
