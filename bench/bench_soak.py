@@ -139,7 +139,8 @@ async def soak(url: str, traffic: Traffic, rate: float, seconds: float, swap, sw
     """Open loop at `rate`/s for `seconds`; `swap()` (blocking) every `swap_every` s in a thread; the server's
     (process `pid`) RSS sampled every minute, to tell a plateau from steady growth."""
     samples: list[tuple[float, str, int, float]] = []  # (start offset s, route, status, latency ms)
-    stalls, swaps, in_flight, rss = 0, [], set(), []
+    stalls, swaps, rss = 0, [], []
+    in_flight: set[asyncio.Task] = set()
     started = time.monotonic()
 
     async def one(http, route, at):
