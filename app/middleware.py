@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from fastapi import HTTPException
 
-from xmodal.app.logs import request_id_var
+from xmodal.app.logs import escape, request_id_var
 
 log = logging.getLogger("xmodal.access")
 
@@ -89,14 +89,16 @@ class RequestContextMiddleware:
             if self.observe is not None:
                 self.observe(scope["method"], route, status, seconds)
             client = scope.get("client")
+            # Escaped here too (not only by our formatters): the path is percent-decoded client text, and
+            # a handler configured elsewhere (plain uvicorn) would write a %0d%0a into the log as a new line.
             fields = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "route": route,
+                "method": escape(scope["method"]),
+                "path": escape(scope["path"]),
+                "route": escape(route),
                 "status": status,
                 "ms": round(seconds * 1000, 2),
                 "request_id": request_id,
-                "client": client[0] if client else None,
+                "client": escape(client[0]) if client else None,
                 "key": (scope.get("state") or {}).get("key_id"),
             }
             log.info(

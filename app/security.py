@@ -1,7 +1,10 @@
-"""API keys with scopes, the refusal to serve a public address without them, and per-key rate limits.
+"""API keys with scopes, the refusal to serve a public address without them, per-key rate limits, and a
+throttle on failed authentication per client address.
 
 Keys come from settings (`XMODAL_API_KEYS`, `XMODAL_API_KEYS_FILE`) and are sent as `Authorization: Bearer KEY`.
 Without keys the server only starts on a loopback address (or with `XMODAL_ALLOW_UNAUTHENTICATED=true`).
+A missing or wrong key spends a token of the client address's failure bucket; once it is empty, that address
+gets 429 for every keyed request, right key or not (else the 429/200 difference would still answer guesses).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -55,7 +58,7 @@ def key_id(key: str) -> str:
 class KeyRing:
     """The configured keys; a presented key is compared against every one in constant time."""
 
-    def __init__(self, keys: dict[str, str]):
+    def __init__(self, keys: Mapping[str, str]):
         for key, scope in keys.items():
             if scope not in SCOPES:
                 raise InsecureConfig(f"API key {key_id(key)} has scope {scope!r}; use one of {', '.join(SCOPES)}")
@@ -66,7 +69,7 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
-        keys = dict(settings.api_keys)
+        keys: dict[str, str] = dict(settings.api_keys)
         if settings.api_keys_file is not None:
             try:
                 loaded = json.loads(settings.api_keys_file.read_text())
@@ -147,19 +150,29 @@ class RateLimiter:
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     def acquire(self, identity: str) -> float:
-        """0 when the request may go ahead, else the seconds until it could."""
+        """0 when the request may go ahead (and it took a token), else the seconds until it could."""
+        return self._take(identity, spend=True)
+
+    def wait(self, identity: str) -> float:
+        """What `acquire` would answer, without taking a token."""
+        return self._take(identity, spend=False)
+
+    def _take(self, identity: str, spend: bool) -> float:
         if self.rate <= 0:
             return 0.0
         now = self.clock()
         bucket = self._buckets.get(identity)
         if bucket is None:
+            if not spend:
+                return 0.0  # an unseen identity has a full bucket
             if len(self._buckets) >= self.max_identities:
                 self._forget_full(now)
             bucket = self._buckets[identity] = _Bucket(float(self.burst), now)
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
         if bucket.tokens >= 1:
-            bucket.tokens -= 1
+            if spend:
+                bucket.tokens -= 1
             return 0.0
         return (1 - bucket.tokens) / self.rate
 
@@ -170,31 +183,46 @@ class RateLimiter:
             del self._buckets[k]
 
 
+def _too_many(what: str, wait: float) -> ApiError:
+    return ApiError(429, f"{what}, retry in {wait:.2f}s", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def _check_key(request: Request, keys: KeyRing) -> Principal:
+    """The key's principal, or 401; failures are throttled per client address (429 once its bucket is dry)."""
+    failures: RateLimiter = request.app.state.auth_failure_limiter
+    address = f"ip:{request.client.host if request.client else 'unknown'}"
+    wait = failures.wait(address)
+    if wait > 0:
+        raise _too_many("too many failed authentications from this address", wait)
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        failures.acquire(address)
+        raise ApiError(
+            401,
+            "missing API key: send 'Authorization: Bearer KEY'",
+            headers={"WWW-Authenticate": 'Bearer realm="xmodal"'},
+        )
+    principal = keys.lookup(presented.strip())
+    if principal is None:
+        failures.acquire(address)
+        raise ApiError(
+            401, "invalid API key", headers={"WWW-Authenticate": 'Bearer realm="xmodal", error="invalid_token"'}
+        )
+    return principal
+
+
 def _authenticate(request: Request) -> Principal:
     keys: KeyRing = request.app.state.keys
     if not len(keys):
         principal = ANONYMOUS
         identity = f"ip:{request.client.host if request.client else 'unknown'}"
     else:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise ApiError(
-                401,
-                "missing API key: send 'Authorization: Bearer KEY'",
-                headers={"WWW-Authenticate": 'Bearer realm="xmodal"'},
-            )
-        principal = keys.lookup(presented.strip())
-        if principal is None:
-            raise ApiError(
-                401, "invalid API key", headers={"WWW-Authenticate": 'Bearer realm="xmodal", error="invalid_token"'}
-            )
+        principal = _check_key(request, keys)
         identity = f"key:{principal.key_id}"
         request.state.key_id = principal.key_id  # for the access log
     wait = request.app.state.rate_limiter.acquire(identity)
     if wait > 0:
-        raise ApiError(
-            429, f"rate limit exceeded, retry in {wait:.2f}s", headers={"Retry-After": str(max(1, math.ceil(wait)))}
-        )
+        raise _too_many("rate limit exceeded", wait)
     return principal
 
 

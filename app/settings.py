@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from functools import lru_cache
@@ -53,10 +54,35 @@ class Settings(BaseSettings):
         50.0, ge=0, description="Requests per second per key (per client IP without auth); 0: off"
     )
     rate_limit_burst: int = Field(100, ge=1, description="Requests a key may make at once before the rate applies")
+    auth_failure_rps: float = Field(
+        0.2,
+        ge=0,
+        description="Failed authentications (missing or wrong key) per second per client address, after the "
+        "burst; past it that address gets 429 with Retry-After for every keyed request. 0: off. Behind a proxy "
+        "every client shares the proxy's address",
+    )
+    auth_failure_burst: int = Field(
+        20, ge=1, description="Failed authentications a client address may make at once before auth_failure_rps applies"
+    )
+    public_docs: bool = Field(
+        False,
+        description="With API keys on, serve /docs, /redoc and /openapi.json without a key. Off by default: the "
+        "schema maps every route and limit for an unauthenticated caller, so with keys they need a read key "
+        "(fetch /openapi.json with the key, or run `xmodal serve` locally without keys to browse /docs). "
+        "Without keys (loopback) they are always open",
+    )
     cors_origins: list[str] = Field([], description="Origins allowed by CORS (JSON list); empty: CORS off")
     allow_image_url: bool = Field(False, description="Let image endpoints fetch JSON {'image_url': 'https://...'}")
     image_url_timeout_s: float = Field(
         10.0, gt=0, description="Whole-fetch deadline for one image_url, redirects included"
+    )
+    image_url_max_concurrent: int = Field(
+        8, ge=1, description="image_url fetches in flight at once (per process); one more is 503 with Retry-After"
+    )
+    image_url_allowed_networks: list[str] = Field(
+        [],
+        description='Networks image_url may fetch from although they are not public (JSON list, e.g. ["10.8.0.0/24"] '
+        "for an internal image store); everything else non-public stays refused. Empty: public addresses only",
     )
 
     shutdown_grace_s: float = Field(
@@ -124,6 +150,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"index names must be 1-64 of A-Z a-z 0-9 _ . - (starting with a letter or digit): {bad}"
                 )
+        return value
+
+    @field_validator("image_url_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network.strip(), strict=False)  # ValueError: not a network
         return value
 
     @property

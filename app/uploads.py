@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from xmodal.app.bodies import parse_json
 from xmodal.app.errors import ApiError
-from xmodal.app.fetch import FetchError, fetch_image
+from xmodal.app.fetch import FetchError, fetch_image, fetch_slots, parse_networks
 from xmodal.app.settings import Settings
 from xmodal.models.errors import InvalidInput, Malformed, TooLarge
 from xmodal.models.images import ImageError, ImageTooLarge, load_image
@@ -122,9 +122,15 @@ async def _from_url(payload: dict, settings: Settings) -> bytes:
     if not settings.allow_image_url:
         raise InvalidInput("image_url is turned off on this server (XMODAL_ALLOW_IMAGE_URL); send image_b64")
     try:
-        return await fetch_image(url, max_bytes=settings.max_upload_bytes, timeout_s=settings.image_url_timeout_s)
+        async with fetch_slots(settings.image_url_max_concurrent).slot():
+            return await fetch_image(
+                url,
+                max_bytes=settings.max_upload_bytes,
+                timeout_s=settings.image_url_timeout_s,
+                allowed=parse_networks(settings.image_url_allowed_networks),
+            )
     except FetchError as exc:
-        raise ApiError(exc.status, exc.detail) from exc
+        raise ApiError(exc.status, exc.detail, headers=exc.headers) from exc
 
 
 async def read_body(request: Request, limit: int) -> bytes:

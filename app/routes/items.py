@@ -2,16 +2,19 @@ from __future__ import annotations
 
 import mimetypes
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from xmodal.app.deps import IndexQuery, ReadyDep, pick_index
 from xmodal.app.errors import ApiError
+from xmodal.app.item_files import ItemFileError, ItemFiles, check_member
 from xmodal.app.routes.indexes import summarize
 from xmodal.app.schemas import ErrorBody, IndexSummary, ItemPublic
 
 router = APIRouter(prefix="/v1", tags=["items"])
+# File bodies are never sniffed into something else (e.g. HTML) by a browser.
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 
 @router.get("/items/{item_id}", response_model=ItemPublic, responses={404: {"model": ErrorBody}})
@@ -24,25 +27,33 @@ async def get_item(item_id: int, runtime: ReadyDep, index_name: IndexQuery = Non
 
 @router.get(
     "/items/{item_id}/image",
-    response_class=FileResponse,
+    response_class=Response,
     responses={
         200: {"content": {"image/*": {}}},
         307: {"description": "items indexed from a URL"},
         404: {"model": ErrorBody},
+        409: {"model": ErrorBody, "description": "the file is no longer the one indexed"},
     },
-    summary="The indexed image file (found by id only; no path comes from the request)",
+    summary="The indexed image file (found by id only; no path comes from the request), served only while it "
+    "is still the file that was indexed",
 )
-async def get_item_image(item_id: int, runtime: ReadyDep, index_name: IndexQuery = None) -> Response:
+async def get_item_image(request: Request, item_id: int, runtime: ReadyDep, index_name: IndexQuery = None) -> Response:
     index = pick_index(runtime, index_name).index  # one version for the whole request
     content = await run_in_threadpool(index.item_content, item_id)
     if content is None:
         raise ApiError(404, f"no image file for item {item_id} (unknown id, or the file was moved)")
     if isinstance(content, str):
         return RedirectResponse(content, status_code=307)  # indexed from a URL list
-    if isinstance(content, bytes):  # a webdataset tar member
-        row = index.item(item_id)
-        return Response(content, media_type=mimetypes.guess_type(row["path"])[0] or "application/octet-stream")
-    return FileResponse(content)
+    files: ItemFiles = request.app.state.item_files
+    try:
+        if isinstance(content, bytes):  # a webdataset tar member
+            data = check_member(index, item_id, content)
+        else:
+            data = await run_in_threadpool(files.read, index, item_id, content)
+    except ItemFileError as exc:
+        raise ApiError(exc.status, exc.detail) from exc
+    media_type = mimetypes.guess_type(index.items.column("path")[item_id].as_py())[0]
+    return Response(data, media_type=media_type or "application/octet-stream", headers=FILE_HEADERS)
 
 
 @router.get(

@@ -108,7 +108,8 @@ def test_image_url_refuses_internal_addresses_and_other_schemes(secure):
         return httpx.post(secure.url + "/v1/search/image", json={"image_url": url, "k": 1}, headers=_auth("ssrf"))
 
     loopback = ask(f"http://localhost:{secure.port}/healthz")  # the server itself: a classic SSRF target
-    assert loopback.status_code == 422 and "loopback" in loopback.json()["detail"]
+    assert loopback.status_code == 422 and "not a public host" in loopback.json()["detail"]
+    assert "127.0.0.1" not in loopback.json()["detail"]  # never what an internal name resolves to
     assert ask("http://169.254.169.254/latest/meta-data/").status_code == 422  # cloud metadata
     assert ask(f"http://[::ffff:127.0.0.1]:{secure.port}/").status_code == 422
     assert ask("file:///etc/passwd").status_code == 422

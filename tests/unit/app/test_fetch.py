@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import socket
 
 import httpx
 import pytest
 
-from xmodal.app.fetch import FetchError, fetch_image, refusal
+from xmodal.app.fetch import DENIED, FetchError, FetchSlots, fetch_image, parse_networks, refusal
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
 
@@ -87,9 +89,9 @@ def test_a_public_looking_name_that_resolves_to_loopback_is_refused():
         raise AssertionError("connected to a refused address")
 
     error = _status("http://innocent.example.com/cat.png", handler, {"innocent.example.com": ["127.0.0.1"]})
-    assert error.status == 422 and "loopback" in error.detail
+    assert error.status == 422 and "not a public host" in error.detail and "127.0.0.1" not in error.detail
     mixed = {"mixed.example.com": ["93.184.216.34", "10.0.0.7"]}
-    assert "private" in _status("http://mixed.example.com/", handler, mixed).detail
+    assert "not a public host" in _status("http://mixed.example.com/", handler, mixed).detail
 
 
 def test_each_redirect_hop_is_checked_again():
@@ -103,7 +105,7 @@ def test_each_redirect_hop_is_checked_again():
         handler,
         {"public.example.com": ["93.184.216.34"], "127.0.0.1": ["127.0.0.1"]},
     )
-    assert error.status == 422 and "127.0.0.1 is a loopback address" in error.detail
+    assert error.status == 422 and "127.0.0.1 is not a public host" in error.detail
 
 
 def test_redirects_are_followed_up_to_three_times():
@@ -185,3 +187,137 @@ def test_the_whole_fetch_has_a_deadline():
             )
         )
     assert caught.value.status == 504
+
+
+# Non-public ranges, each named explicitly (issue #13): the runtime's `ipaddress` calls some of them global.
+DENIED_SAMPLES = [
+    "0.1.2.3",  # 0/8
+    "10.255.0.1",
+    "100.127.255.254",  # 100.64/10
+    "127.8.8.8",
+    "169.254.1.1",
+    "172.31.255.255",
+    "192.0.0.9",  # 192.0.0/24 (is_global says True for .9)
+    "192.0.2.10",
+    "192.88.99.1",  # 6to4 relay anycast (is_global says True)
+    "192.168.255.1",
+    "198.19.0.1",  # 198.18/15
+    "198.51.100.7",
+    "203.0.113.9",
+    "239.255.255.250",
+    "250.1.1.1",
+    "255.255.255.255",
+    "::",
+    "::1",
+    "::7f00:1",  # IPv4-compatible (deprecated)
+    "::ffff:169.254.169.254",
+    "::ffff:192.0.0.9",
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b::c058:6301",  # NAT64 of 192.88.99.1
+    "64:ff9b:1::808:808",  # local-use NAT64, even around a public IPv4
+    "100::1",
+    "2001::1",  # Teredo
+    "2001:3::1",
+    "2001:1ff:ffff::1",
+    "2001:db8::1",
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2002:c000:209::",  # 6to4 of 192.0.2.9
+    "3fff::1",
+    "5f00::1",
+    "fc00::1",
+    "fdff::1",
+    "fe80::1%eth0",
+    "febf::1",
+    "fec0::1",  # site-local: is_global says True on this Python
+    "fef0::1",
+    "ff0e::1",
+]
+
+
+@pytest.mark.parametrize("address", DENIED_SAMPLES)
+def test_every_non_public_range_is_refused(address):
+    assert refusal(address), address
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "64:ff9b::808:808", "1.1.1.1", "2a00:1450:4001::1"])
+def test_public_addresses_inside_transition_prefixes_are_allowed(address):
+    assert refusal(address) is None
+
+
+def test_allowed_networks_open_only_what_they_name():
+    allowed = parse_networks(["127.0.0.1", "10.8.0.0/24"])
+    assert refusal("127.0.0.1", allowed) is None and refusal("10.8.0.9", allowed) is None
+    assert refusal("127.0.0.2", allowed) and refusal("10.8.1.1", allowed) and refusal("::1", allowed)
+
+
+def test_a_site_local_literal_is_never_connected_to():
+    def handler(request):
+        raise AssertionError("connected to fec0::1")
+
+    error = _status("http://[fec0::1]/cat.png", handler, {"fec0::1": ["fec0::1"]})
+    assert error.status == 422
+
+
+def test_refusals_do_not_say_what_a_name_resolves_to():
+    def handler(request):
+        raise AssertionError("connected")
+
+    table = {"db.internal": ["10.1.2.3"], "meta.internal": ["169.254.169.254"]}
+    details = [_status(f"http://{host}/x.png", handler, table).detail for host in ("db.internal", "meta.internal")]
+
+    async def unknown(host, port):
+        raise socket.gaierror("Name or service not known")
+
+    with pytest.raises(FetchError) as caught:
+        asyncio.run(fetch_image("http://nope.internal/", max_bytes=10, timeout_s=5, resolver=unknown))
+    details.append(caught.value.detail)
+    for detail in details:
+        assert not any(word in detail for word in ("10.1.2.3", "169.254", "private", "link-local", "Name or service"))
+    # An existing internal name and a missing one read the same: the answer maps nothing.
+    assert details[0].replace("db.internal", "H") == details[2].replace("nope.internal", "H")
+
+
+def test_identity_is_asked_for_and_encoded_replies_are_refused_undecoded():
+    bomb = gzip.compress(gzip.compress(b"\0" * 5_000_000))  # ~5 KB on the wire, 5 MB decoded
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("accept-encoding"))
+        headers = {"content-type": "image/png", "content-encoding": "gzip, gzip"}
+        return httpx.Response(200, headers=headers, content=bomb)
+
+    error = _status("http://example.com/bomb.png", handler, {"example.com": ["93.184.216.34"]}, max_bytes=1_000_000)
+    assert error.status == 502 and "identity" in error.detail and seen == ["identity"]
+
+    def stacked(request):  # the encoding in two headers; the decoded size would pass the cap
+        headers = [("content-type", "image/png"), ("content-encoding", "identity"), ("content-encoding", "br")]
+        return httpx.Response(200, headers=headers, content=b"x" * 10)
+
+    assert _status("http://example.com/", stacked, {"example.com": ["93.184.216.34"]}).status == 502
+
+    def plain(request):
+        return httpx.Response(200, headers={"content-type": "image/png", "content-encoding": "identity"}, content=PNG)
+
+    assert _fetch("http://example.com/", plain, {"example.com": ["93.184.216.34"]}) == PNG
+
+
+def test_fetch_slots_refuse_one_more_than_the_limit_with_retry_after():
+    slots = FetchSlots(2)
+
+    async def scenario():
+        async with slots.slot(), slots.slot():
+            with pytest.raises(FetchError) as caught:
+                async with slots.slot():
+                    pass
+            assert caught.value.status == 503 and caught.value.headers == {"Retry-After": "1"}
+        async with slots.slot():  # freed again
+            assert slots.in_use == 1
+
+    asyncio.run(scenario())
+    assert slots.in_use == 0
+
+
+@pytest.mark.parametrize("what, network", DENIED, ids=[str(network) for _, network in DENIED])
+def test_each_denied_range_is_refused_from_its_first_to_its_last_address(what, network):
+    for address in (network[0], network[-1]):
+        assert refusal(str(address)), f"{address} ({what})"

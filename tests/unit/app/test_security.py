@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi.testclient import TestClient
 
+from xmodal.app.main import create_app
 from xmodal.app.security import InsecureConfig, KeyRing, RateLimiter, check_exposure, is_loopback_host
 from xmodal.app.settings import Settings
 
@@ -68,3 +70,58 @@ def test_the_bucket_table_stays_bounded():
         now[0] += 0.01
         limiter.acquire(str(i))
     assert len(limiter._buckets) <= 10
+
+
+def test_wait_tells_without_taking_a_token():
+    now = [0.0]
+    limiter = RateLimiter(rate=1.0, burst=1, clock=lambda: now[0])
+    assert limiter.wait("a") == 0.0 and limiter.wait("a") == 0.0 and limiter.acquire("a") == 0.0
+    assert limiter.wait("a") == pytest.approx(1.0) and limiter.wait("a") == pytest.approx(1.0)
+
+
+def _client(**settings) -> TestClient:
+    # No lifespan (no model): these routes answer before the runtime is needed.
+    return TestClient(create_app(Settings(**{"api_keys": {READ: "read", ADMIN: "admin"}, **settings})))
+
+
+def test_failed_authentication_is_throttled_per_address():
+    client = _client(auth_failure_rps=0.01, auth_failure_burst=5, rate_limit_rps=0)
+    wrong = {"Authorization": "Bearer " + "x" * 20}
+    codes = [client.get("/v1/admin/config", headers=wrong).status_code for _ in range(30)]
+    assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+    limited = client.get("/v1/admin/config")  # a missing key too
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    # The right key from that address waits as well: a 200 among 429s would still confirm a guess.
+    assert client.get("/v1/admin/config", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 429
+    assert client.get("/healthz").status_code == 200  # open routes are not keyed, nor throttled
+    other = TestClient(client.app, client=("192.0.2.1", 5000))  # another address has its own bucket
+    assert other.get("/v1/admin/config", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+def test_missing_keys_count_as_failures_and_the_throttle_can_be_turned_off():
+    throttled = _client(auth_failure_burst=2)
+    assert [throttled.get("/v1/admin/config").status_code for _ in range(3)] == [401, 401, 429]
+    off = _client(auth_failure_rps=0, auth_failure_burst=1)
+    assert {off.get("/v1/admin/config").status_code for _ in range(10)} == {401}
+
+
+def test_docs_need_a_key_when_keys_are_on_unless_public():
+    keyed = _client()
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert keyed.get(path).status_code == 401, path
+        assert keyed.get(path, headers={"Authorization": f"Bearer {READ}"}).status_code == 200, path
+    schema = keyed.get("/openapi.json", headers={"Authorization": f"Bearer {READ}"}).json()
+    assert "/v1/search/text" in schema["paths"] and "/openapi.json" not in schema["paths"]
+    public = _client(public_docs=True)
+    assert all(public.get(path).status_code == 200 for path in ("/openapi.json", "/docs", "/redoc"))
+    open_loopback = TestClient(create_app(Settings()))  # no keys: loopback only, docs open
+    assert open_loopback.get("/openapi.json").status_code == 200
+
+
+def test_trailing_slashes_are_answered_in_place_never_redirected():
+    client = _client()
+    for path in ("/healthz/", "/healthz//"):
+        response = client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+        assert response.status_code == 200 and "location" not in response.headers
+    keyed = client.get("/v1/admin/config/", headers={"Authorization": f"Bearer {ADMIN}"}, follow_redirects=False)
+    assert keyed.status_code == 200
