@@ -125,8 +125,12 @@ def load_model(
 
 def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None) -> tuple[str, dict]:
     """Map a spec to open_clip.create_model's (name, kwargs), resolving weight files first."""
+    if spec.kind is SpecKind.HF:
+        raise ModelSpecError(f"{spec} is a Transformers checkpoint: Encoder.from_spec loads it (models.hf)")
     if spec.kind is SpecKind.LOCAL_DIR:
         folder = Path(spec.source)
+        if (folder / "config.json").is_file() and not (folder / HUB_CONFIG_NAME).is_file():
+            raise ModelSpecError(f"{folder} is a Transformers model folder: Encoder.from_spec loads it (models.hf)")
         if not (folder / HUB_CONFIG_NAME).is_file():
             raise ModelNotAvailable(
                 f"model directory {folder} has no {HUB_CONFIG_NAME}; a model directory holds "
