@@ -83,7 +83,13 @@ def load_hf_model(
     if target.type == "cpu":
         _set_cpu_threads(threads)
 
-    model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per load fills server logs
+    try:
+        model = transformers.AutoModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     model.eval()
     fingerprint = weights_fingerprint(model)
     dtype = torch.float16 if target.type == "cuda" else torch.float32
@@ -119,11 +125,13 @@ class HfEncoder(Encoder):
     def __init__(self, loaded: LoadedModel):  # no super().__init__: the int8 and trimming paths are open_clip's
         self.loaded = loaded
         self.model = loaded.model
+        self.transformers_model: Any = loaded.model  # get_image_features / get_text_features
         self.device = loaded.device
         self.embed_dim = loaded.embed_dim
         self.trims_padding = False
         self.text_products = None
         self.image_products = None
+        self.patches = isinstance(loaded.preprocess, ImageRules) and loaded.preprocess.patch_size is not None
 
     def tokenize(self, texts: Sequence[str]) -> Any:
         """The checkpoint's own tokenizer and padding: a dict of (n, length) tensors the model takes."""
@@ -132,16 +140,16 @@ class HfEncoder(Encoder):
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         pixels = pixels.to(self.device, dtype=self.loaded.dtype, non_blocking=True)
-        if self.loaded.preprocess.patch_size:  # SigLIP 2 NaFlex: patches, their mask and grid (see ImageRules)
+        if self.patches:  # SigLIP 2 NaFlex: patches, their mask and grid (see ImageRules)
             inputs = unpack_patches(pixels)
         else:
             inputs = {"pixel_values": pixels}
-        return _unit_rows(_features(self.model.get_image_features(**inputs)))
+        return _unit_rows(_features(self.transformers_model.get_image_features(**inputs)))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         tokens = {name: value.to(self.device) for name, value in self.tokenize(texts).items()}
-        return _unit_rows(_features(self.model.get_text_features(**tokens)))
+        return _unit_rows(_features(self.transformers_model.get_text_features(**tokens)))
 
 
 class TextTokenizer:

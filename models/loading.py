@@ -44,7 +44,7 @@ class ModelNotAvailable(RuntimeError):
 class LoadedModel:
     spec: ModelSpec
     model: torch.nn.Module
-    tokenizer: Callable[..., torch.Tensor]
+    tokenizer: Callable[..., Any]  # texts -> open_clip's token tensor, or a dict of tensors (models.hf)
     preprocess: Callable[[Any], torch.Tensor]
     preprocess_cfg: dict
     device: torch.device
