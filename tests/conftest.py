@@ -71,3 +71,13 @@ def tiny_hf_siglip_dir(tmp_path_factory) -> Path:
     from tests.hf_checkpoints import save_tiny_siglip
 
     return save_tiny_siglip(tmp_path_factory.mktemp("hf-siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_siglip2_dir(tmp_path_factory) -> Path:
+    """A tiny Transformers Siglip2Model (NaFlex: images as patches of their own aspect ratio)."""
+    pytest.importorskip("transformers", reason="the hf extra (pip install 'xmodal[hf]') is not installed")
+    pytest.importorskip("sentencepiece", reason="the tiny model's tokenizer needs sentencepiece (the hf extra)")
+    from tests.hf_checkpoints import save_tiny_siglip2
+
+    return save_tiny_siglip2(tmp_path_factory.mktemp("hf-siglip2"))

@@ -64,9 +64,44 @@ def save_tiny_clip(folder: Path) -> Path:
 
 def save_tiny_siglip(folder: Path) -> Path:
     """A SiglipModel (32x32 images, texts padded to 16) with a SentencePiece SiglipTokenizer."""
-    import sentencepiece as spm
     import torch
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    tokenizer = _sentencepiece_tokenizer(folder)
+    config = SiglipConfig(
+        text_config=_siglip_text(tokenizer), vision_config=dict(image_size=32, patch_size=8, **VISION_LAYERS)
+    )
+    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = SiglipModel(config).eval()
+    return _save(folder, model, SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer))
+
+
+def save_tiny_siglip2(folder: Path) -> Path:
+    """A SigLIP 2 NaFlex Siglip2Model: images resized to at most 16 patches of 8 pixels, their own aspect ratio."""
+    import torch
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor
+
+    tokenizer = _sentencepiece_tokenizer(folder)
+    vision = dict(patch_size=8, num_patches=16, **VISION_LAYERS)
+    config = Siglip2Config(text_config=_siglip_text(tokenizer), vision_config=vision)
+    image_processor = Siglip2ImageProcessor(patch_size=8, max_num_patches=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Siglip2Model(config).eval()
+    return _save(folder, model, Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer))
+
+
+def _siglip_text(tokenizer) -> dict:
+    ids = dict(pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    return dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=16, **ids, **TEXT_LAYERS)
+
+
+def _sentencepiece_tokenizer(folder: Path):
+    """A SiglipTokenizer over a SentencePiece model trained here on CORPUS (English and Chinese)."""
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     model_file = io.BytesIO()
@@ -84,23 +119,7 @@ def save_tiny_siglip(folder: Path) -> Path:
     )
     spiece = folder / "spiece.model"
     spiece.write_bytes(model_file.getvalue())
-    tokenizer = SiglipTokenizer(vocab_file=str(spiece), model_max_length=16)
-    config = SiglipConfig(
-        text_config=dict(
-            vocab_size=tokenizer.vocab_size,
-            max_position_embeddings=16,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=1,
-            **TEXT_LAYERS,
-        ),
-        vision_config=dict(image_size=32, patch_size=8, **VISION_LAYERS),
-    )
-    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = SiglipModel(config).eval()
-    return _save(folder, model, SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer))
+    return SiglipTokenizer(vocab_file=str(spiece), model_max_length=16)
 
 
 def _save(folder: Path, model, processor) -> Path:
