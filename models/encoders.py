@@ -43,6 +43,14 @@ class Encoder:
     def from_spec(
         cls, spec: str, device: str = "auto", *, int8_text: bool = False, int8_images: bool = False, **kwargs
     ) -> Encoder:
+        """The one place a spec becomes an encoder (server, indexer, CLI): open_clip models here, Transformers
+        checkpoints (`hf:org/repo`, a folder with a Transformers config.json) as models.hf.HfEncoder."""
+        from xmodal.models import hf  # transformers itself is imported only when such a model loads
+
+        if hf.is_hf_spec(spec):
+            if int8_text or int8_images:
+                raise ValueError(f"int8 text/image encoding supports open_clip models only, not {spec}")
+            return hf.HfEncoder(hf.load_hf_model(spec, device, **kwargs))
         return cls(load_model(spec, device, **kwargs), int8_text=int8_text, int8_images=int8_images)
 
     @property

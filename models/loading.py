@@ -45,7 +45,7 @@ class ModelNotAvailable(Unavailable, RuntimeError):
 class LoadedModel:
     spec: ModelSpec
     model: torch.nn.Module
-    tokenizer: Callable[..., torch.Tensor]
+    tokenizer: Callable[..., Any]  # texts -> open_clip's token tensor, or a dict of tensors (models.hf)
     preprocess: Callable[[Any], torch.Tensor]
     preprocess_cfg: dict
     device: torch.device
@@ -126,8 +126,12 @@ def load_model(
 
 def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None) -> tuple[str, dict]:
     """Map a spec to open_clip.create_model's (name, kwargs), resolving weight files first."""
+    if spec.kind is SpecKind.HF:
+        raise ModelSpecError(f"{spec} is a Transformers checkpoint: Encoder.from_spec loads it (models.hf)")
     if spec.kind is SpecKind.LOCAL_DIR:
         folder = Path(spec.source)
+        if (folder / "config.json").is_file() and not (folder / HUB_CONFIG_NAME).is_file():
+            raise ModelSpecError(f"{folder} is a Transformers model folder: Encoder.from_spec loads it (models.hf)")
         if not (folder / HUB_CONFIG_NAME).is_file():
             raise ModelNotAvailable(
                 f"model directory {folder} has no {HUB_CONFIG_NAME}; a model directory holds "

@@ -3,7 +3,9 @@
 Forms (see README "Models"):
 - `ViT-B-32:laion2b_s34b_b79k`       open_clip name + pretrained tag (Hugging Face cache)
 - `hf-hub:org/repo`                  an open_clip model repository on the hub
-- `local-dir:/path` or `/path/`      a folder with open_clip_config.json + weights
+- `hf:org/repo`                      a Transformers CLIP / SigLIP repository on the hub (models/hf.py)
+- `local-dir:/path` or `/path/`      a folder with open_clip_config.json + weights, or a Transformers
+                                     folder (config.json with model_type clip/siglip/siglip2; models/hf.py)
 - `ViT-B-32:/path/weights.safetensors`  open_clip name + a local checkpoint (.safetensors/.pt/.bin/.pth)
 - `xmodal-tiny-coca`                 a bare name: random weights from a fixed seed (tests, benchmarks)
 """
@@ -22,6 +24,7 @@ DEFAULT_SPEC = "coca_ViT-B-32:laion2b_s13b_b90k"
 class SpecKind(str, enum.Enum):
     PRETRAINED = "pretrained"
     HF_HUB = "hf-hub"
+    HF = "hf"  # a Transformers checkpoint on the hub (models/hf.py)
     LOCAL_DIR = "local-dir"
     CHECKPOINT = "checkpoint"
     RANDOM = "random"
@@ -37,6 +40,8 @@ class ModelSpec:
         """The canonical spec string; parse_spec(str(spec)) == spec."""
         if self.kind is SpecKind.HF_HUB:
             return f"hf-hub:{self.source}"
+        if self.kind is SpecKind.HF:
+            return f"hf:{self.source}"
         if self.kind is SpecKind.LOCAL_DIR:
             return f"local-dir:{self.source}"
         if self.kind is SpecKind.RANDOM:
@@ -59,6 +64,11 @@ def parse_spec(text: str) -> ModelSpec:
         if repo.count("/") != 1:
             raise ValueError(f"hf-hub spec needs 'hf-hub:org/repo', got {text!r}")
         return ModelSpec(SpecKind.HF_HUB, None, repo)
+    if text.startswith("hf:"):
+        repo = text.removeprefix("hf:").strip("/")
+        if repo.count("/") != 1:
+            raise ValueError(f"hf spec needs 'hf:org/repo' (a Transformers CLIP or SigLIP repository), got {text!r}")
+        return ModelSpec(SpecKind.HF, None, repo)
     if text.startswith("local-dir:"):
         return ModelSpec(SpecKind.LOCAL_DIR, None, _absolute(text.removeprefix("local-dir:")))
     if os.sep in text.split(":", 1)[0] or text.startswith("."):

@@ -84,3 +84,32 @@ def _save_local_dir(arch: str, folder: Path) -> Path:
 
     loaded = load_model(arch, "cpu")
     return save_model_dir(loaded.model, open_clip.get_model_config(arch), loaded.preprocess_cfg, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip_dir(tmp_path_factory) -> Path:
+    """A tiny Transformers CLIPModel folder (tests/hf_checkpoints.py); skipped without the hf extra."""
+    pytest.importorskip("transformers", reason="the hf extra (pip install 'xmodal[hf]') is not installed")
+    from tests.hf_checkpoints import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("hf-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_siglip_dir(tmp_path_factory) -> Path:
+    """A tiny Transformers SiglipModel folder with a SentencePiece tokenizer (tests/hf_checkpoints.py)."""
+    pytest.importorskip("transformers", reason="the hf extra (pip install 'xmodal[hf]') is not installed")
+    pytest.importorskip("sentencepiece", reason="SigLIP's tokenizer needs sentencepiece (the hf extra)")
+    from tests.hf_checkpoints import save_tiny_siglip
+
+    return save_tiny_siglip(tmp_path_factory.mktemp("hf-siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_siglip2_dir(tmp_path_factory) -> Path:
+    """A tiny Transformers Siglip2Model (NaFlex: images as patches of their own aspect ratio)."""
+    pytest.importorskip("transformers", reason="the hf extra (pip install 'xmodal[hf]') is not installed")
+    pytest.importorskip("sentencepiece", reason="the tiny model's tokenizer needs sentencepiece (the hf extra)")
+    from tests.hf_checkpoints import save_tiny_siglip2
+
+    return save_tiny_siglip2(tmp_path_factory.mktemp("hf-siglip2"))
