@@ -317,7 +317,9 @@ def signature(config: BuildConfig, source: Source, encoder: Encoder, previous: O
     }
 
 
-def _embed_into_journal(config, source: Source, encoder: Encoder, previous: OpenIndex | None, journal: Journal) -> dict:
+def _embed_into_journal(
+    config, source: Source, encoder: Encoder, previous: OpenIndex | None, journal: Journal
+) -> Counter:
     records = source.records
     urls = [r.location for r in records if r.is_url]
     failed = download_all(urls, journal.downloads, config.download, config.progress) if urls else {}
@@ -421,7 +423,10 @@ def _previous_rows(previous: OpenIndex | None) -> dict[str, dict]:
 def _assemble(batches: Iterable[tuple[list[dict], np.ndarray]], shards: store.ShardWriter):
     """Items (ids in record order), skips and the duplicate count from the batches; the items' vectors go
     to `shards` batch by batch (float16 as the journal holds them: never all in memory at once)."""
-    items, skipped, by_key, duplicates = [], {}, {}, 0
+    items: list[dict] = []
+    skipped: dict[str, str] = {}
+    by_key: dict[str, dict] = {}
+    duplicates = 0
     for rows, vectors in batches:
         shards.add(vectors)
         for row in rows:

@@ -190,7 +190,10 @@ class EmbedParts:
             pixels = iter(np.load(io.BytesIO(blob)))
             for item in items:
                 item["pixels"] = None if item["reason"] is not None else torch.from_numpy(next(pixels))
-            rows, vectors, seen, counts = [], [], {}, Counter()
+            rows: list[dict] = []
+            vectors: list[np.ndarray] = []
+            seen: dict[str, str] = {}
+            counts: Counter = Counter()
             for first in range(0, len(items), self.batch_size):
                 chunk_rows, chunk_vectors = embed_batch(
                     items[first : first + self.batch_size], self.encoder, {}, seen, counts, self.caption
