@@ -120,10 +120,13 @@ def _import_ray() -> Any:
 
 def _run(ray: Any, options: RayOptions, config: BuildConfig, encoder: Encoder, parts: Parts, items, total: int):
     """Decode (CPU tasks) and embed (actor pool) the parts `items`, each actor writing its parts."""
-    if options.address == "local":
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        if options.address == "local":
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+    except ConnectionError as exc:
+        raise BuildError(f"--ray {options.address}: no Ray cluster reachable ({exc})") from exc
     try:
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         context = ray.data.DataContext.get_current()
