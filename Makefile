@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch/torchvision pinned in requirements-torch.txt (the builds this workplace keeps on disk); override to taste.
 TORCH_PINS ?= -r requirements-torch.txt
-EXTRAS ?= test,lint,docs,hf
+EXTRAS ?= test,lint,docs,hf,ray
 PYTEST_ARGS ?=
 
 # `make serve PHOTOS=dir`: index a folder once (kept in INDEX), then serve it.

@@ -13,8 +13,10 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -124,23 +126,52 @@ class _Records(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         record = self.records[i]
-        item = {"key": record.key, "pixels": None, "reason": self.failures.get(record.key), "reused": False}
-        if item["reason"]:
-            return item
-        try:
-            data = read_record_bytes(self.local.get(record.key, record))
-            item["sha256"] = hashlib.sha256(data).hexdigest()
-            if self.previous_sha.get(record.key) == item["sha256"]:
-                item["reused"] = True  # unchanged since the published version: no decode needed
-                return item
-            image = load_image(data, self.max_pixels, self.draft_size)
-            width, height = source_size(image)  # the file's size, also when it was draft-decoded smaller
-            item.update(pixels=self.preprocess(image), width=width, height=height)
-        except ImageError as exc:
-            item["reason"] = str(exc)
-        except OSError as exc:
-            item["reason"] = f"unreadable: {exc.strerror or exc}"
+        return decode_record(
+            self.local.get(record.key, record),
+            record.key,
+            self.failures.get(record.key),
+            self.previous_sha.get(record.key),
+            self.preprocess,
+            self.max_pixels,
+            self.draft_size,
+        )
+
+
+def decode_record(
+    record: Record,
+    key: str,
+    failure: str | None,
+    previous_sha: str | None,
+    preprocess: Callable[[Any], torch.Tensor],
+    max_pixels: int,
+    draft_size: int | None,
+) -> dict:
+    """Read, hash, safely decode (models.images) and preprocess one record: an item with `pixels`, or
+    with the skip `reason`, or `reused` when its sha256 equals the published version's (`previous_sha`).
+    `record` is where the bytes are (a downloaded URL's local copy); `key` is the record's key."""
+    item: dict[str, Any] = {"key": key, "pixels": None, "reason": failure, "reused": False}
+    if failure:
         return item
+    try:
+        data = read_record_bytes(record)
+        item["sha256"] = hashlib.sha256(data).hexdigest()
+        if previous_sha == item["sha256"]:
+            item["reused"] = True  # unchanged since the published version: no decode needed
+            return item
+        image = load_image(data, max_pixels, draft_size)
+        width, height = source_size(image)  # the file's size, also when it was draft-decoded smaller
+        item.update(pixels=preprocess(image), width=width, height=height)
+    except ImageError as exc:
+        item["reason"] = str(exc)
+    except OSError as exc:
+        item["reason"] = f"unreadable: {exc.strerror or exc}"
+    return item
+
+
+def draft_size_for(encoder: Encoder, draft: bool) -> int | None:
+    """The shorter side JPEGs may be draft-decoded down to (the model's input size), or None."""
+    size = encoder.loaded.preprocess_cfg["size"]
+    return (min(size) if isinstance(size, (tuple, list)) else size) if draft else None
 
 
 def _as_list(items: list[dict]) -> list[dict]:
@@ -150,6 +181,21 @@ def _as_list(items: list[dict]) -> list[dict]:
 def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildReport:
     """Embed every image of config.source and publish a new version under config.out."""
     started = time.perf_counter()
+    source, csv_captions, encoder = prepare_build(config, encoder)
+    previous = _previous_version(config, encoder)
+
+    journal = Journal.open(config.out, signature(config, source, encoder, previous))
+    embed_started = time.perf_counter()
+    counts = _embed_into_journal(config, source, encoder, previous, journal)
+    embed_seconds = time.perf_counter() - embed_started
+
+    report = publish_build(config, source, encoder, csv_captions, journal.read_batches, counts, started, embed_seconds)
+    journal.remove()
+    return report
+
+
+def prepare_build(config: BuildConfig, encoder: Encoder | None) -> tuple[Source, dict[str, list[str]], Encoder]:
+    """The record list, the --captions CSV and the model, checked before any image is read."""
     source = open_source(config.source)
     if not source.records:
         raise BuildError(f"no image files in {config.source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -159,17 +205,26 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
     encoder = encoder or Encoder.from_spec(config.model, config.device, int8_images=config.int8_images)
     if config.caption and not can_caption(encoder):
         raise BuildError(f"--caption needs a model with a text decoder (CoCa); {encoder.spec} has none")
-    previous = _previous_version(config, encoder)
+    return source, csv_captions, encoder
 
-    journal = Journal.open(config.out, _signature(config, source, encoder, previous))
-    embed_started = time.perf_counter()
-    counts = _embed_into_journal(config, source, encoder, previous, journal)
-    embed_seconds = time.perf_counter() - embed_started
 
+def publish_build(
+    config: BuildConfig,
+    source: Source,
+    encoder: Encoder,
+    csv_captions: dict[str, list[str]],
+    batches: Callable[[], Iterable[tuple[list[dict], np.ndarray]]],
+    counts: Counter,
+    started: float,
+    embed_seconds: float,
+) -> BuildReport:
+    """The reduce step shared by the single-process and the Ray build: `batches()` yields every batch's
+    rows and float16 vectors in record order (journal batches or Ray parts); items, captions, FAISS
+    indexes (selected and tuned by indexer.tuning) and the manifest are written, then published atomically."""
     writer = store.VersionWriter(config.out)
     try:
         image_shards = writer.shard_writer("images", encoder.embed_dim)
-        items, skipped, duplicates = _assemble(journal, image_shards)
+        items, skipped, duplicates = _assemble(batches(), image_shards)
         if not items:
             raise BuildError(
                 f"none of the {len(source.records)} images in {config.source} could be decoded; nothing to index"
@@ -204,7 +259,6 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
     except BaseException:
         writer.abort()
         raise
-    journal.remove()
     report = BuildReport(
         version,
         len(items),
@@ -249,7 +303,7 @@ def _previous_version(config: BuildConfig, encoder: Encoder) -> OpenIndex | None
     return previous
 
 
-def _signature(config: BuildConfig, source: Source, encoder: Encoder, previous: OpenIndex | None) -> dict:
+def signature(config: BuildConfig, source: Source, encoder: Encoder, previous: OpenIndex | None) -> dict:
     keys = hashlib.sha256("\n".join(r.key + "\t" + r.location for r in source.records).encode()).hexdigest()
     return {
         "source": source.root,
@@ -265,7 +319,9 @@ def _signature(config: BuildConfig, source: Source, encoder: Encoder, previous: 
     }
 
 
-def _embed_into_journal(config, source: Source, encoder: Encoder, previous: OpenIndex | None, journal: Journal) -> dict:
+def _embed_into_journal(
+    config, source: Source, encoder: Encoder, previous: OpenIndex | None, journal: Journal
+) -> Counter:
     records = source.records
     urls = [r.location for r in records if r.is_url]
     failed = download_all(urls, journal.downloads, config.download, config.progress) if urls else {}
@@ -273,8 +329,7 @@ def _embed_into_journal(config, source: Source, encoder: Encoder, previous: Open
     failures = {r.key: f"download failed: {failed[r.location]}" for r in records if r.location in failed}
     previous_rows = _previous_rows(previous)
 
-    size = encoder.loaded.preprocess_cfg["size"]
-    draft_size = (min(size) if isinstance(size, (tuple, list)) else size) if config.draft else None
+    draft_size = draft_size_for(encoder, config.draft)
     dataset = _Records(
         records,
         local,
@@ -308,14 +363,14 @@ def _embed_into_journal(config, source: Source, encoder: Encoder, previous: Open
         total=len(records), initial=initial, unit="img", desc="embedding images", disable=not config.progress
     ) as bar:
         for number, batch in enumerate(loader, start=done):
-            rows, vectors = _embed_batch(batch, encoder, previous_rows, seen, counts, config.caption)
+            rows, vectors = embed_batch(batch, encoder, previous_rows, seen, counts, config.caption)
             journal.write_batch(number, rows, vectors)
             bar.update(len(batch))
             bar.set_postfix(skipped=counts["skipped"], duplicates=counts["duplicate"])
     return counts
 
 
-def _embed_batch(batch: list[dict], encoder: Encoder, previous_rows: dict, seen: dict, counts: Counter, caption: bool):
+def embed_batch(batch: list[dict], encoder: Encoder, previous_rows: dict, seen: dict, counts: Counter, caption: bool):
     """One batch's journal rows and the float16 vectors of its embedded/reused rows, in row order."""
     rows, to_encode = [], []
     for item in batch:
@@ -367,11 +422,14 @@ def _previous_rows(previous: OpenIndex | None) -> dict[str, dict]:
     }
 
 
-def _assemble(journal: Journal, shards: store.ShardWriter):
-    """Items (ids in record order), skips and the duplicate count from the journal; the items' vectors go
+def _assemble(batches: Iterable[tuple[list[dict], np.ndarray]], shards: store.ShardWriter):
+    """Items (ids in record order), skips and the duplicate count from the batches; the items' vectors go
     to `shards` batch by batch (float16 as the journal holds them: never all in memory at once)."""
-    items, skipped, by_key, duplicates = [], {}, {}, 0
-    for rows, vectors in journal.read_batches():
+    items: list[dict] = []
+    skipped: dict[str, str] = {}
+    by_key: dict[str, dict] = {}
+    duplicates = 0
+    for rows, vectors in batches:
         shards.add(vectors)
         for row in rows:
             if row["status"] == "skipped":

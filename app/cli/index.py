@@ -73,6 +73,18 @@ def index(
         ),
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the build report as JSON (for jobs)")] = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Build on a Ray cluster: 'local' starts one on this machine, 'auto' joins the running one, "
+            "or give its address (HOST:6379, ray://HOST:10001). --out must be on storage every node sees. "
+            "Needs pip install 'xmodal[ray]'",
+        ),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(min=1, help="--ray: embedding actors (one model copy, one GPU each)")] = 1,
+    ray_part_size: Annotated[int, typer.Option(min=1, help="--ray: records per part (unit of work and resume)")] = 256,
 ) -> None:
     """Embed every image of SOURCE and publish an index version under --out.
 
@@ -111,7 +123,12 @@ def index(
         int8_images=int8_images,
     )
     try:
-        report = build_index(config)
+        if ray:
+            from xmodal.indexer.distributed import RayOptions, build_index_on_ray
+
+            report = build_index_on_ray(config, RayOptions(ray, ray_actors, ray_part_size))
+        else:
+            report = build_index(config)
     except (BuildError, ModelNotAvailable, ModelSpecError, FileNotFoundError, ValueError, RecallNotReached) as exc:
         fail(exc)
     if json_output:
