@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union, cast
 from urllib.parse import quote
 
 import httpx
@@ -38,7 +38,10 @@ from xmodal.app.schemas import (
     VqaResponse,
 )
 
-ImageLike = Union[str, Path, bytes, "PIL.Image.Image"]  # noqa: F821 - Pillow is optional for callers
+if TYPE_CHECKING:
+    import PIL.Image  # Pillow is optional for callers
+
+ImageLike = Union[str, Path, bytes, "PIL.Image.Image"]
 RETRY_STATUSES = (429, 503)
 
 
@@ -272,7 +275,7 @@ def _model(model: type[BaseModel]) -> Callable[[httpx.Response], BaseModel]:
 def _readiness(response: httpx.Response) -> Health:
     if response.status_code == 503:
         return Health.model_validate_json(response.content)
-    return _model(Health)(response)
+    return cast(Health, _model(Health)(response))
 
 
 def _content(response: httpx.Response) -> bytes:

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.e2e.server import Server  # noqa: E402 - the e2e tests' server runner
+from xmodal.app.testing import Server  # noqa: E402 - the e2e tests' server runner
 
 TEXTS = ["a dog on a couch", "a red bus", "two people skiing", "a plate of food", "a cat on a bed", "a kitchen"]
 # route name -> weight; every route a client of the service would use.

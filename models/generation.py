@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from torch import Tensor
 
-from xmodal.models.decoding import Candidate, CocaDecoder, DecodeOptions, is_captioner
+from xmodal.models.decoding import Candidate, CocaDecoder, DecodeOptions, TextTokenizer, is_captioner
 from xmodal.models.encoders import Encoder
 from xmodal.models.errors import InvalidInput, Unsupported
 from xmodal.models.loading import LoadedModel
@@ -68,7 +68,7 @@ class Captioner:
         self.vqa_prompt = check_vqa_prompt(vqa_prompt)
         loaded = encoder.loaded
         captioner = is_captioner(loaded.model)
-        self.decoder = CocaDecoder(loaded.model, loaded.tokenizer, int8=int8) if captioner else None
+        self.decoder = CocaDecoder(loaded.model, _text_tokenizer(loaded), int8=int8) if captioner else None
 
     @property
     def can_generate(self) -> bool:
@@ -194,5 +194,10 @@ def generate_captions(model: Encoder | LoadedModel, pixels: Tensor, options: Dec
     if not can_caption(loaded):
         raise DecoderUnavailable(f"captioning needs a model with a text decoder (CoCa); {loaded.spec} has none")
     options = options or DecodeOptions(max_new_tokens=DEFAULT_CAPTION_TOKENS)
-    candidates = CocaDecoder(loaded.model, loaded.tokenizer).generate(pixels, options)
+    candidates = CocaDecoder(loaded.model, _text_tokenizer(loaded)).generate(pixels, options)
     return [per_image[0].text for per_image in candidates]
+
+
+def _text_tokenizer(loaded: LoadedModel) -> TextTokenizer:
+    """A CoCa is always an open_clip model here, and open_clip's tokenizer has what decoding needs."""
+    return cast(TextTokenizer, loaded.tokenizer)

@@ -128,8 +128,9 @@ def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None)
     """Map a spec to open_clip.create_model's (name, kwargs), resolving weight files first."""
     if spec.kind is SpecKind.HF:
         raise ModelSpecError(f"{spec} is a Transformers checkpoint: Encoder.from_spec loads it (models.hf)")
+    source = spec.source or ""  # every kind but RANDOM has one
     if spec.kind is SpecKind.LOCAL_DIR:
-        folder = Path(spec.source)
+        folder = Path(source)
         if (folder / "config.json").is_file() and not (folder / HUB_CONFIG_NAME).is_file():
             raise ModelSpecError(f"{folder} is a Transformers model folder: Encoder.from_spec loads it (models.hf)")
         if not (folder / HUB_CONFIG_NAME).is_file():
@@ -139,19 +140,20 @@ def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None)
             )
         return f"local-dir:{folder}", {}
     if spec.kind is SpecKind.HF_HUB:
-        config_path = _hub_file(spec.source, (HUB_CONFIG_NAME,), offline=offline, cache_dir=cache_dir)
-        _hub_file(spec.source, HUB_WEIGHT_NAMES, offline=offline, cache_dir=cache_dir)
+        config_path = _hub_file(source, (HUB_CONFIG_NAME,), offline=offline, cache_dir=cache_dir)
+        _hub_file(source, HUB_WEIGHT_NAMES, offline=offline, cache_dir=cache_dir)
         # The snapshot folder now holds config and weights: open_clip's local-dir reads both.
         return f"local-dir:{Path(config_path).parent}", {}
 
+    assert spec.arch is not None  # every remaining kind names an architecture
     arch = _known_arch(spec.arch)
     if spec.kind is SpecKind.RANDOM:
         return arch, {}
     if spec.kind is SpecKind.CHECKPOINT:
-        if not Path(spec.source).is_file():
-            raise ModelNotAvailable(f"checkpoint file not found: {spec.source}")
-        return arch, {"pretrained": spec.source, **_arch_preprocess(arch)}
-    return arch, _pretrained_tag_arguments(arch, spec.source, offline=offline, cache_dir=cache_dir)
+        if not Path(source).is_file():
+            raise ModelNotAvailable(f"checkpoint file not found: {source}")
+        return arch, {"pretrained": source, **_arch_preprocess(arch)}
+    return arch, _pretrained_tag_arguments(arch, source, offline=offline, cache_dir=cache_dir)
 
 
 def _model_cfg(name: str, kwargs: dict) -> dict:
@@ -294,7 +296,7 @@ def init_uninitialised_parameters(model: torch.nn.Module) -> None:
     """open_clip allocates CoCa's decoder projection with torch.empty; give it a real init."""
     decoder = getattr(model, "text_decoder", None)
     projection = getattr(decoder, "text_projection", None)
-    if isinstance(projection, torch.nn.Parameter):
+    if decoder is not None and isinstance(projection, torch.nn.Parameter):
         with torch.no_grad():
             torch.nn.init.normal_(projection, std=decoder.width**-0.5)
 

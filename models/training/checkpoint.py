@@ -77,7 +77,9 @@ def load_checkpoint(path: Path, trajectory: dict[str, str], **stateful: Any) -> 
 
 
 def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]  # a tuple when legacy
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: (kind, keys, pos, has_gauss, gauss)
+    kind, keys, pos, has_gauss, gauss = state
     return {
         "python": random.getstate(),
         # Plain lists, so the checkpoint loads with torch.load(weights_only=True).

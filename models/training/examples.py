@@ -79,7 +79,8 @@ class ExampleDataset(torch.utils.data.Dataset):
         image, texts = self.source.load(index)
         rng = random.Random(key)
         caption = rng.choice(texts.captions)
-        targets = self._targets(texts, rng)
+        # A leftover draw (its targets are drawn again below); kept so a seed still yields the same examples.
+        self._targets(texts, rng)
         captions, queries = [caption], []
         captions += [rng.choice(texts.captions) for _ in range(self.contrastive_texts - 1)]
         if texts.graph is not None:
@@ -146,18 +147,19 @@ class Collate:
         texts = self._tokenize([t for e in batch for t in e.texts])
         targets = self._tokenize([t for e in batch for t in e.targets])
         taught = self._taught(targets, [p for e in batch for p in e.prompts])
-        if all(e.queries is not None and e.graph is not None for e in batch):
+        scenes = [(e.queries, e.graph) for e in batch if e.queries is not None and e.graph is not None]
+        if len(scenes) == len(batch):
             # Ground truth: a text describes every image that satisfies its query. A caption's query
             # names every attribute of every object, so it holds exactly for scenes with that content.
-            contents = [_content(e.graph.objects) for e in batch]
+            contents = [_content(graph.objects) for _, graph in scenes]
             rows = [
                 [content == c for c in contents]
                 if (content := _exact_content(q)) is not None
-                else [_describes(q, image.graph) for image in batch]
-                for e in batch
-                for q in e.queries
+                else [_describes(q, graph) for _, graph in scenes]
+                for queries, _ in scenes
+                for q in queries
             ]
-            complete = [q.exact for e in batch for q in e.queries]
+            complete = [q.exact for queries, _ in scenes for q in queries]
         else:
             # A user's captions: a text describes every image that has it as a caption.
             captions = [set(e.captions) | set(e.texts) for e in batch]

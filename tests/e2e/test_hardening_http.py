@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from PIL import Image
-from tests.e2e.server import Server, run_xmodal
+from xmodal.app.testing import Server, run_xmodal
 
 from tests.conftest import COCO_MINI
 

@@ -10,8 +10,8 @@ import shutil
 import httpx
 import numpy as np
 import pytest
-from tests.e2e.server import Server, run_xmodal
-from tests.hub_cache import fill_hub_cache
+from xmodal.app.testing import Server, run_xmodal
+from xmodal.app.testing import fill_hub_cache
 
 from tests.conftest import COCO_MINI, requires_data
 from xmodal.models.encoders import Encoder

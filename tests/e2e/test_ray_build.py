@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from tests.e2e.server import XMODAL, run_xmodal
+from xmodal.app.testing import XMODAL, run_xmodal
 
 from tests.conftest import COCO_MINI, TINY_CLIP, requires_data
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.hub_cache import fill_hub_cache
+from xmodal.app.testing import fill_hub_cache
 
 from tests.conftest import COCO_MINI, requires_data
 from xmodal.models.encoders import Encoder
