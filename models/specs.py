@@ -1,6 +1,6 @@
 """Model specs: the one string a user writes to name a model, parsed.
 
-Forms (see README "Models"):
+Forms (see docs/models.md and docs/models-hf.md):
 - `ViT-B-32:laion2b_s34b_b79k`       open_clip name + pretrained tag (Hugging Face cache)
 - `hf-hub:org/repo`                  an open_clip model repository on the hub
 - `hf:org/repo`                      a Transformers CLIP / SigLIP repository on the hub (models/hf.py)

@@ -36,7 +36,7 @@ def index(
         typer.Argument(help="Folder of images (recursive), a .txt/.csv/.parquet list of paths or URLs, or .tar shards"),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder; each build publishes a new version in it")],
-    model: Annotated[str, typer.Option(help="Model spec (see README: Models)")] = DEFAULT_SPEC,
+    model: Annotated[str, typer.Option(help="Model spec (see docs/models.md)")] = DEFAULT_SPEC,
     captions: Annotated[
         Optional[Path], typer.Option(help="CSV of image,caption rows: enables image→text search")
     ] = None,
@@ -49,7 +49,9 @@ def index(
     update: Annotated[
         bool, typer.Option(help="Reuse vectors of unchanged files (same path and sha256) from the published version")
     ] = False,
-    draft: Annotated[bool, typer.Option(help="Decode large JPEGs at reduced size (faster, see README)")] = True,
+    draft: Annotated[
+        bool, typer.Option(help="Decode large JPEGs at reduced size (faster, see docs/indexing.md)")
+    ] = True,
     caption: Annotated[
         bool, typer.Option("--caption", help="Also caption every image with the model (CoCa) and index the captions")
     ] = False,
@@ -69,7 +71,7 @@ def index(
         typer.Option(
             "--int8-images",
             help="CPU: run the image tower with int8 weight copies (about 2x "
-            "faster; worst cosine to fp32 vectors measured 0.99989, see README)",
+            "faster; worst cosine to fp32 vectors measured 0.99989, see docs/indexing.md)",
         ),
     ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the build report as JSON (for jobs)")] = False,

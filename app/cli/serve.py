@@ -24,7 +24,7 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
     model: Annotated[Optional[str], typer.Option(help="Override the manifest's model spec (same weights)")] = None,
 ) -> None:
-    """Serve search over one or more indexes. Other settings come from XMODAL_* variables (see README).
+    """Serve search over one or more indexes. Other settings come from XMODAL_* variables (see docs/configuration.md).
 
     On SIGTERM (or Ctrl-C) it stops accepting connections, lets requests in flight finish (at most
     XMODAL_SHUTDOWN_GRACE_S seconds) and exits 0."""
