@@ -64,8 +64,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(XmodalError)
     async def typed_error(_: Request, exc: XmodalError) -> JSONResponse:
         status = status_of(exc)
-        if status >= 500 and not isinstance(exc, Unavailable | Unsupported):
-            _log_unhandled(exc)  # an XmodalError of no HTTP kind (e.g. a failed build) is still our fault
+        if status >= 500 and not isinstance(exc, Unavailable | Unsupported | ApiError):
+            _log_unhandled(exc)  # an XmodalError of no HTTP kind (e.g. a failed build) is still our fault;
+            # an ApiError names its status on purpose (502 and 504 for an upstream image_url)
             return _internal_error()
         headers = exc.headers if isinstance(exc, ApiError) else None
         if isinstance(exc, Unavailable):
