@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from PIL import Image
-from xmodal.app.testing import Server, run_xmodal
 
 from tests.conftest import COCO_MINI
+from xmodal.app.testing import Server, run_xmodal
 
 pytestmark = pytest.mark.e2e
 

@@ -10,10 +10,9 @@ import shutil
 import httpx
 import numpy as np
 import pytest
-from xmodal.app.testing import Server, run_xmodal
-from xmodal.app.testing import fill_hub_cache
 
 from tests.conftest import COCO_MINI, requires_data
+from xmodal.app.testing import Server, fill_hub_cache, run_xmodal
 from xmodal.models.encoders import Encoder
 from xmodal.models.images import load_image
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from xmodal.app.testing import XMODAL, run_xmodal
 
 from tests.conftest import COCO_MINI, TINY_CLIP, requires_data
+from xmodal.app.testing import XMODAL, run_xmodal
 
 ray = pytest.importorskip("ray")
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from xmodal.app.testing import fill_hub_cache
 
 from tests.conftest import COCO_MINI, requires_data
+from xmodal.app.testing import fill_hub_cache
 from xmodal.models.encoders import Encoder
 from xmodal.models.generation import Captioner, DecoderUnavailable
 from xmodal.models.hf import HfEncoder, is_hf_spec, unpack_patches
