@@ -22,6 +22,21 @@ FLICKR_1K = SHARED_DATA / "flickr8k-1k"
 IMAGES_EDGE = SHARED_DATA / "images-edge"
 TINY_COCA = "xmodal-tiny-coca"
 TINY_CLIP = "xmodal-tiny-clip"
+# `xmodal demo` at its smallest: the tiny CoCa, 2 steps, 12 scenes, on one CPU thread.
+TINY_DEMO_ARGS = (
+    "--model",
+    TINY_COCA,
+    "--steps",
+    2,
+    "--scenes",
+    12,
+    "--threads",
+    1,
+    "--eval-scenes",
+    10,
+    "--device",
+    "cpu",
+)
 
 # Files in images-edge that no decoder can (or should) turn into a picture.
 EDGE_UNDECODABLE = {

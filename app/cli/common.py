@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
 _OUR_LOGGERS = ("xmodal",)
+
+# Options that several commands take, written once (help text and bounds alike).
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")]
+RefusedPixelsOption = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this")]
+RecallOption = Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")]
+LatencyOption = Annotated[
+    float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index is chosen")
+]
 
 # Exit code of a refused command (bad option, missing file, unknown model): typer's own usage errors use 2 too.
 USAGE_ERROR = 2

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional, cast
 
 import typer
 
-from xmodal.app.cli.common import error, fail, setup_logging
+from xmodal.app.cli.common import DeviceOption, RefusedPixelsOption, error, fail, setup_logging
 from xmodal.models.images import DEFAULT_MAX_PIXELS
 from xmodal.models.specs import DEFAULT_SPEC
 
@@ -54,10 +54,8 @@ def caption(
     int8: Annotated[
         bool, typer.Option("--int8", help="CPU: decode with int8 weight copies (faster, approximate)")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
-    max_pixels: Annotated[
-        int, typer.Option(min=1, help="Refuse images with more pixels than this")
-    ] = DEFAULT_MAX_PIXELS,
+    device: DeviceOption = "auto",
+    max_pixels: RefusedPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Caption images: prints PATH<TAB>CAPTION per image. Exit code 1 if any image failed."""
     import torch
@@ -104,10 +102,8 @@ def ask(
     model: Annotated[str, typer.Option(help="Model spec (open questions need a CoCa model)")] = DEFAULT_SPEC,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens of an open-ended answer")] = 10,
     template: Annotated[Optional[str], typer.Option(help="VQA prompt with {question}")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
-    max_pixels: Annotated[
-        int, typer.Option(min=1, help="Refuse images with more pixels than this")
-    ] = DEFAULT_MAX_PIXELS,
+    device: DeviceOption = "auto",
+    max_pixels: RefusedPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Answer a question about an image. With --answers: the best one, then ANSWER<TAB>SCORE per candidate, best first."""
     from xmodal.models.generation import DecoderUnavailable

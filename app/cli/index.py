@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from xmodal.app.cli.common import fail, setup_logging
+from xmodal.app.cli.common import DeviceOption, LatencyOption, RecallOption, fail, setup_logging
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS
 from xmodal.models.images import DEFAULT_MAX_PIXELS
 from xmodal.models.specs import DEFAULT_SPEC
@@ -42,7 +42,7 @@ def index(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model batch")] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes (default: cores-1)")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    device: DeviceOption = "auto",
     max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this")] = DEFAULT_MAX_PIXELS,
     keep: Annotated[int, typer.Option(min=1, help="Versions to keep in the index folder")] = 3,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
@@ -62,10 +62,8 @@ def index(
     budget: Annotated[
         Optional[str], typer.Option(help="Memory for the version's FAISS indexes: 2GB, 512MiB, ... (default: no limit)")
     ] = None,
-    recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")] = 0.95,
-    latency_ms: Annotated[
-        float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index is chosen")
-    ] = DEFAULT_LATENCY_MS,
+    recall: RecallOption = 0.95,
+    latency_ms: LatencyOption = DEFAULT_LATENCY_MS,
     int8_images: Annotated[
         bool,
         typer.Option(
@@ -152,10 +150,8 @@ def reindex(
         Optional[str],
         typer.Option(help="Memory for all FAISS indexes of the version: 2GB, 512MiB, ... (default: no limit)"),
     ] = None,
-    recall: Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")] = 0.95,
-    latency_ms: Annotated[
-        float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index")
-    ] = DEFAULT_LATENCY_MS,
+    recall: RecallOption = 0.95,
+    latency_ms: LatencyOption = DEFAULT_LATENCY_MS,
     key: Annotated[
         Optional[str], typer.Option(help="Build this faiss index_factory key instead of choosing one")
     ] = None,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from xmodal.app.cli.common import fail, setup_logging
+from xmodal.app.cli.common import DeviceOption, fail, setup_logging
 from xmodal.models.training.config import Precision
 from xmodal.models.training.recipes import WORLD_DATA, WORLD_RECIPE
 
@@ -226,7 +226,7 @@ def evaluate(
     queries: Annotated[int, typer.Option(min=1, help="World: attribute queries for text→image precision")] = 500,
     questions_per_type: Annotated[int, typer.Option(min=0, help="World: VQA questions per type (0: no VQA)")] = 200,
     captions: Annotated[Optional[int], typer.Option(min=0, help="World: scenes to caption (default: all)")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    device: DeviceOption = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: usable cores)")] = None,
     server: Annotated[
         Optional[str],

@@ -5,29 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.conftest import TINY_DEMO_ARGS
 from xmodal.app.testing import Server
 
 pytestmark = pytest.mark.e2e
 
 
 def test_demo_trains_indexes_and_serves(tmp_path):
-    command = [
-        "demo",
-        "--cache-dir",
-        tmp_path / "demo",
-        "--model",
-        "xmodal-tiny-coca",
-        "--steps",
-        2,
-        "--scenes",
-        12,
-        "--threads",
-        1,
-        "--eval-scenes",
-        10,
-        "--device",
-        "cpu",
-    ]
+    command = ["demo", "--cache-dir", tmp_path / "demo", *TINY_DEMO_ARGS]
     with Server(None, tmp_path / "demo.log", command=command) as demo:
         demo.wait_ready(timeout=240)
         assert "curl -s 127.0.0.1:" in demo.log() and "/v1/search/text" in demo.log()

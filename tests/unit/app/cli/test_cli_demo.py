@@ -5,29 +5,13 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import TINY_DEMO_ARGS
 from xmodal.app.cli import cli
 
 
 @pytest.mark.slow
 def test_demo_prepares_once_then_reuses_model_scenes_and_index(tmp_path):
-    args = (
-        "demo",
-        "--cache-dir",
-        tmp_path,
-        "--model",
-        "xmodal-tiny-coca",
-        "--steps",
-        2,
-        "--scenes",
-        12,
-        "--threads",
-        1,
-        "--eval-scenes",
-        10,
-        "--device",
-        "cpu",
-        "--no-serve",
-    )
+    args = ("demo", "--cache-dir", tmp_path, *TINY_DEMO_ARGS, "--no-serve")
     first = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert first.exit_code == 0, first.output
     assert "training xmodal-tiny-coca" in first.output and "indexed 12 scenes and 60 captions" in first.output
