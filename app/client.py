@@ -205,7 +205,7 @@ class _Endpoints:
         *,
         mode: Literal["greedy", "beam", "sample"] = "greedy",
         beams: int | None = None,
-        max_tokens: int = 20,
+        max_tokens: int | None = None,
         alternatives: int = 0,
         prompt: str = "",
         seed: int | None = None,
@@ -214,6 +214,7 @@ class _Endpoints:
         temperature: float | None = None,
         index: str | None = None,
     ) -> CaptionResponse:
+        """The image's caption. max_tokens=None (the default) lets it run to the model's end-of-text."""
         data = _form(
             mode=mode,
             beams=beams,

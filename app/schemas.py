@@ -204,7 +204,11 @@ class CaptionRequest(IndexField):
     beams: int | None = Field(
         None, description="Beam width, mode=beam only (1..max_beams; default max(3, alternatives))"
     )
-    max_tokens: int = Field(20, description="Most new tokens (1..max_caption_tokens)")
+    max_tokens: int | None = Field(
+        None,
+        description="Most new tokens (1..max_caption_tokens). Left out, the caption runs to the model's "
+        "end-of-text, at most the room its context leaves after the prompt",
+    )
     alternatives: int = Field(
         0, description="Also return the best N captions with scores (0..max_alternatives); N > 1 needs beam or sample"
     )
@@ -239,7 +243,11 @@ class VqaRequest(IndexField):
         description="Candidate answers (1..max_answers): the best is chosen and every one scored. "
         "Without them the model writes an answer (CoCa models only)",
     )
-    max_tokens: int = Field(10, description="Open-ended answers: most new tokens (1..max_caption_tokens)")
+    max_tokens: int = Field(
+        10,
+        description="Open-ended answers: most new tokens (1..max_caption_tokens). The answer ends at the model's "
+        "end-of-text; the short default keeps a model that never learnt to end answers from writing a caption",
+    )
 
 
 class VqaResponse(BaseModel):

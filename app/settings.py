@@ -111,7 +111,12 @@ class Settings(BaseSettings):
 
     vqa_prompt: str = Field(DEFAULT_VQA_PROMPT, description="Prompt the caption decoder answers a question after")
     max_answers: int = Field(100, ge=1, description="Most candidate answers in one /v1/vqa request")
-    max_caption_tokens: int = Field(40, ge=1, description="Most new tokens one caption or answer may ask for")
+    max_caption_tokens: int = Field(
+        40,
+        ge=1,
+        description="Most new tokens a caption or answer request may ask for with max_tokens "
+        "(a caption without it runs to end-of-text, within the model's context)",
+    )
     max_alternatives: int = Field(5, ge=1, description="Most alternative captions one /v1/caption request may ask for")
     max_beams: int = Field(8, ge=1, description="Widest beam one /v1/caption request may ask for")
     text_int8: bool = Field(

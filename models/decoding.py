@@ -10,7 +10,9 @@ the reference the cached one is tested against, token for token.
 Images come in already preprocessed, as (B, 3, H, W) tensors. Every sequence starts
 with the tokenizer's start-of-text token followed by the prefix, and all of it
 (prompt plus generated tokens) fits in the model's context length, which is also the
-longest sequence CoCa saw in training.
+longest sequence CoCa saw in training. So by default (max_new_tokens=None) a sequence
+runs until end-of-text or until the context is full: no fixed cap can cut a caption
+the model was trained to write.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class DecodeOptions:
     """
 
     mode: DecodeMode = "greedy"
-    max_new_tokens: int = 20
+    max_new_tokens: int | None = None  # None: until end-of-text, within the room the context leaves after the prompt
     min_new_tokens: int = 0
     num_beams: int = 1  # beam only
     length_penalty: float = 1.0  # score = sum of log-probs / scored_tokens ** length_penalty
@@ -71,11 +73,15 @@ class DecodeOptions:
             raise ValueError(f"mode must be one of {DECODE_MODES}, got {self.mode!r}")
         for name in ("max_new_tokens", "min_new_tokens", "num_beams", "top_k", "num_return_sequences"):
             value = getattr(self, name)
+            if name == "max_new_tokens" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{name} must be an int, got {value!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1 (or None: until end-of-text), got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
             raise ValueError(
                 f"min_new_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), "
                 f"got {self.min_new_tokens}"
@@ -168,7 +174,7 @@ class CocaDecoder:
         images = self._check_images(images)
         if images.shape[0] == 0:
             return []
-        prompt_ids = [self.tokenizer.sot_token_id, *self.tokenizer.encode(options.prefix)]
+        prompt_ids = self._prompt_ids(options.prefix)
         max_new = self._room_for(prompt_ids, options)
         image_latent, image_embs = self.model._encode_image(images)
         prompt = torch.tensor(prompt_ids, device=self.device).repeat(images.shape[0], 1)
@@ -244,6 +250,14 @@ class CocaDecoder:
             raise ValueError(f"images must be a preprocessed (B, 3, H, W) tensor, got {shape}")
         return images.to(device=self.device, dtype=self.dtype)
 
+    def new_token_limit(self, options: DecodeOptions) -> int:
+        """The most tokens `generate` may add after options.prefix: options.max_new_tokens, or with None
+        every position the context leaves after the start token and the prefix (end-of-text included)."""
+        return self._room_for(self._prompt_ids(options.prefix), options)
+
+    def _prompt_ids(self, prefix: str) -> list[int]:
+        return [self.tokenizer.sot_token_id, *self.tokenizer.encode(prefix)]
+
     def _room_for(self, prompt_ids: list[int], options: DecodeOptions) -> int:
         room = self.context_length - len(prompt_ids)
         if room < max(1, options.min_new_tokens):
@@ -251,7 +265,7 @@ class CocaDecoder:
                 f"the prompt takes {len(prompt_ids)} of {self.context_length} context tokens, leaving "
                 f"{max(room, 0)} for new tokens; min_new_tokens is {options.min_new_tokens}"
             )
-        return min(options.max_new_tokens, room)
+        return room if options.max_new_tokens is None else min(options.max_new_tokens, room)
 
     def _candidate(self, hypothesis: _Hypothesis, length_penalty: float) -> Candidate:
         return Candidate(

@@ -25,7 +25,10 @@ from xmodal.models.errors import InvalidInput, Unsupported
 from xmodal.models.loading import LoadedModel
 from xmodal.models.prompts import DEFAULT_VQA_PROMPT, vqa_prompt
 
-DEFAULT_CAPTION_TOKENS = 20
+# A caption has no fixed cap: it runs to end-of-text within the model's context (DecodeOptions' default).
+# An open-ended answer keeps a short one: answers are a word or a few (the world's are one word), while a CoCa
+# trained only on captions never learnt to end an answer and would fill its whole context with caption text.
+# Ten tokens keep real answers whole and such a ramble short and cheap; max_new_tokens=None lifts the cap.
 DEFAULT_ANSWER_TOKENS = 10
 
 AnswerMethod = Literal["generated", "likelihood", "contrastive"]
@@ -90,11 +93,12 @@ class Captioner:
         question: str,
         answers: Sequence[str] | None = None,
         *,
-        max_new_tokens: int = DEFAULT_ANSWER_TOKENS,
+        max_new_tokens: int | None = DEFAULT_ANSWER_TOKENS,
     ) -> VqaAnswer:
         """Answer a question about one preprocessed image (3, H, W).
 
-        Without `answers`: greedy decoding after the prompt (needs a decoder). With them: the
+        Without `answers`: greedy decoding after the prompt (needs a decoder), until end-of-text or
+        max_new_tokens (None: until end-of-text, within the context). With them: the
         best-scoring candidate (the first one on a tie) and every candidate's score.
         """
         if not isinstance(pixels, Tensor) or pixels.ndim != 3:
@@ -193,7 +197,7 @@ def generate_captions(model: Encoder | LoadedModel, pixels: Tensor, options: Dec
     loaded = model.loaded if isinstance(model, Encoder) else model
     if not can_caption(loaded):
         raise DecoderUnavailable(f"captioning needs a model with a text decoder (CoCa); {loaded.spec} has none")
-    options = options or DecodeOptions(max_new_tokens=DEFAULT_CAPTION_TOKENS)
+    options = options or DecodeOptions()  # greedy, until end-of-text
     candidates = CocaDecoder(loaded.model, _text_tokenizer(loaded)).generate(pixels, options)
     return [per_image[0].text for per_image in candidates]
 

@@ -47,7 +47,12 @@ def caption(
     model: Annotated[str, typer.Option(help="Model spec with a caption decoder (CoCa)")] = DEFAULT_SPEC,
     mode: Annotated[str, typer.Option(help="greedy, beam or sample")] = "greedy",
     beams: Annotated[Optional[int], typer.Option(help="Beam width for --mode beam (default 3)")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Most new tokens per caption")] = 20,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="Most new tokens per caption (default: until end-of-text, within the model's context)"
+        ),
+    ] = None,
     prompt: Annotated[str, typer.Option(help="Text each caption starts with (left out of the output)")] = "",
     seed: Annotated[Optional[int], typer.Option(help="Seed for --mode sample")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model batch")] = 8,
@@ -100,7 +105,9 @@ def ask(
         Optional[str], typer.Option(help="Comma-separated candidate answers: prints the best, then every score")
     ] = None,
     model: Annotated[str, typer.Option(help="Model spec (open questions need a CoCa model)")] = DEFAULT_SPEC,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens of an open-ended answer")] = 10,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Most new tokens of an open-ended answer (it ends at end-of-text before that)")
+    ] = 10,
     template: Annotated[Optional[str], typer.Option(help="VQA prompt with {question}")] = None,
     device: DeviceOption = "auto",
     max_pixels: RefusedPixelsOption = DEFAULT_MAX_PIXELS,

@@ -70,7 +70,8 @@ def decode_options(fields: CaptionRequest, settings: Settings) -> DecodeOptions:
     )
 
 
-def check_max_tokens(max_tokens: int, settings: Settings) -> int:
-    if not 1 <= max_tokens <= settings.max_caption_tokens:
+def check_max_tokens(max_tokens: int | None, settings: Settings) -> int | None:
+    """An explicit max_tokens within 1..max_caption_tokens; None (until end-of-text, within the context) passes."""
+    if max_tokens is not None and not 1 <= max_tokens <= settings.max_caption_tokens:
         raise InvalidInput(f"max_tokens must be between 1 and {settings.max_caption_tokens}, got {max_tokens}")
     return max_tokens

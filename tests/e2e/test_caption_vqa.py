@@ -58,11 +58,25 @@ def test_caption_is_deterministic_and_equals_the_decoder(client, coca):
     assert first.status_code == 200, first.text
     body = first.json()
     assert set(body) == {"caption", "took_ms"} and body["took_ms"] > 0
-    assert body["caption"] and body["caption"] == _direct_texts(coca, max_new_tokens=20)[0]
+    assert body["caption"] and body["caption"] == _direct_texts(coca)[0]
     assert client.post("/v1/caption", files=_file(PHOTO)).json()["caption"] == body["caption"]
     assert client.post("/v1/caption", json={"image_b64": _b64(PHOTO)}).json()["caption"] == body["caption"]
     short = client.post("/v1/caption", json={"image_b64": _b64(PHOTO), "max_tokens": 3, "prompt": "a photo of"})
     assert short.json()["caption"] == _direct_texts(coca, max_new_tokens=3, prefix="a photo of")[0]
+
+
+def test_a_default_caption_is_not_cut_at_a_fixed_length(client, coca):
+    """Without max_tokens a caption runs to end-of-text or the full context; no fixed cap (it was 20) cuts it."""
+    decoder, pixels = coca
+    room = decoder.context_length - 1  # after the start token
+    best = decoder.generate(pixels, DecodeOptions())[0][0]
+    # The tiny model's random weights never reach end-of-text here: the caption fills the context.
+    assert len(best.token_ids) == room > 20 and not best.finished
+    default = client.post("/v1/caption", json={"image_b64": _b64(PHOTO)}).json()["caption"]
+    assert default == client.post("/v1/caption", json={"image_b64": _b64(PHOTO), "max_tokens": None}).json()["caption"]
+    assert default == best.text
+    cut = client.post("/v1/caption", files=_file(PHOTO), data={"max_tokens": "20"}).json()["caption"]
+    assert cut == _direct_texts(coca, max_new_tokens=20)[0] and len(cut) < len(default)
 
 
 def test_caption_alternatives_by_beam_search_and_seeded_sampling(client, coca):
@@ -258,7 +272,7 @@ def test_cli_caption_prints_one_line_per_image_and_fails_on_bad_ones(tiny_coca_d
     assert "absent.jpg: no such file" in result.stderr
     lines = result.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(PHOTO), str(second)]
-    assert lines[0].split("\t")[1] == _direct_texts(coca, max_new_tokens=20)[0]
+    assert lines[0].split("\t")[1] == _direct_texts(coca)[0]
 
 
 def test_cli_ask_ranks_candidates_and_refuses_open_questions_without_a_decoder(tiny_coca_dir, tiny_clip_dir, coca):

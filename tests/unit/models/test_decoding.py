@@ -73,6 +73,18 @@ def eot_decoder(tokenizer) -> CocaDecoder:
 
 
 @pytest.fixture(scope="module")
+def never_ending_decoder(tokenizer) -> CocaDecoder:
+    """A model whose end-of-text logit is always -30: it writes until something else stops it."""
+    model = copy.deepcopy(_random_coca(seed=0))
+    with torch.no_grad():
+        model.text_decoder.ln_final.weight[0] = 0.0
+        model.text_decoder.ln_final.bias[0] = 1.0
+        model.text_decoder.text_projection[0] = 0.0
+        model.text_decoder.text_projection[0, EOT] = -30.0
+    return CocaDecoder(model, tokenizer)
+
+
+@pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -194,6 +206,47 @@ def test_min_new_tokens_holds_back_end_of_text(eot_decoder, images, options):
         assert candidates[0].finished
 
 
+@pytest.mark.parametrize("prefix", ["", "a photo of"])
+def test_by_default_a_caption_may_fill_the_context(never_ending_decoder, tokenizer, images, prefix):
+    """No fixed cap (it was 20): a text that never ends stops only where the context is full."""
+    room = never_ending_decoder.context_length - 1 - len(tokenizer.encode(prefix))
+    assert never_ending_decoder.new_token_limit(DecodeOptions(prefix=prefix)) == room > 20
+    assert never_ending_decoder.new_token_limit(DecodeOptions(max_new_tokens=5, prefix=prefix)) == 5
+    for candidates in never_ending_decoder.generate(images, DecodeOptions(prefix=prefix)):
+        assert len(candidates[0].token_ids) == room and not candidates[0].finished
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        DecodeOptions(min_new_tokens=4),
+        DecodeOptions(mode="beam", num_beams=3, min_new_tokens=4),
+        DecodeOptions(mode="sample", seed=0, min_new_tokens=4),
+    ],
+    ids=["greedy", "beam", "sample"],
+)
+def test_by_default_decoding_stops_at_end_of_text(eot_decoder, images, options):
+    """Without max_new_tokens the end-of-text token still ends the text, long before the context is full."""
+    for candidates in eot_decoder.generate(images, options):
+        assert len(candidates[0].token_ids) == 4 < eot_decoder.new_token_limit(options)
+        assert candidates[0].finished
+
+
+def test_the_world_demo_models_captions_fit_its_default(tokenizer):
+    """xmodal-small-coca (context 32) learns the world's captions; a three-object one takes 23 tokens, so the
+    old 20-token default cut "... and a small red square at the bottom" short. The default now leaves room
+    for every caption it trains on, with its end-of-text."""
+    from xmodal.models.world import World
+
+    register_configs()
+    demo = CocaDecoder(open_clip.create_model("xmodal-small-coca"), tokenizer)
+    scenes = World(seed=0).scenes(300)
+    three_objects = next(s.caption for s in scenes if len(s.graph.objects) == 3)
+    assert len(tokenizer.encode(three_objects)) > 20
+    longest = max(len(tokenizer.encode(caption)) for scene in scenes for caption in scene.captions)
+    assert longest + 1 <= demo.new_token_limit(DecodeOptions()) == demo.context_length - 1
+
+
 def test_max_new_tokens_caps_unfinished_output(decoder, images):
     for candidates in decoder.generate(images, DecodeOptions(max_new_tokens=5)):
         assert len(candidates[0].token_ids) == 5
@@ -281,6 +334,7 @@ def test_score_answers_refuses_bad_input(decoder, images):
         ({"mode": "nucleus"}, "mode must be one of"),
         ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
         ({"min_new_tokens": 5, "max_new_tokens": 4}, "min_new_tokens must be between"),
+        ({"min_new_tokens": -1}, "min_new_tokens must be >= 0"),
         ({"max_new_tokens": 2.5}, "max_new_tokens must be an int"),
         ({"mode": "beam", "num_beams": 0}, "num_beams must be >= 1"),
         ({"num_beams": 4}, "num_beams applies only to mode='beam'"),

@@ -122,7 +122,7 @@ def test_clip_cannot_caption_or_answer_open_questions(clip, images):
 
 
 def test_generate_captions_equals_the_decoder(coca, images):
-    direct = CocaDecoder(coca.model, coca.loaded.tokenizer).generate(images, DecodeOptions(max_new_tokens=20))
+    direct = CocaDecoder(coca.model, coca.loaded.tokenizer).generate(images, DecodeOptions())  # until end-of-text
     texts = [per_image[0].text for per_image in direct]
     assert generate_captions(coca, images) == texts
     assert generate_captions(coca.loaded, images) == texts

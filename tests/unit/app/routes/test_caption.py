@@ -17,6 +17,15 @@ def test_an_image_gets_a_caption_and_alternatives(client):
     assert len(beams["alternatives"]) == 2 and beams["caption"] == beams["alternatives"][0]["text"]
 
 
+def test_max_caption_tokens_bounds_only_an_explicit_max_tokens(client):
+    """Left out, max_tokens means "until end-of-text, within the context" (31 tokens here), past the server's
+    bound of 20 on what a request may ask for; the tiny random model never ends, so the 20-token caption is cut."""
+    default = client.post("/v1/caption", json={"image_b64": PNG_B64})
+    assert default.status_code == 200, default.text
+    cut = client.post("/v1/caption", json={"image_b64": PNG_B64, "max_tokens": 20}).json()["caption"]
+    assert default.json()["caption"].startswith(cut) and len(default.json()["caption"]) > len(cut)
+
+
 @pytest.mark.parametrize(
     "fields, status, message",
     [
