@@ -32,7 +32,7 @@ def test_replicas_each_swap_to_a_published_version_without_failing_a_request(tin
     encoder = Encoder.from_spec(f"local-dir:{tiny_coca_dir}", "cpu")
     first = build_index(BuildConfig(photos, shared, workers=0, progress=False), encoder).version.name
 
-    answers: list[list[tuple[int, frozenset[str]]]] = [[], []]  # per replica, in order: status, result paths
+    answers: list[list[tuple[int, str | None, frozenset[str]]]] = [[], []]  # per replica: status, version, paths
     failures: list[str] = []
     stop = threading.Event()
 
@@ -44,7 +44,10 @@ def test_replicas_each_swap_to_a_published_version_without_failing_a_request(tin
                 except httpx.TransportError as exc:
                     failures.append(f"replica {n}: {exc!r}")
                     continue
-                answers[n].append((response.status_code, _paths(response) if response.is_success else frozenset()))
+                version = response.headers.get("x-xmodal-index-version")
+                answers[n].append(
+                    (response.status_code, version, _paths(response) if response.is_success else frozenset())
+                )
                 time.sleep(0.02)  # ~10 requests per poll interval; flat out, they starve the publisher of CPU
 
     replicas = [Server(shared, tmp_path / f"replica-{n}.log", env=REPLICA_ENV) for n in range(2)]
@@ -77,13 +80,15 @@ def test_replicas_each_swap_to_a_published_version_without_failing_a_request(tin
             replica.stop()
 
     assert not failures, failures[:5]
+    expected = {first: FIRST, second: FIRST | {"added.png"}}
     for n, log in enumerate(logs):
-        statuses = {status for status, _ in answers[n]}
+        statuses = {status for status, _, _ in answers[n]}
         assert statuses == {200}, f"replica {n}: {len(answers[n])} requests, statuses {statuses}\n{log}"
-        # Each replica answers from the first version, swaps once, then only from the second: never a mix,
-        # never back. The added item is found.
-        results = [paths for _, paths in answers[n]]
-        swap = next(i for i, paths in enumerate(results) if paths != FIRST)
-        assert results[:swap] == [FIRST] * swap and swap > 0, f"replica {n}: no answer from {first}"
-        assert set(results[swap:]) == {FIRST | {"added.png"}}, f"replica {n}: {set(results[swap:])}"
+        # Every answer comes whole from the version its header names (the added item is found in the second)...
+        assert all(expected.get(version) == paths for _, version, paths in answers[n]), f"replica {n}: a mixed answer"
+        # ...and each replica answers from the first version, swaps once, then only from the second: never back.
+        versions = [version for _, version, _ in answers[n]]
+        swap = versions.index(second) if second in versions else len(versions)
+        assert 0 < swap < len(versions), f"replica {n}: did not answer from both {first} and {second}"
+        assert versions == [first] * swap + [second] * (len(versions) - swap), f"replica {n} went back"
         assert f"hot swap {first} -> {second}" in log
