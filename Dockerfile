@@ -1,9 +1,12 @@
 # xmodal. CPU image:  docker build -t xmodal .
 # NVIDIA GPU image:   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t xmodal:cuda .
 #                     (torch's CUDA wheels carry their CUDA libraries; run with --gpus all)
+# Ray cluster image:  docker build --build-arg EXTRAS=ray-node -t xmodal:ray .   (compose: --profile ray)
 FROM python:3.11-slim-bookworm
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# pyproject extras to install, comma-separated (e.g. ray-node: ray and its dashboard); none by default
+ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -19,7 +22,9 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY indexer ./indexer
 COPY models ./models
-RUN pip install .
+# The project itself, with EXTRAS when given: versions are bounded in pyproject.toml, not here.
+# hadolint ignore=DL3013
+RUN pip install ".${EXTRAS:+[${EXTRAS}]}"
 
 RUN useradd --create-home --uid 10001 xmodal && mkdir -p /data && chown 10001 /data
 USER 10001

@@ -49,6 +49,7 @@ lint: install
 	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p xmodal
 	$(BIN)/hadolint Dockerfile
 	docker-compose -f docker-compose.yml -f docker/docker-compose.gpu.yml config --quiet
+	docker-compose -f docker-compose.yml -f docker/docker-compose.gpu.yml --profile ray --profile replicas config --quiet
 
 docs: install
 	$(BIN)/python -m mkdocs build --strict --site-dir build/site

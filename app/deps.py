@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from xmodal.app.middleware import index_version_var
 from xmodal.app.runtime import Runtime
 from xmodal.app.served import ServedIndex
 from xmodal.app.settings import DEFAULT_INDEX, Settings
@@ -38,7 +39,14 @@ IndexQuery = Annotated[
 
 def pick_index(runtime: Runtime, *names: object) -> ServedIndex:
     """The served index a request names (in its body and/or query; they must agree), or the default one:
-    the only index, else the one named "default". 404 for an unknown name."""
+    the only index, else the one named "default". 404 for an unknown name. Its version at this moment, the one a
+    handler that takes `served.index` next reads, goes back in the X-Xmodal-Index-Version header."""
+    served = _named_index(runtime, *names)
+    index_version_var.set(served.index.version.name)
+    return served
+
+
+def _named_index(runtime: Runtime, *names: object) -> ServedIndex:
     given: list[str] = []
     for name in names:
         if name is not None and not isinstance(name, str):

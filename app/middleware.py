@@ -1,4 +1,5 @@
-"""ASGI middleware: a body limit for every route, and request ids with one access-log line and metrics."""
+"""ASGI middleware: a body limit for every route, and request ids with one access-log line and metrics; responses
+of requests that read an index say which version answered (`X-Xmodal-Index-Version`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 
 from fastapi import HTTPException
 
@@ -16,6 +18,10 @@ from xmodal.app.logs import escape, request_id_var
 log = logging.getLogger("xmodal.access")
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+INDEX_VERSION_HEADER = "X-Xmodal-Index-Version"
+# The version of the index a request picked (set by deps.pick_index): with several replicas, or during a hot swap,
+# it tells a client which version answered.
+index_version_var: ContextVar[str | None] = ContextVar("index_version", default=None)
 
 
 class BodyLimitMiddleware:
@@ -71,6 +77,7 @@ class RequestContextMiddleware:
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        version_token = index_version_var.set(None)
         started = time.perf_counter()
         status = 500
 
@@ -78,7 +85,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if (version := index_version_var.get()) is not None:
+                    headers.append((INDEX_VERSION_HEADER.lower().encode(), version.encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -112,6 +122,7 @@ class RequestContextMiddleware:
                 extra={"access": fields},
             )
             request_id_var.reset(token)
+            index_version_var.reset(version_token)
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -153,7 +164,7 @@ def install_middleware(app, settings) -> None:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", INDEX_VERSION_HEADER],
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, observe=app.state.metrics.observe)

@@ -10,16 +10,23 @@
         texts.faiss, texts-*.npy, texts.parquet   (when captions were given)
         skipped.parquet           path, reason
       .tmp-*/                     a build in progress; never read
+      .publish.lock               held while one build publishes (flock)
 
 A version is written completely under a temporary name, fsynced, renamed into
-place, and only then named by CURRENT: a crash never exposes a half index.
+place, and only then named by CURRENT: a crash never exposes a half index, and
+readers (any number of servers over a shared folder) never lock anything. Two
+builds publishing into one folder at once take turns on the lock, so they
+neither pick the same version name nor switch CURRENT through one pointer file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +40,7 @@ from xmodal.models.errors import NotFound
 
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
+PUBLISH_LOCK = ".publish.lock"
 SHARD_ROWS = 100_000
 
 
@@ -80,15 +88,16 @@ class VersionWriter:
         """Write the manifest, move the folder into place, switch CURRENT, prune old versions."""
         (self.tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         _fsync_tree(self.tmp)
-        final = self.root / _next_version_name(self.root)
         os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; a served index is readable
-        os.rename(self.tmp, final)
-        pointer = self.root / f".{CURRENT}.tmp"
-        pointer.write_text(final.name + "\n")
-        _fsync_file(pointer)
-        os.replace(pointer, self.root / CURRENT)
-        _fsync_dir(self.root)
-        prune_versions(self.root, keep)
+        with _publish_lock(self.root):
+            final = self.root / _next_version_name(self.root)
+            os.rename(self.tmp, final)
+            pointer = self.root / f".{CURRENT}.tmp"
+            pointer.write_text(final.name + "\n")
+            _fsync_file(pointer)
+            os.replace(pointer, self.root / CURRENT)
+            _fsync_dir(self.root)
+            prune_versions(self.root, keep)
         return final
 
     def abort(self) -> None:
@@ -186,6 +195,15 @@ def prune_versions(root: Path, keep: int) -> None:
     for old in list_versions(root)[: -max(keep, 1)]:
         if old.name != current:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _publish_lock(root: Path) -> Iterator[None]:
+    """Hold root's publish lock: naming, renaming, switching CURRENT and pruning are one step per build.
+    flock is advisory and only publishers take it; on NFS it is a lock on the server (NFSv4, or lockd)."""
+    with open(root / PUBLISH_LOCK, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, also when the publish raised
 
 
 def _next_version_name(root: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from xmodal.app.deps import ReadyDep, pick_index
+from xmodal.app.middleware import index_version_var
 from xmodal.app.schemas import ErrorBody, IndexesResponse, IndexSummary, ModelSummary, ReloadResponse
 from xmodal.app.security import AdminDep, ReadDep
 from xmodal.app.served import ServedIndex
@@ -36,6 +37,7 @@ async def reload_index(name: str, runtime: ReadyDep, _: AdminDep) -> ReloadRespo
 async def reload(served: ServedIndex) -> ReloadResponse:
     previous = served.index.version.name
     swapped = await served.reload_if_changed()
+    index_version_var.set(served.index.version.name)  # the header names the version served from now on
     return ReloadResponse(index=served.name, swapped=swapped, previous=previous, version=served.index.version.name)
 
 

@@ -35,6 +35,36 @@ def test_compose_files_are_valid_and_the_api_checks_readiness():
     assert "/readyz" in result.stdout and "xmodal-data:/data" in result.stdout
 
 
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_compose_profiles_scale_without_port_clashes_and_ray_nodes_share_one_image():
+    """--profile replicas: only the proxy publishes 127.0.0.1:8000, so api-replica scales; --profile ray: the
+    head, the workers and the driver run one image with Ray in it and see the same /data volume."""
+    yaml = pytest.importorskip("yaml")
+    result = subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "-f", "docker/docker-compose.gpu.yml"]
+        + ["--profile", "ray", "--profile", "replicas", "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PHOTOS": "/photos-on-host"},
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    published = {name: [str(p) for p in service.get("ports", [])] for name, service in services.items()}
+    assert [name for name, ports in published.items() if any(":8000:" in p for p in ports)] == ["api", "proxy"]
+    assert all(p.startswith("127.0.0.1:") for ports in published.values() for p in ports), published
+    assert not published["api-replica"] and not published["ray-worker"]  # both scale with --scale
+    assert "api-replica:8000 resolve" in (ROOT / "docker" / "nginx.conf").read_text()
+    assert any(v.endswith("docker/nginx.conf:/etc/nginx/nginx.conf:ro") for v in services["proxy"]["volumes"])
+
+    ray_nodes = [services[name] for name in ("ray-head", "ray-worker", "index-ray")]
+    assert len({node["image"] for node in ray_nodes}) == 1
+    assert all(node["build"]["args"]["EXTRAS"] == "ray-node" for node in ray_nodes)
+    assert all("xmodal-data:/data:rw" in node["volumes"] for node in ray_nodes)
+    assert "--ray ray-head:6379" in services["index-ray"]["command"][0]
+    assert services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
 PACKAGES = {"app": "xmodal.app", "indexer": "xmodal.indexer", "models": "xmodal.models"}
 TRAINING = ("xmodal.models.training", "xmodal.models.world")
 # What may import training code besides training itself: the `train`/`eval`/`demo` commands
