@@ -148,7 +148,9 @@ class DeviceDecoder:
     file, and any the decoder rejects, through load_image and the model's own preprocess on the CPU; an
     ImageError in place of pixels for a file that cannot be indexed at all (over the budget, corrupt)."""
 
-    def __init__(self, loaded: LoadedModel, max_pixels: int, draft_size: int | None, device: torch.device | None = None):
+    def __init__(
+        self, loaded: LoadedModel, max_pixels: int, draft_size: int | None, device: torch.device | None = None
+    ):
         if not DevicePreprocess.supports(loaded.preprocess_cfg):
             raise ValueError(f"no device preprocessing for {loaded.spec}'s preprocess config {loaded.preprocess_cfg}")
         self.loaded, self.max_pixels, self.draft_size = loaded, max_pixels, draft_size
