@@ -76,7 +76,7 @@ class BuildConfig:
     latency_ms: float | None = DEFAULT_LATENCY_MS  # longest exact query before an approximate index pays
     int8_images: bool = False  # CPU: the image tower's blocks with int8 weight copies (models.encoders.Encoder)
     precision: str = "auto"  # the model's dtype (models.precision): auto is fp16 on CUDA, fp32 on the CPU
-    # Plain JPEGs decoded in batches on the model's device (models.device_images); None: when it is a GPU.
+    # Plain JPEGs decoded in batches on the model's device (models.device_images); None: when that is CUDA.
     gpu_decode: bool | None = None
 
 

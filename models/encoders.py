@@ -31,7 +31,7 @@ class Encoder:
     patch embedding, pooling and projection stay fp32.
     """
 
-    _staging: StagingBuffer | None = None  # made on the first batch (models.hf.HfEncoder shares it)
+    _staging: StagingBuffer | None = None  # made on the first batch (models.hf.HfEncoder skips __init__)
 
     def __init__(self, loaded: LoadedModel, *, int8_text: bool = False, int8_images: bool = False):
         self.loaded = loaded
