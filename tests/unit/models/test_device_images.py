@@ -93,3 +93,18 @@ def test_embeddings_match_the_pillow_path(encoder):
     pillow = encoder.embed_images([load_image(blob) for blob in blobs])
     assert (device * pillow).sum(axis=1).min() >= PARITY_COSINE
     assert all((r.width, r.height) == Image.open(io.BytesIO(b)).size for r, b in zip(results, blobs))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_data(FLICKR_1K)
+def test_nvjpeg_embeddings_match_the_pillow_path_on_cuda():
+    encoder = Encoder.from_spec(TINY_CLIP, "cuda", precision="fp32")  # fp32: the decoders' difference alone
+    blobs = [path.read_bytes() for path in sorted((FLICKR_1K / "images").glob("*.jpg"))[:48]]
+    decoder = DeviceDecoder(encoder.loaded, DEFAULT_MAX_PIXELS, draft_size=None)
+    results = decoder.decode(blobs)
+    assert decoder.fallbacks == 0 and all(r.pixels.is_cuda for r in results)
+    device = encoder.encode_image_list([r.pixels for r in results])
+    pillow = encoder.embed_images([load_image(blob) for blob in blobs])
+    assert encoder._staging is not None and encoder._staging.pinned  # the Pillow batch went through it
+    assert (device * pillow).sum(axis=1).min() >= PARITY_COSINE
