@@ -88,6 +88,7 @@ class Runtime:
             offline=settings.offline or None,
             cache_dir=settings.model_cache_dir,
             threads=settings.threads,
+            precision=settings.precision,
             int8_text=settings.text_int8,
             int8_images=settings.image_int8,
         )

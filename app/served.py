@@ -54,7 +54,7 @@ class ServedModel:
             return started
 
         self.text_batcher = batcher("text", lambda texts: list(self.encoder.encode_texts(texts)))
-        self.image_batcher = batcher("image", lambda pixels: list(self.encoder.encode_images(torch.stack(pixels))))
+        self.image_batcher = batcher("image", lambda pixels: list(self.encoder.encode_image_list(pixels)))
 
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Unit vectors for texts; concurrent requests share model calls when batching is on."""
@@ -65,7 +65,7 @@ class ServedModel:
     async def embed_images(self, pixels: list[torch.Tensor]) -> np.ndarray:
         """Unit vectors for preprocessed images (3, H, W each)."""
         if self.image_batcher is None:
-            return await self.run_model(self.encoder.encode_images, torch.stack(pixels))
+            return await self.run_model(self.encoder.encode_image_list, pixels)
         return np.stack(await asyncio.gather(*(self.image_batcher.submit(p) for p in pixels)))
 
     async def run_model(self, fn: Callable[..., T], *args) -> T:

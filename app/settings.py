@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from xmodal.app.batching import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS
 from xmodal.models.images import DEFAULT_MAX_PIXELS
+from xmodal.models.precision import Precision
 from xmodal.models.prompts import DEFAULT_VQA_PROMPT
 
 DEFAULT_INDEX = "default"  # the name of an index given without one (`--index DIR`, XMODAL_INDEX=DIR)
@@ -36,6 +37,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: str = Field("auto", description="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    precision: Precision = Field(
+        "auto",
+        description="The model's dtype: auto (fp16 on CUDA, fp32 on the CPU, as `xmodal index --precision`), "
+        "fp32, fp16 or bf16. The int8 settings need fp32",
+    )
     offline: bool = Field(False, description="Never touch the network for model weights")
     model_cache_dir: str | None = Field(None, description="Hugging Face cache folder (default: HF_HUB_CACHE)")
     threads: int | None = Field(None, ge=1, description="CPU threads for the model (default: usable cores)")

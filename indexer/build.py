@@ -33,10 +33,12 @@ from xmodal.indexer.reader import OpenIndex
 from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
 from xmodal.indexer.sources import Record, Source, captions_for, open_source, read_captions, read_record_bytes
+from xmodal.models.device_images import DeviceDecoder, jpeg_header
 from xmodal.models.encoders import Encoder
 from xmodal.models.errors import XmodalError
 from xmodal.models.generation import can_caption, generate_captions
 from xmodal.models.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, source_size
+from xmodal.models.precision import precision_name
 from xmodal.models.specs import DEFAULT_SPEC
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class BuildConfig:
     recall: float = 0.95  # recall@10 target of approximate indexes (indexer.tuning)
     latency_ms: float | None = DEFAULT_LATENCY_MS  # longest exact query before an approximate index pays
     int8_images: bool = False  # CPU: the image tower's blocks with int8 weight copies (models.encoders.Encoder)
+    precision: str = "auto"  # the model's dtype (models.precision): auto is fp16 on CUDA, fp32 on the CPU
+    # Plain JPEGs decoded in batches on the model's device (models.device_images); None: when that is CUDA.
+    gpu_decode: bool | None = None
 
 
 @dataclass
@@ -116,10 +121,10 @@ class BuildReport:
 class _Records(Dataset):
     """Reads, hashes, decodes and preprocesses one record per item, in a worker process."""
 
-    def __init__(self, records, local, failures, previous_sha, preprocess, max_pixels, draft_size):
+    def __init__(self, records, local, failures, previous_sha, preprocess, max_pixels, draft_size, device_jpeg):
         self.records, self.local, self.failures = records, local, failures
         self.previous_sha, self.preprocess = previous_sha, preprocess
-        self.max_pixels, self.draft_size = max_pixels, draft_size
+        self.max_pixels, self.draft_size, self.device_jpeg = max_pixels, draft_size, device_jpeg
 
     def __len__(self) -> int:
         return len(self.records)
@@ -134,6 +139,7 @@ class _Records(Dataset):
             self.preprocess,
             self.max_pixels,
             self.draft_size,
+            device_jpeg=self.device_jpeg,
         )
 
 
@@ -145,10 +151,14 @@ def decode_record(
     preprocess: Callable[[Any], torch.Tensor],
     max_pixels: int,
     draft_size: int | None,
+    *,
+    device_jpeg: bool = False,
 ) -> dict:
     """Read, hash, safely decode (models.images) and preprocess one record: an item with `pixels`, or
     with the skip `reason`, or `reused` when its sha256 equals the published version's (`previous_sha`).
-    `record` is where the bytes are (a downloaded URL's local copy); `key` is the record's key."""
+    `record` is where the bytes are (a downloaded URL's local copy); `key` is the record's key.
+    With `device_jpeg`, a plain JPEG within the pixel budget (models.device_images.jpeg_header) is not
+    decoded here: the item carries its bytes as `jpeg`, for decode_on_device in the main process."""
     item: dict[str, Any] = {"key": key, "pixels": None, "reason": failure, "reused": False}
     if failure:
         return item
@@ -157,6 +167,10 @@ def decode_record(
         item["sha256"] = hashlib.sha256(data).hexdigest()
         if previous_sha == item["sha256"]:
             item["reused"] = True  # unchanged since the published version: no decode needed
+            return item
+        header = jpeg_header(data, max_pixels) if device_jpeg else None
+        if header is not None:
+            item.update(jpeg=data, width=header[0], height=header[1])
             return item
         image = load_image(data, max_pixels, draft_size)
         width, height = source_size(image)  # the file's size, also when it was draft-decoded smaller
@@ -172,6 +186,33 @@ def draft_size_for(encoder: Encoder, draft: bool) -> int | None:
     """The shorter side JPEGs may be draft-decoded down to (the model's input size), or None."""
     size = encoder.loaded.preprocess_cfg["size"]
     return (min(size) if isinstance(size, (tuple, list)) else size) if draft else None
+
+
+def device_decoder_for(config: BuildConfig, encoder: Encoder) -> DeviceDecoder | None:
+    """The batched JPEG decoder on the model's device when config.gpu_decode asks for it (None: on CUDA),
+    else None: every file is then decoded by the DataLoader workers."""
+    wanted = encoder.device.type == "cuda" if config.gpu_decode is None else config.gpu_decode
+    if not wanted:
+        return None
+    if not DeviceDecoder.supports(encoder.loaded):
+        log.warning(
+            "%s preprocesses images in a way the device decoder does not repeat: decoding on the CPU", encoder.spec
+        )
+        return None
+    return DeviceDecoder(encoder.loaded, config.max_pixels, draft_size_for(encoder, config.draft))
+
+
+def decode_on_device(batch: list[dict], decoder: DeviceDecoder) -> None:
+    """Give the batch's `jpeg` items their pixels (decoded in one call on the decoder's device, or on the
+    CPU path when that fails) or their skip reason."""
+    pending = [item for item in batch if "jpeg" in item]
+    if not pending:
+        return
+    for item, result in zip(pending, decoder.decode([item.pop("jpeg") for item in pending])):
+        if isinstance(result, ImageError):
+            item["reason"] = str(result)
+        else:
+            item.update(pixels=result.pixels, width=result.width, height=result.height)
 
 
 def _as_list(items: list[dict]) -> list[dict]:
@@ -202,7 +243,9 @@ def prepare_build(config: BuildConfig, encoder: Encoder | None) -> tuple[Source,
     if source.ignored:
         log.info("ignored %d entries that are not images: %s", len(source.ignored), ", ".join(source.ignored[:10]))
     csv_captions = read_captions(config.captions) if config.captions else {}
-    encoder = encoder or Encoder.from_spec(config.model, config.device, int8_images=config.int8_images)
+    encoder = encoder or Encoder.from_spec(
+        config.model, config.device, int8_images=config.int8_images, precision=config.precision
+    )
     if config.caption and not can_caption(encoder):
         raise BuildError(f"--caption needs a model with a text decoder (CoCa); {encoder.spec} has none")
     return source, csv_captions, encoder
@@ -316,6 +359,7 @@ def signature(config: BuildConfig, source: Source, encoder: Encoder, previous: O
         "caption": config.caption,
         "update_from": previous.version.name if previous else None,
         "image_weights": encoder.image_weights,
+        "precision": precision_name(encoder.loaded.dtype),
     }
 
 
@@ -330,6 +374,7 @@ def _embed_into_journal(
     previous_rows = _previous_rows(previous)
 
     draft_size = draft_size_for(encoder, config.draft)
+    decoder = device_decoder_for(config, encoder)
     dataset = _Records(
         records,
         local,
@@ -338,6 +383,7 @@ def _embed_into_journal(
         encoder.loaded.preprocess,
         config.max_pixels,
         draft_size,
+        decoder is not None,
     )
     batch_size = config.batch_size
     total_batches = -(-len(records) // batch_size)
@@ -363,6 +409,8 @@ def _embed_into_journal(
         total=len(records), initial=initial, unit="img", desc="embedding images", disable=not config.progress
     ) as bar:
         for number, batch in enumerate(loader, start=done):
+            if decoder is not None:
+                decode_on_device(batch, decoder)
             rows, vectors = embed_batch(batch, encoder, previous_rows, seen, counts, config.caption)
             journal.write_batch(number, rows, vectors)
             bar.update(len(batch))
@@ -395,7 +443,7 @@ def embed_batch(batch: list[dict], encoder: Encoder, previous_rows: dict, seen: 
         counts[row["status"]] += 1
         rows.append(row)
     if to_encode:
-        pixels = torch.stack([pixels for _, pixels in to_encode])
+        pixels = encoder.batch_pixels([pixels for _, pixels in to_encode])
         encoded = encoder.encode_images(pixels)
         generated = generate_captions(encoder, pixels) if caption else [None] * len(to_encode)
         for (row, _), vector, text in zip(to_encode, encoded, generated):

@@ -151,6 +151,7 @@ def _run(ray: Any, options: RayOptions, config: BuildConfig, encoder: Encoder, p
                 "model": config.model,
                 "device": ("cuda" if gpus else "cpu") if config.device == "auto" else config.device,
                 "int8_images": config.int8_images,
+                "precision": config.precision,
                 "folder": str(parts.folder),
                 "batch_size": config.batch_size,
                 "caption": config.caption,
@@ -179,10 +180,20 @@ def _decode_part(item: dict, preprocess, max_pixels: int, draft_size: int | None
 class EmbedParts:
     """An actor of the embedding pool: loads the model once, embeds whole parts and writes them."""
 
-    def __init__(self, model: str, device: str, int8_images: bool, folder: str, batch_size: int, caption: bool) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str,
+        int8_images: bool,
+        folder: str,
+        batch_size: int,
+        caption: bool,
+        precision: str = "auto",
+    ) -> None:
         from pathlib import Path
 
-        self.encoder = Encoder.from_spec(model, device, int8_images=int8_images)
+        # The single-process build's precision rule (models.precision): fp16 on the actor's GPU under auto.
+        self.encoder = Encoder.from_spec(model, device, int8_images=int8_images, precision=precision)
         self.parts = Parts(Path(folder))
         self.batch_size, self.caption = batch_size, caption
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from xmodal.models.loading import LoadedModel, load_model
+from xmodal.models.staging import StagingBuffer
 
 
 class Encoder:
@@ -29,6 +30,8 @@ class Encoder:
     blocks. Batches of images are bound by arithmetic, which the int8 kernels do faster (VNNI);
     patch embedding, pooling and projection stay fp32.
     """
+
+    _staging: StagingBuffer | None = None  # made on the first batch (models.hf.HfEncoder skips __init__)
 
     def __init__(self, loaded: LoadedModel, *, int8_text: bool = False, int8_images: bool = False):
         self.loaded = loaded
@@ -70,6 +73,16 @@ class Encoder:
         """An RGB PIL image to the model's input tensor (3, H, W), on the CPU."""
         return self.loaded.preprocess(image)
 
+    def batch_pixels(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Preprocessed (3, H, W) images as one batch for encode_images: stacked in the reused (pinned on
+        CUDA) staging buffer when all are on the CPU, or on the model's device when some already are there
+        (decoded on the GPU). A staged batch is valid until the next call: encode it before batching more."""
+        if any(image.device != torch.device("cpu") for image in images):
+            return torch.stack([image.to(self.device, non_blocking=True) for image in images])
+        if self._staging is None:
+            self._staging = StagingBuffer(self.device)
+        return self._staging.stack(images)
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.loaded.tokenizer(list(texts))
 
@@ -81,6 +94,12 @@ class Encoder:
             return _unit_rows(encode_image_int8(self.model.visual, pixels, self.image_products))
         return _unit_rows(self.model.encode_image(pixels, normalize=False))
 
+    def encode_image_list(self, images: Sequence[torch.Tensor]) -> np.ndarray:
+        """Preprocessed images to (n, dim) unit vectors, through batch_pixels (call it from one thread)."""
+        if not images:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return self.encode_images(self.batch_pixels(images))
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts to (n, dim) unit vectors; text past the context length is truncated."""
@@ -91,9 +110,7 @@ class Encoder:
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Convenience: preprocess + encode decoded RGB images."""
-        if not images:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
-        return self.encode_images(torch.stack([self.preprocess_image(img) for img in images]))
+        return self.encode_image_list([self.preprocess_image(img) for img in images])
 
 
 def can_trim_padding(model: torch.nn.Module, tokenizer) -> bool:

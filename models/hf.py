@@ -34,6 +34,7 @@ from xmodal.models.loading import (
     resolve_device,
     weights_fingerprint,
 )
+from xmodal.models.precision import choose_dtype
 from xmodal.models.specs import ModelSpec, SpecKind, parse_spec
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ def load_hf_model(
     offline: bool | None = None,
     cache_dir: str | None = None,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> LoadedModel:
-    """Load a Transformers CLIP/SigLIP checkpoint in eval mode: fp16 on GPU, fp32 on CPU (as load_model)."""
+    """Load a Transformers CLIP/SigLIP checkpoint in eval mode, in models.precision's dtype (as load_model)."""
     started = time.perf_counter()
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     offline = offline_mode() if offline is None else offline
@@ -92,7 +94,7 @@ def load_hf_model(
             transformers.utils.logging.enable_progress_bar()
     model.eval()
     fingerprint = weights_fingerprint(model)
-    dtype = torch.float16 if target.type == "cuda" else torch.float32
+    dtype = choose_dtype(target, precision)
     model.to(device=target, dtype=dtype)
     text_length = int(model.config.text_config.max_position_embeddings)
     tokenizer = TextTokenizer(

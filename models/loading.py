@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import torch
 
 from xmodal.models.errors import InvalidInput, Unavailable
+from xmodal.models.precision import choose_dtype
 from xmodal.models.registry import register_configs
 from xmodal.models.specs import ModelSpec, SpecKind, parse_spec
 
@@ -78,8 +79,10 @@ def load_model(
     offline: bool | None = None,
     cache_dir: str | None = None,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> LoadedModel:
-    """Load `spec` onto `device` (auto: CUDA if present) in eval mode, fp16 on GPU, fp32 on CPU."""
+    """Load `spec` onto `device` (auto: CUDA if present) in eval mode, in the dtype models.precision
+    chooses (auto: fp16 on GPU, fp32 on CPU). The fingerprint is always of the fp32 weights."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
@@ -100,7 +103,7 @@ def load_model(
     model.eval()
     fingerprint = weights_fingerprint(model)
 
-    dtype = torch.float16 if target.type == "cuda" else torch.float32
+    dtype = choose_dtype(target, precision)
     model.to(device=target, dtype=dtype)
     preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
     preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)

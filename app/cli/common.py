@@ -7,10 +7,13 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from xmodal.models.precision import Precision
+
 _OUR_LOGGERS = ("xmodal",)
 
 # Options that several commands take, written once (help text and bounds alike).
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")]
+PrecisionOption = Annotated[Precision, typer.Option(help="Model dtype: auto is fp16 on CUDA, fp32 on the CPU")]
 RefusedPixelsOption = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this")]
 RecallOption = Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")]
 LatencyOption = Annotated[

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from xmodal.app.cli.common import DeviceOption, LatencyOption, RecallOption, fail, setup_logging
+from xmodal.app.cli.common import DeviceOption, LatencyOption, PrecisionOption, RecallOption, fail, setup_logging
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS
 from xmodal.models.images import DEFAULT_MAX_PIXELS
 from xmodal.models.specs import DEFAULT_SPEC
@@ -43,6 +43,16 @@ def index(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model batch")] = 64,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes (default: cores-1)")] = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    gpu_decode: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--gpu-decode/--no-gpu-decode",
+            help="Decode plain JPEGs in batches on the model's device (nvJPEG), other files on the CPU as usual "
+            "(default: on when the model runs on CUDA; not with --ray)",
+            show_default=False,
+        ),
+    ] = None,
     max_pixels: Annotated[int, typer.Option(min=1, help="Skip images with more pixels than this")] = DEFAULT_MAX_PIXELS,
     keep: Annotated[int, typer.Option(min=1, help="Versions to keep in the index folder")] = 3,
     progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
@@ -121,6 +131,8 @@ def index(
         recall=recall,
         latency_ms=latency_ms,
         int8_images=int8_images,
+        precision=precision,
+        gpu_decode=gpu_decode,
     )
     try:
         if ray:

@@ -33,3 +33,12 @@ def test_xmodal_model_applies_to_every_index_or_per_name(monkeypatch):
     monkeypatch.setenv("XMODAL_MODEL", '{"photos": "local-dir:/models/b"}')
     assert Settings().model_for("photos") == "local-dir:/models/b" and Settings().model_for("docs") is None
     assert Settings(shutdown_grace_s=3).shutdown_grace_s == 3 and Settings().shutdown_grace_s == 30
+
+
+def test_xmodal_precision_is_one_of_the_indexers_choices(monkeypatch):
+    assert Settings().precision == "auto"  # fp16 on CUDA, fp32 on the CPU (models.precision)
+    monkeypatch.setenv("XMODAL_PRECISION", "bf16")
+    assert Settings().precision == "bf16"
+    monkeypatch.setenv("XMODAL_PRECISION", "fp8")
+    with pytest.raises(ValidationError, match="precision"):
+        Settings()

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import COCO_MINI, EDGE_UNDECODABLE, IMAGES_EDGE, requires_data
+from tests.conftest import COCO_MINI, EDGE_UNDECODABLE, FLICKR_1K, IMAGES_EDGE, requires_data
 from xmodal.indexer import store
 from xmodal.indexer.build import BuildConfig, BuildError, build_index
 from xmodal.indexer.reader import OpenIndex
@@ -69,8 +69,11 @@ def test_captions_make_a_text_index_linked_to_images(coco_index, encoder):
 
 
 @requires_data(IMAGES_EDGE)
-def test_edge_files_are_indexed_or_skipped_with_reasons(encoder, tmp_path):
-    report = build_index(BuildConfig(IMAGES_EDGE, tmp_path, workers=0, progress=False), encoder)
+@pytest.mark.parametrize("gpu_decode", [False, True], ids=["workers-decode", "device-decode"])
+def test_edge_files_are_indexed_or_skipped_with_reasons(encoder, tmp_path, gpu_decode):
+    """Also with the batched JPEG decoder (on the CPU here, the code CUDA runs): same items, same skips."""
+    config = BuildConfig(IMAGES_EDGE, tmp_path, workers=0, progress=False, gpu_decode=gpu_decode)
+    report = build_index(config, encoder)
     assert report.ignored == ["sgi_crash.bin"]  # not an image by suffix: never opened
     expected_skips = {name: why for name, why in EDGE_UNDECODABLE.items() if name not in report.ignored}
     assert set(report.skipped) == set(expected_skips)
@@ -199,3 +202,26 @@ def test_int8_images_build_records_it_and_stays_close_to_fp32(encoder, tiny_coca
         vectors[name] = store.read_vectors(report.version, manifest.images.embeddings).astype(np.float32)
     cosines = (vectors["fp32"] * vectors["int8"]).sum(axis=1)
     assert cosines.min() > 0.99 and not np.allclose(vectors["fp32"], vectors["int8"], atol=1e-4)
+
+
+@requires_data(FLICKR_1K)
+def test_device_decoded_vectors_match_the_worker_decoded_ones(encoder, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((FLICKR_1K / "images").glob("*.jpg"))[:24]:
+        (photos / path.name).symlink_to(path)
+    versions = {}
+    for gpu_decode in (False, True):  # draft off: the device decoder always decodes at full size
+        config = BuildConfig(
+            photos, tmp_path / f"out-{gpu_decode}", workers=1, progress=False, draft=False, gpu_decode=gpu_decode
+        )
+        versions[gpu_decode] = OpenIndex(build_index(config, encoder).version)
+    workers, device = (versions[flag] for flag in (False, True))
+    assert device.items.column("path").to_pylist() == workers.items.column("path").to_pylist()
+    assert device.items.column("width").to_pylist() == workers.items.column("width").to_pylist()
+    cosine = (_vectors(workers) * _vectors(device)).sum(axis=1)
+    assert cosine.min() >= 0.999  # float16 storage included; the decode itself: tests/unit/models/test_device_images.py
+
+
+def _vectors(index: OpenIndex) -> np.ndarray:
+    return store.read_vectors(index.version, index.manifest.images.embeddings).astype(np.float32)
