@@ -19,12 +19,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from xmodal.indexer import store
 from xmodal.indexer.build import (
     BuildConfig,
     BuildError,
@@ -33,11 +35,15 @@ from xmodal.indexer.build import (
     draft_size_for,
     embed_batch,
     prepare_build,
+    previous_version,
     publish_build,
+    read_previous_rows,
     signature,
 )
 from xmodal.indexer.download import download_all, download_path
 from xmodal.indexer.parts import Parts
+from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.sources import Record
 from xmodal.models.encoders import Encoder
 
@@ -61,12 +67,11 @@ class RayOptions:
 def build_index_on_ray(config: BuildConfig, options: RayOptions, encoder: Encoder | None = None) -> BuildReport:
     """Embed every image of config.source on a Ray cluster and publish a new version under config.out."""
     ray = _import_ray()
-    if config.update:
-        raise BuildError("--ray --update is not supported yet; run --update without --ray")
     started = time.perf_counter()
     source, csv_captions, encoder = prepare_build(config, encoder)
     records = source.records
-    parts = Parts.open(config.out, {**signature(config, source, encoder, None), "batch_size": options.part_size})
+    previous = previous_version(config, encoder)
+    parts = Parts.open(config.out, {**signature(config, source, encoder, previous), "batch_size": options.part_size})
     count = -(-len(records) // options.part_size)
     done = parts.finished()
     todo = [k for k in range(count) if k not in done]
@@ -77,20 +82,25 @@ def build_index_on_ray(config: BuildConfig, options: RayOptions, encoder: Encode
         failed = download_all(urls, parts.downloads, config.download, config.progress) if urls else {}
         local = {r.key: str(download_path(parts.downloads, r.location)) for r in records if r.is_url}
         failures = {r.key: f"download failed: {failed[r.location]}" for r in records if r.location in failed}
+        # --update: what the published version holds of each key; an unchanged file (same sha256) is not
+        # decoded, and its actor copies the stored vector (build.embed_batch) from the version's shards.
+        old = {
+            key: {k: v for k, v in row.items() if k != "vectors"} for key, row in read_previous_rows(previous).items()
+        }
         items = [
             {
                 "part": k,
                 "start": k * options.part_size,
                 "records": json.dumps(
                     [
-                        [r.key, local.get(r.key, r.location), failures.get(r.key)]
+                        [r.key, local.get(r.key, r.location), failures.get(r.key), old.get(r.key)]
                         for r in records[k * options.part_size : (k + 1) * options.part_size]
                     ]
                 ),
             }
             for k in todo
         ]
-        _run(ray, options, config, encoder, parts, items, total=len(records))
+        _run(ray, options, config, encoder, parts, items, previous, total=len(records))
     embed_seconds = time.perf_counter() - embed_started
 
     for k in range(count):
@@ -118,7 +128,16 @@ def _import_ray() -> Any:
     return ray
 
 
-def _run(ray: Any, options: RayOptions, config: BuildConfig, encoder: Encoder, parts: Parts, items, total: int):
+def _run(
+    ray: Any,
+    options: RayOptions,
+    config: BuildConfig,
+    encoder: Encoder,
+    parts: Parts,
+    items: list[dict],
+    previous: OpenIndex | None,
+    total: int,
+) -> None:
     """Decode (CPU tasks) and embed (actor pool) the parts `items`, each actor writing its parts."""
     try:
         if options.address == "local":
@@ -154,6 +173,8 @@ def _run(ray: Any, options: RayOptions, config: BuildConfig, encoder: Encoder, p
                 "folder": str(parts.folder),
                 "batch_size": config.batch_size,
                 "caption": config.caption,
+                "previous": None if previous is None else str(previous.version),
+                "previous_shards": None if previous is None else previous.manifest.images.embeddings,
             },
         )
         with tqdm(total=total, unit="img", desc="embedding images (ray)", disable=not config.progress) as bar:
@@ -165,10 +186,12 @@ def _run(ray: Any, options: RayOptions, config: BuildConfig, encoder: Encoder, p
 
 def _decode_part(item: dict, preprocess, max_pixels: int, draft_size: int | None) -> dict:
     """A CPU task: one part's records decoded; pixels as one float32 .npy blob, the rest as JSON."""
-    decoded = [
-        decode_record(Record(key, location), key, failure, None, preprocess, max_pixels, draft_size)
-        for key, location, failure in json.loads(item["records"])
-    ]
+    decode_args = (preprocess, max_pixels, draft_size)
+    decoded = []
+    for key, location, failure, old in json.loads(item["records"]):
+        decoded.append(decode_record(Record(key, location), key, failure, old and old["sha256"], *decode_args))
+        if decoded[-1]["reused"]:
+            decoded[-1]["previous"] = old  # where the actor finds the stored vector, and its size and caption
     pixels = [d.pop("pixels") for d in decoded]
     blob = io.BytesIO()
     present = [p.numpy() for p in pixels if p is not None]
@@ -179,12 +202,22 @@ def _decode_part(item: dict, preprocess, max_pixels: int, draft_size: int | None
 class EmbedParts:
     """An actor of the embedding pool: loads the model once, embeds whole parts and writes them."""
 
-    def __init__(self, model: str, device: str, int8_images: bool, folder: str, batch_size: int, caption: bool) -> None:
-        from pathlib import Path
-
+    def __init__(
+        self,
+        model: str,
+        device: str,
+        int8_images: bool,
+        folder: str,
+        batch_size: int,
+        caption: bool,
+        previous: str | None,
+        previous_shards: list[str] | None,
+    ) -> None:
         self.encoder = Encoder.from_spec(model, device, int8_images=int8_images)
         self.parts = Parts(Path(folder))
         self.batch_size, self.caption = batch_size, caption
+        # --update: the published version's vectors (memory-mapped on the shared storage), copied for reused rows
+        self.previous = StoredRows(store.map_vectors(Path(previous), previous_shards or [])) if previous else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sizes = []
@@ -192,14 +225,18 @@ class EmbedParts:
             items = json.loads(items_json)
             pixels = iter(np.load(io.BytesIO(blob)))
             for item in items:
-                item["pixels"] = None if item["reason"] is not None else torch.from_numpy(next(pixels))
+                has_pixels = item["reason"] is None and not item["reused"]
+                item["pixels"] = torch.from_numpy(next(pixels)) if has_pixels else None
+            previous_rows = {
+                item["key"]: {**item["previous"], "vectors": self.previous} for item in items if item["reused"]
+            }
             rows: list[dict] = []
             vectors: list[np.ndarray] = []
             seen: dict[str, str] = {}
             counts: Counter = Counter()
             for first in range(0, len(items), self.batch_size):
                 chunk_rows, chunk_vectors = embed_batch(
-                    items[first : first + self.batch_size], self.encoder, {}, seen, counts, self.caption
+                    items[first : first + self.batch_size], self.encoder, previous_rows, seen, counts, self.caption
                 )
                 rows += chunk_rows
                 vectors.append(chunk_vectors)
@@ -210,19 +247,24 @@ class EmbedParts:
 
 def _reduced_parts(parts: Parts, count: int, fresh: set[int], counts: Counter) -> Iterator[tuple[list[dict], Any]]:
     """Every part's rows and vectors in record order, as the single-process journal holds them: a record whose
-    sha256 an earlier part already embedded becomes a duplicate of it (parts are embedded independently)."""
+    sha256 an earlier part already embedded (or reused) becomes a duplicate of it, and so do the records the
+    part had made duplicates of that one (parts are embedded independently)."""
     seen: dict[str, str] = {}
+    renamed: dict[str, str] = {}  # key of a part's first copy -> key of the earlier part's first copy
     for k in range(count):
         rows, vectors = parts.read(k)
         keep, position = [], 0
         for row in rows:
-            if row["status"] == "embedded":
+            if row["status"] in ("embedded", "reused"):
                 if row["sha256"] in seen:
+                    renamed[row["key"]] = seen[row["sha256"]]
                     row.update(status="duplicate", duplicate_of=seen[row["sha256"]])
                 else:
                     seen[row["sha256"]] = row["key"]
                     keep.append(position)
                 position += 1
+            elif row["status"] == "duplicate":
+                row["duplicate_of"] = renamed.get(row["duplicate_of"], row["duplicate_of"])
             if k in fresh:
                 counts[row["status"]] += 1
         yield rows, vectors if len(keep) == len(vectors) else vectors[keep]
