@@ -18,6 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,55 +69,71 @@ def build_index_on_ray(config: BuildConfig, options: RayOptions, encoder: Encode
     """Embed every image of config.source on a Ray cluster and publish a new version under config.out."""
     ray = _import_ray()
     started = time.perf_counter()
-    source, csv_captions, encoder = prepare_build(config, encoder)
-    records = source.records
-    previous = previous_version(config, encoder)
-    parts = Parts.open(config.out, {**signature(config, source, encoder, previous), "batch_size": options.part_size})
-    count = -(-len(records) // options.part_size)
-    done = parts.finished()
-    todo = [k for k in range(count) if k not in done]
+    # Starting or joining the cluster is mostly waiting for its processes: the model loads meanwhile.
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(prepare_build, config, encoder)
+        _connect(ray, options)
+        try:
+            source, csv_captions, encoder = loading.result()
+            records = source.records
+            previous = previous_version(config, encoder)
+            signed = {**signature(config, source, encoder, previous), "batch_size": options.part_size}
+            parts = Parts.open(config.out, signed)
+            count = -(-len(records) // options.part_size)
+            done = parts.finished()
+            todo = [k for k in range(count) if k not in done]
+            embed_started = time.perf_counter()
+            if todo:
+                items = _work_items(config, records, parts, previous, todo, options.part_size)
+                _run(ray, options, config, encoder, parts, items, previous, total=len(records))
+            embed_seconds = time.perf_counter() - embed_started
+        finally:
+            ray.shutdown()
 
-    embed_started = time.perf_counter()
-    if todo:
-        urls = [r.location for r in records if r.is_url]
-        failed = download_all(urls, parts.downloads, config.download, config.progress) if urls else {}
-        local = {r.key: str(download_path(parts.downloads, r.location)) for r in records if r.is_url}
-        failures = {r.key: f"download failed: {failed[r.location]}" for r in records if r.location in failed}
-        # --update: what the published version holds of each key; an unchanged file (same sha256) is not
-        # decoded, and its actor copies the stored vector (build.embed_batch) from the version's shards.
-        old = {
-            key: {k: v for k, v in row.items() if k != "vectors"} for key, row in read_previous_rows(previous).items()
-        }
-        items = [
-            {
-                "part": k,
-                "start": k * options.part_size,
-                "records": json.dumps(
-                    [
-                        [r.key, local.get(r.key, r.location), failures.get(r.key), old.get(r.key)]
-                        for r in records[k * options.part_size : (k + 1) * options.part_size]
-                    ]
-                ),
-            }
-            for k in todo
-        ]
-        _run(ray, options, config, encoder, parts, items, previous, total=len(records))
-    embed_seconds = time.perf_counter() - embed_started
-
-    for k in range(count):
-        if k not in parts.finished():
-            raise BuildError(f"part {k} of {count} is missing in {parts.folder} after the Ray job")
-        fingerprints = parts.fingerprints(k)
-        if fingerprints != {encoder.fingerprint}:
-            raise BuildError(
-                f"part {k} in {parts.folder} was embedded by another model ({', '.join(sorted(fingerprints))}); "
-                f"expected {encoder.fingerprint}"
-            )
+    missing = sorted(set(range(count)) - parts.finished())  # one listing of the folder, not one per part
+    if missing:
+        raise BuildError(f"{len(missing)} of {count} parts (first: {missing[0]}) are missing in {parts.folder}")
     counts = Counter(resumed=len(done))
-    batches = functools.partial(_reduced_parts, parts, count, set(todo), counts)
+    batches = functools.partial(_reduced_parts, parts, count, set(todo), counts, encoder.fingerprint)
     report = publish_build(config, source, encoder, csv_captions, batches, counts, started, embed_seconds)
     parts.remove()
     return report
+
+
+def _work_items(
+    config: BuildConfig, records: list[Record], parts: Parts, previous: OpenIndex | None, todo: list[int], size: int
+) -> list[dict]:
+    """One dataset row per part to do: its records as [key, local path, download failure, published row]."""
+    urls = [r.location for r in records if r.is_url]
+    failed = download_all(urls, parts.downloads, config.download, config.progress) if urls else {}
+    local = {r.key: str(download_path(parts.downloads, r.location)) for r in records if r.is_url}
+    failures = {r.key: f"download failed: {failed[r.location]}" for r in records if r.location in failed}
+    # --update: what the published version holds of each key; an unchanged file (same sha256) is not
+    # decoded, and its actor copies the stored vector (build.embed_batch) from the version's shards.
+    old = {key: {k: v for k, v in row.items() if k != "vectors"} for key, row in read_previous_rows(previous).items()}
+    return [
+        {
+            "part": k,
+            "start": k * size,
+            "records": json.dumps(
+                [
+                    [r.key, local.get(r.key, r.location), failures.get(r.key), old.get(r.key)]
+                    for r in records[k * size : (k + 1) * size]
+                ]
+            ),
+        }
+        for k in todo
+    ]
+
+
+def _connect(ray: Any, options: RayOptions) -> None:
+    try:
+        if options.address == "local":
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+    except ConnectionError as exc:
+        raise BuildError(f"--ray {options.address}: no Ray cluster reachable ({exc})") from exc
 
 
 def _import_ray() -> Any:
@@ -139,49 +156,39 @@ def _run(
     total: int,
 ) -> None:
     """Decode (CPU tasks) and embed (actor pool) the parts `items`, each actor writing its parts."""
-    try:
-        if options.address == "local":
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
-    except ConnectionError as exc:
-        raise BuildError(f"--ray {options.address}: no Ray cluster reachable ({exc})") from exc
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        decode = functools.partial(
-            _decode_part,
-            preprocess=encoder.loaded.preprocess,
-            max_pixels=config.max_pixels,
-            draft_size=draft_size_for(encoder, config.draft),
-        )
-        # Decoding reserves memory for a large picture; that request also keeps the decode tasks a separate
-        # operator from the actors (Ray Data fuses operators with equal resource requests), so decoding
-        # runs on any node's CPUs while the actors embed. Ray Data retries tasks lost with a node.
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(decode, memory=DECODE_MEMORY)
-        embedded = dataset.map_batches(
-            EmbedParts,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=options.actors),
-            num_gpus=1 if gpus else 0,
-            fn_constructor_kwargs={
-                "model": config.model,
-                "device": ("cuda" if gpus else "cpu") if config.device == "auto" else config.device,
-                "int8_images": config.int8_images,
-                "folder": str(parts.folder),
-                "batch_size": config.batch_size,
-                "caption": config.caption,
-                "previous": None if previous is None else str(previous.version),
-                "previous_shards": None if previous is None else previous.manifest.images.embeddings,
-            },
-        )
-        with tqdm(total=total, unit="img", desc="embedding images (ray)", disable=not config.progress) as bar:
-            for row in embedded.iter_rows():
-                bar.update(int(row["records"]))
-    finally:
-        ray.shutdown()
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    decode = functools.partial(
+        _decode_part,
+        preprocess=encoder.loaded.preprocess,
+        max_pixels=config.max_pixels,
+        draft_size=draft_size_for(encoder, config.draft),
+    )
+    # Decoding reserves memory for a large picture; that request also keeps the decode tasks a separate
+    # operator from the actors (Ray Data fuses operators with equal resource requests), so decoding
+    # runs on any node's CPUs while the actors embed. Ray Data retries tasks lost with a node.
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(decode, memory=DECODE_MEMORY)
+    embedded = dataset.map_batches(
+        EmbedParts,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_gpus=1 if gpus else 0,
+        fn_constructor_kwargs={
+            "model": config.model,
+            "device": ("cuda" if gpus else "cpu") if config.device == "auto" else config.device,
+            "int8_images": config.int8_images,
+            "folder": str(parts.folder),
+            "batch_size": config.batch_size,
+            "caption": config.caption,
+            "previous": None if previous is None else str(previous.version),
+            "previous_shards": None if previous is None else previous.manifest.images.embeddings,
+        },
+    )
+    with tqdm(total=total, unit="img", desc="embedding images (ray)", disable=not config.progress) as bar:
+        for row in embedded.iter_rows():
+            bar.update(int(row["records"]))
 
 
 def _decode_part(item: dict, preprocess, max_pixels: int, draft_size: int | None) -> dict:
@@ -245,14 +252,23 @@ class EmbedParts:
         return {"part": batch["part"], "records": np.array(sizes)}
 
 
-def _reduced_parts(parts: Parts, count: int, fresh: set[int], counts: Counter) -> Iterator[tuple[list[dict], Any]]:
+def _reduced_parts(
+    parts: Parts, count: int, fresh: set[int], counts: Counter, fingerprint: str
+) -> Iterator[tuple[list[dict], Any]]:
     """Every part's rows and vectors in record order, as the single-process journal holds them: a record whose
     sha256 an earlier part already embedded (or reused) becomes a duplicate of it, and so do the records the
-    part had made duplicates of that one (parts are embedded independently)."""
+    part had made duplicates of that one (parts are embedded independently). A part embedded by another
+    model fails the build (checked here, in the one pass over the parts, before anything is published)."""
     seen: dict[str, str] = {}
     renamed: dict[str, str] = {}  # key of a part's first copy -> key of the earlier part's first copy
     for k in range(count):
         rows, vectors = parts.read(k)
+        others = {row["fingerprint"] for row in rows} - {fingerprint}
+        if others:
+            raise BuildError(
+                f"part {k} in {parts.folder} was embedded by another model ({', '.join(sorted(others))}); "
+                f"expected {fingerprint}"
+            )
         keep, position = [], 0
         for row in rows:
             if row["status"] in ("embedded", "reused"):

@@ -60,7 +60,10 @@ def _ray_build(out: Path, address: str, *extra: str, source: Path = IMAGES, buil
 def _finish(process: subprocess.Popen) -> dict:
     stdout, stderr = process.communicate(timeout=420)
     assert process.returncode == 0, stderr[-4000:]
-    return json.loads(stdout)
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"not a JSON report: {stdout[-2000:]!r}\n{stderr[-4000:]}") from exc
 
 
 def _finished_parts(out: Path) -> list[Path]:
@@ -144,10 +147,10 @@ def test_a_rerun_after_a_killed_driver_embeds_only_the_missing_parts(cluster, si
 
 
 def test_duplicates_skips_captions_and_update_match_the_single_build(cluster, tmp_path):
-    """A folder with a broken file and a picture three times (twice in the next part: the reduce must point
-    both copies at the first one), built, then changed (one file edited, one deleted, three added, one more
-    copy) and rebuilt with --update: with --ray every version and every report count equals the single build's,
-    and the update encodes only the changed and new files."""
+    """A folder with a broken file and a picture three times (twice in the next part), built, then changed (one
+    file edited, one deleted, three added, a copy of an unchanged one) and updated with and without --ray from
+    the same published version: the versions and every report count are the same, and the Ray update encodes
+    only the changed and new files (and the copies, which the reduce then points at the first one)."""
     coco = sorted(IMAGES.iterdir())
     folder = tmp_path / "images"
     folder.mkdir()
@@ -160,25 +163,20 @@ def test_duplicates_skips_captions_and_update_match_the_single_build(cluster, tm
     captions.write_text("image,caption\nimg00.jpg,a first caption\nimg01.jpg,another one\nimg21.jpg,a new one\n")
     build = ["--model", TINY_CLIP, "--captions", captions, "--no-draft", "--json", "--no-progress"]
     single, on_ray = tmp_path / "single", tmp_path / "ray"
-
-    def both(*extra: str) -> tuple[dict, dict]:
-        result = run_xmodal("index", folder, "--out", single, "--workers", "1", *build, *extra)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout), _finish(
-            _ray_build(on_ray, cluster.address, *extra, source=folder, build=build)
-        )
-
-    expected, report = both()
-    assert _counts(report) == _counts(expected) == (17, 17, 0, 2, 1, 2)
-    assert_same_version(on_ray, single)
+    result = run_xmodal("index", folder, "--out", single, "--workers", "1", *build)
+    assert result.returncode == 0, result.stderr
+    assert _counts(json.loads(result.stdout)) == (17, 17, 0, 2, 1, 2)
+    shutil.copytree(single, on_ray)
 
     shutil.copy(coco[30], folder / "img02.jpg")
     (folder / "img07.jpg").unlink()
     for i in (20, 21, 22):
         shutil.copy(coco[i], folder / f"img{i:02d}.jpg")
     shutil.copy(coco[1], folder / "img23.jpg")  # a copy of an unchanged (reused) file
-    expected, report = both("--update")
-    assert _counts(report) == _counts(expected) == (19, 4, 15, 3, 1, 3)
+    result = run_xmodal("index", folder, "--out", single, "--workers", "1", *build, "--update")
+    assert result.returncode == 0, result.stderr
+    report = _finish(_ray_build(on_ray, cluster.address, "--update", source=folder, build=build))
+    assert _counts(report) == _counts(json.loads(result.stdout)) == (19, 4, 15, 3, 1, 3)
     assert_same_version(on_ray, single)
 
 
