@@ -6,7 +6,9 @@ allowlist, EXIF, skip reasons), then a fixed pool of actors, each holding the mo
 the cluster has GPUs), embeds it (build.embed_batch) and writes it to the parts folder, which every node must
 see (it lies in --out). The driver then runs the single-process build's reduce (build.publish_build): the
 FAISS indexes over the memory-mapped parts, captions, manifest and atomic publish. Finished parts survive a
-lost node or a killed driver; a rerun embeds only the missing ones. Ray is imported only on this path.
+lost node or a killed driver; a rerun embeds only the missing ones. With --update a file unchanged since the
+published version is not decoded, and its actor copies the stored vector, as the single build does. The
+driver loads its model while Ray starts (that start is mostly waiting). Ray is imported only on this path.
 """
 
 from __future__ import annotations
@@ -100,6 +102,25 @@ def build_index_on_ray(config: BuildConfig, options: RayOptions, encoder: Encode
     return report
 
 
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise RayNotInstalled(f"--ray needs Ray ({exc}); {INSTALL_HINT}") from exc
+    return ray
+
+
+def _connect(ray: Any, options: RayOptions) -> None:
+    try:
+        if options.address == "local":
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+    except ConnectionError as exc:
+        raise BuildError(f"--ray {options.address}: no Ray cluster reachable ({exc})") from exc
+
+
 def _work_items(
     config: BuildConfig, records: list[Record], parts: Parts, previous: OpenIndex | None, todo: list[int], size: int
 ) -> list[dict]:
@@ -124,25 +145,6 @@ def _work_items(
         }
         for k in todo
     ]
-
-
-def _connect(ray: Any, options: RayOptions) -> None:
-    try:
-        if options.address == "local":
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
-    except ConnectionError as exc:
-        raise BuildError(f"--ray {options.address}: no Ray cluster reachable ({exc})") from exc
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise RayNotInstalled(f"--ray needs Ray ({exc}); {INSTALL_HINT}") from exc
-    return ray
 
 
 def _run(
