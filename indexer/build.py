@@ -223,7 +223,7 @@ def build_index(config: BuildConfig, encoder: Encoder | None = None) -> BuildRep
     """Embed every image of config.source and publish a new version under config.out."""
     started = time.perf_counter()
     source, csv_captions, encoder = prepare_build(config, encoder)
-    previous = _previous_version(config, encoder)
+    previous = previous_version(config, encoder)
 
     journal = Journal.open(config.out, signature(config, source, encoder, previous))
     embed_started = time.perf_counter()
@@ -330,7 +330,8 @@ def publish_build(
     return report
 
 
-def _previous_version(config: BuildConfig, encoder: Encoder) -> OpenIndex | None:
+def previous_version(config: BuildConfig, encoder: Encoder) -> OpenIndex | None:
+    """The published version under config.out that --update reuses vectors from (None without --update)."""
     if not config.update:
         return None
     try:
@@ -371,7 +372,7 @@ def _embed_into_journal(
     failed = download_all(urls, journal.downloads, config.download, config.progress) if urls else {}
     local = {r.key: Record(r.key, str(download_path(journal.downloads, r.location))) for r in records if r.is_url}
     failures = {r.key: f"download failed: {failed[r.location]}" for r in records if r.location in failed}
-    previous_rows = _previous_rows(previous)
+    previous_rows = read_previous_rows(previous)
 
     draft_size = draft_size_for(encoder, config.draft)
     decoder = device_decoder_for(config, encoder)
@@ -455,7 +456,7 @@ def embed_batch(batch: list[dict], encoder: Encoder, previous_rows: dict, seen: 
     return rows, np.stack(vectors).astype(np.float16) if vectors else np.zeros((0, dim), np.float16)
 
 
-def _previous_rows(previous: OpenIndex | None) -> dict[str, dict]:
+def read_previous_rows(previous: OpenIndex | None) -> dict[str, dict]:
     """key -> {sha256, width, height, generated_caption, row, vectors} of the published version (for
     --update); its vector is vectors.take([row]), read from the memory-mapped shards when reused."""
     if previous is None:

@@ -6,7 +6,9 @@ allowlist, EXIF, skip reasons), then a fixed pool of actors, each holding the mo
 the cluster has GPUs), embeds it (build.embed_batch) and writes it to the parts folder, which every node must
 see (it lies in --out). The driver then runs the single-process build's reduce (build.publish_build): the
 FAISS indexes over the memory-mapped parts, captions, manifest and atomic publish. Finished parts survive a
-lost node or a killed driver; a rerun embeds only the missing ones. Ray is imported only on this path.
+lost node or a killed driver; a rerun embeds only the missing ones. With --update a file unchanged since the
+published version is not decoded, and its actor copies the stored vector, as the single build does. The
+driver loads its model while Ray starts (that start is mostly waiting). Ray is imported only on this path.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from xmodal.indexer import store
 from xmodal.indexer.build import (
     BuildConfig,
     BuildError,
@@ -33,11 +38,15 @@ from xmodal.indexer.build import (
     draft_size_for,
     embed_batch,
     prepare_build,
+    previous_version,
     publish_build,
+    read_previous_rows,
     signature,
 )
 from xmodal.indexer.download import download_all, download_path
 from xmodal.indexer.parts import Parts
+from xmodal.indexer.reader import OpenIndex
+from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.sources import Record
 from xmodal.models.encoders import Encoder
 
@@ -61,49 +70,33 @@ class RayOptions:
 def build_index_on_ray(config: BuildConfig, options: RayOptions, encoder: Encoder | None = None) -> BuildReport:
     """Embed every image of config.source on a Ray cluster and publish a new version under config.out."""
     ray = _import_ray()
-    if config.update:
-        raise BuildError("--ray --update is not supported yet; run --update without --ray")
     started = time.perf_counter()
-    source, csv_captions, encoder = prepare_build(config, encoder)
-    records = source.records
-    parts = Parts.open(config.out, {**signature(config, source, encoder, None), "batch_size": options.part_size})
-    count = -(-len(records) // options.part_size)
-    done = parts.finished()
-    todo = [k for k in range(count) if k not in done]
+    # Starting or joining the cluster is mostly waiting for its processes: the model loads meanwhile.
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(prepare_build, config, encoder)
+        _connect(ray, options)
+        try:
+            source, csv_captions, encoder = loading.result()
+            records = source.records
+            previous = previous_version(config, encoder)
+            signed = {**signature(config, source, encoder, previous), "batch_size": options.part_size}
+            parts = Parts.open(config.out, signed)
+            count = -(-len(records) // options.part_size)
+            done = parts.finished()
+            todo = [k for k in range(count) if k not in done]
+            embed_started = time.perf_counter()
+            if todo:
+                items = _work_items(config, records, parts, previous, todo, options.part_size)
+                _run(ray, options, config, encoder, parts, items, previous, total=len(records))
+            embed_seconds = time.perf_counter() - embed_started
+        finally:
+            ray.shutdown()
 
-    embed_started = time.perf_counter()
-    if todo:
-        urls = [r.location for r in records if r.is_url]
-        failed = download_all(urls, parts.downloads, config.download, config.progress) if urls else {}
-        local = {r.key: str(download_path(parts.downloads, r.location)) for r in records if r.is_url}
-        failures = {r.key: f"download failed: {failed[r.location]}" for r in records if r.location in failed}
-        items = [
-            {
-                "part": k,
-                "start": k * options.part_size,
-                "records": json.dumps(
-                    [
-                        [r.key, local.get(r.key, r.location), failures.get(r.key)]
-                        for r in records[k * options.part_size : (k + 1) * options.part_size]
-                    ]
-                ),
-            }
-            for k in todo
-        ]
-        _run(ray, options, config, encoder, parts, items, total=len(records))
-    embed_seconds = time.perf_counter() - embed_started
-
-    for k in range(count):
-        if k not in parts.finished():
-            raise BuildError(f"part {k} of {count} is missing in {parts.folder} after the Ray job")
-        fingerprints = parts.fingerprints(k)
-        if fingerprints != {encoder.fingerprint}:
-            raise BuildError(
-                f"part {k} in {parts.folder} was embedded by another model ({', '.join(sorted(fingerprints))}); "
-                f"expected {encoder.fingerprint}"
-            )
+    missing = sorted(set(range(count)) - parts.finished())  # one listing of the folder, not one per part
+    if missing:
+        raise BuildError(f"{len(missing)} of {count} parts (first: {missing[0]}) are missing in {parts.folder}")
     counts = Counter(resumed=len(done))
-    batches = functools.partial(_reduced_parts, parts, count, set(todo), counts)
+    batches = functools.partial(_reduced_parts, parts, count, set(todo), counts, encoder.fingerprint)
     report = publish_build(config, source, encoder, csv_captions, batches, counts, started, embed_seconds)
     parts.remove()
     return report
@@ -118,8 +111,7 @@ def _import_ray() -> Any:
     return ray
 
 
-def _run(ray: Any, options: RayOptions, config: BuildConfig, encoder: Encoder, parts: Parts, items, total: int):
-    """Decode (CPU tasks) and embed (actor pool) the parts `items`, each actor writing its parts."""
+def _connect(ray: Any, options: RayOptions) -> None:
     try:
         if options.address == "local":
             ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
@@ -127,49 +119,89 @@ def _run(ray: Any, options: RayOptions, config: BuildConfig, encoder: Encoder, p
             ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
     except ConnectionError as exc:
         raise BuildError(f"--ray {options.address}: no Ray cluster reachable ({exc})") from exc
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        decode = functools.partial(
-            _decode_part,
-            preprocess=encoder.loaded.preprocess,
-            max_pixels=config.max_pixels,
-            draft_size=draft_size_for(encoder, config.draft),
-        )
-        # Decoding reserves memory for a large picture; that request also keeps the decode tasks a separate
-        # operator from the actors (Ray Data fuses operators with equal resource requests), so decoding
-        # runs on any node's CPUs while the actors embed. Ray Data retries tasks lost with a node.
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(decode, memory=DECODE_MEMORY)
-        embedded = dataset.map_batches(
-            EmbedParts,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=options.actors),
-            num_gpus=1 if gpus else 0,
-            fn_constructor_kwargs={
-                "model": config.model,
-                "device": ("cuda" if gpus else "cpu") if config.device == "auto" else config.device,
-                "int8_images": config.int8_images,
-                "precision": config.precision,
-                "folder": str(parts.folder),
-                "batch_size": config.batch_size,
-                "caption": config.caption,
-            },
-        )
-        with tqdm(total=total, unit="img", desc="embedding images (ray)", disable=not config.progress) as bar:
-            for row in embedded.iter_rows():
-                bar.update(int(row["records"]))
-    finally:
-        ray.shutdown()
+
+
+def _work_items(
+    config: BuildConfig, records: list[Record], parts: Parts, previous: OpenIndex | None, todo: list[int], size: int
+) -> list[dict]:
+    """One dataset row per part to do: its records as [key, local path, download failure, published row]."""
+    urls = [r.location for r in records if r.is_url]
+    failed = download_all(urls, parts.downloads, config.download, config.progress) if urls else {}
+    local = {r.key: str(download_path(parts.downloads, r.location)) for r in records if r.is_url}
+    failures = {r.key: f"download failed: {failed[r.location]}" for r in records if r.location in failed}
+    # --update: what the published version holds of each key; an unchanged file (same sha256) is not
+    # decoded, and its actor copies the stored vector (build.embed_batch) from the version's shards.
+    old = {key: {k: v for k, v in row.items() if k != "vectors"} for key, row in read_previous_rows(previous).items()}
+    return [
+        {
+            "part": k,
+            "start": k * size,
+            "records": json.dumps(
+                [
+                    [r.key, local.get(r.key, r.location), failures.get(r.key), old.get(r.key)]
+                    for r in records[k * size : (k + 1) * size]
+                ]
+            ),
+        }
+        for k in todo
+    ]
+
+
+def _run(
+    ray: Any,
+    options: RayOptions,
+    config: BuildConfig,
+    encoder: Encoder,
+    parts: Parts,
+    items: list[dict],
+    previous: OpenIndex | None,
+    total: int,
+) -> None:
+    """Decode (CPU tasks) and embed (actor pool) the parts `items`, each actor writing its parts."""
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    decode = functools.partial(
+        _decode_part,
+        preprocess=encoder.loaded.preprocess,
+        max_pixels=config.max_pixels,
+        draft_size=draft_size_for(encoder, config.draft),
+    )
+    # Decoding reserves memory for a large picture; that request also keeps the decode tasks a separate
+    # operator from the actors (Ray Data fuses operators with equal resource requests), so decoding
+    # runs on any node's CPUs while the actors embed. Ray Data retries tasks lost with a node.
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(decode, memory=DECODE_MEMORY)
+    embedded = dataset.map_batches(
+        EmbedParts,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_gpus=1 if gpus else 0,
+        fn_constructor_kwargs={
+            "model": config.model,
+            "device": ("cuda" if gpus else "cpu") if config.device == "auto" else config.device,
+            "int8_images": config.int8_images,
+            "precision": config.precision,
+            "folder": str(parts.folder),
+            "batch_size": config.batch_size,
+            "caption": config.caption,
+            "previous": None if previous is None else str(previous.version),
+            "previous_shards": None if previous is None else previous.manifest.images.embeddings,
+        },
+    )
+    with tqdm(total=total, unit="img", desc="embedding images (ray)", disable=not config.progress) as bar:
+        for row in embedded.iter_rows():
+            bar.update(int(row["records"]))
 
 
 def _decode_part(item: dict, preprocess, max_pixels: int, draft_size: int | None) -> dict:
     """A CPU task: one part's records decoded; pixels as one float32 .npy blob, the rest as JSON."""
-    decoded = [
-        decode_record(Record(key, location), key, failure, None, preprocess, max_pixels, draft_size)
-        for key, location, failure in json.loads(item["records"])
-    ]
+    decode_args = (preprocess, max_pixels, draft_size)
+    decoded = []
+    for key, location, failure, old in json.loads(item["records"]):
+        decoded.append(decode_record(Record(key, location), key, failure, old and old["sha256"], *decode_args))
+        if decoded[-1]["reused"]:
+            decoded[-1]["previous"] = old  # where the actor finds the stored vector, and its size and caption
     pixels = [d.pop("pixels") for d in decoded]
     blob = io.BytesIO()
     present = [p.numpy() for p in pixels if p is not None]
@@ -188,14 +220,16 @@ class EmbedParts:
         folder: str,
         batch_size: int,
         caption: bool,
+        previous: str | None,
+        previous_shards: list[str] | None,
         precision: str = "auto",
     ) -> None:
-        from pathlib import Path
-
         # The single-process build's precision rule (models.precision): fp16 on the actor's GPU under auto.
         self.encoder = Encoder.from_spec(model, device, int8_images=int8_images, precision=precision)
         self.parts = Parts(Path(folder))
         self.batch_size, self.caption = batch_size, caption
+        # --update: the published version's vectors (memory-mapped on the shared storage), copied for reused rows
+        self.previous = StoredRows(store.map_vectors(Path(previous), previous_shards or [])) if previous else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sizes = []
@@ -203,14 +237,18 @@ class EmbedParts:
             items = json.loads(items_json)
             pixels = iter(np.load(io.BytesIO(blob)))
             for item in items:
-                item["pixels"] = None if item["reason"] is not None else torch.from_numpy(next(pixels))
+                has_pixels = item["reason"] is None and not item["reused"]
+                item["pixels"] = torch.from_numpy(next(pixels)) if has_pixels else None
+            previous_rows = {
+                item["key"]: {**item["previous"], "vectors": self.previous} for item in items if item["reused"]
+            }
             rows: list[dict] = []
             vectors: list[np.ndarray] = []
             seen: dict[str, str] = {}
             counts: Counter = Counter()
             for first in range(0, len(items), self.batch_size):
                 chunk_rows, chunk_vectors = embed_batch(
-                    items[first : first + self.batch_size], self.encoder, {}, seen, counts, self.caption
+                    items[first : first + self.batch_size], self.encoder, previous_rows, seen, counts, self.caption
                 )
                 rows += chunk_rows
                 vectors.append(chunk_vectors)
@@ -219,21 +257,35 @@ class EmbedParts:
         return {"part": batch["part"], "records": np.array(sizes)}
 
 
-def _reduced_parts(parts: Parts, count: int, fresh: set[int], counts: Counter) -> Iterator[tuple[list[dict], Any]]:
+def _reduced_parts(
+    parts: Parts, count: int, fresh: set[int], counts: Counter, fingerprint: str
+) -> Iterator[tuple[list[dict], Any]]:
     """Every part's rows and vectors in record order, as the single-process journal holds them: a record whose
-    sha256 an earlier part already embedded becomes a duplicate of it (parts are embedded independently)."""
+    sha256 an earlier part already embedded (or reused) becomes a duplicate of it, and so do the records the
+    part had made duplicates of that one (parts are embedded independently). A part embedded by another
+    model fails the build (checked here, in the one pass over the parts, before anything is published)."""
     seen: dict[str, str] = {}
+    renamed: dict[str, str] = {}  # key of a part's first copy -> key of the earlier part's first copy
     for k in range(count):
         rows, vectors = parts.read(k)
+        others = {row["fingerprint"] for row in rows} - {fingerprint}
+        if others:
+            raise BuildError(
+                f"part {k} in {parts.folder} was embedded by another model ({', '.join(sorted(others))}); "
+                f"expected {fingerprint}"
+            )
         keep, position = [], 0
         for row in rows:
-            if row["status"] == "embedded":
+            if row["status"] in ("embedded", "reused"):
                 if row["sha256"] in seen:
+                    renamed[row["key"]] = seen[row["sha256"]]
                     row.update(status="duplicate", duplicate_of=seen[row["sha256"]])
                 else:
                     seen[row["sha256"]] = row["key"]
                     keep.append(position)
                 position += 1
+            elif row["status"] == "duplicate":
+                row["duplicate_of"] = renamed.get(row["duplicate_of"], row["duplicate_of"])
             if k in fresh:
                 counts[row["status"]] += 1
         yield rows, vectors if len(keep) == len(vectors) else vectors[keep]

@@ -5,6 +5,10 @@ Indexer and model code is imported inside the commands, so `xmodal --help` loads
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -135,12 +139,15 @@ def index(
         gpu_decode=gpu_decode,
     )
     try:
-        if ray:
-            from xmodal.indexer.distributed import RayOptions, build_index_on_ray
+        # --json: the report is the only thing on stdout; anything else printed meanwhile (Ray prints a lost
+        # node's retried tasks to the driver's stdout) goes to stderr.
+        with _stdout_to_stderr() if json_output else contextlib.nullcontext():
+            if ray:
+                from xmodal.indexer.distributed import RayOptions, build_index_on_ray
 
-            report = build_index_on_ray(config, RayOptions(ray, ray_actors, ray_part_size))
-        else:
-            report = build_index(config)
+                report = build_index_on_ray(config, RayOptions(ray, ray_actors, ray_part_size))
+            else:
+                report = build_index(config)
     except (BuildError, ModelNotAvailable, ModelSpecError, FileNotFoundError, ValueError, RecallNotReached) as exc:
         fail(exc)
     if json_output:
@@ -154,6 +161,20 @@ def index(
         typer.echo(f"  {name + ' index':<16}{described:>12}")
     for path, reason in sorted(report.skipped.items()):
         typer.echo(f"  skipped {path}: {reason}")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 pointed at stderr for the duration, so that output of C code and threads moves too."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def reindex(

@@ -1,11 +1,13 @@
 """`xmodal index --ray` on a real two-node Ray cluster (separate processes on this machine) builds the same
 index as the single-process build: same items and skips, the same vectors, the same search results; it
-survives a lost worker node, and a rerun after a killed driver embeds only the parts that were missing."""
+survives a lost worker node, and a rerun after a killed driver embeds only the parts that were missing.
+Duplicates (also across parts), skips, captions, `--update` and the report are those of the single build."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -48,8 +50,8 @@ def single_build(tmp_path_factory) -> Path:
     return out
 
 
-def _ray_build(out: Path, address: str, *extra: str) -> subprocess.Popen:
-    args = [XMODAL, "index", IMAGES, "--out", out, *BUILD, "--ray", address, "--ray-part-size", str(PART_SIZE)]
+def _ray_build(out: Path, address: str, *extra: str, source: Path = IMAGES, build=BUILD) -> subprocess.Popen:
+    args = [XMODAL, "index", source, "--out", out, *build, "--ray", address, "--ray-part-size", str(PART_SIZE)]
     return subprocess.Popen(
         [*map(str, args), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -58,7 +60,10 @@ def _ray_build(out: Path, address: str, *extra: str) -> subprocess.Popen:
 def _finish(process: subprocess.Popen) -> dict:
     stdout, stderr = process.communicate(timeout=420)
     assert process.returncode == 0, stderr[-4000:]
-    return json.loads(stdout)
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"not a JSON report: {stdout[-2000:]!r}\n{stderr[-4000:]}") from exc
 
 
 def _finished_parts(out: Path) -> list[Path]:
@@ -139,6 +144,63 @@ def test_a_rerun_after_a_killed_driver_embeds_only_the_missing_parts(cluster, si
     assert report["embedded"] == 159 - done_records
     assert report["indexed"] == 159
     assert_same_index(out, single_build)
+
+
+def test_duplicates_skips_captions_and_update_match_the_single_build(cluster, tmp_path):
+    """A folder with a broken file and a picture three times (twice in the next part), built, then changed (one
+    file edited, one deleted, three added, a copy of an unchanged one) and updated with and without --ray from
+    the same published version: the versions and every report count are the same, and the Ray update encodes
+    only the changed and new files (and the copies, which the reduce then points at the first one)."""
+    coco = sorted(IMAGES.iterdir())
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(20):
+        shutil.copy(coco[i], folder / f"img{i:02d}.jpg")
+    (folder / "img05.jpg").write_bytes(b"not a picture")
+    for copy in ("img09.jpg", "img10.jpg"):  # part 1 (parts of 8): copies of img00 in part 0
+        shutil.copy(coco[0], folder / copy)
+    captions = tmp_path / "captions.csv"
+    captions.write_text("image,caption\nimg00.jpg,a first caption\nimg01.jpg,another one\nimg21.jpg,a new one\n")
+    build = ["--model", TINY_CLIP, "--captions", captions, "--no-draft", "--json", "--no-progress"]
+    single, on_ray = tmp_path / "single", tmp_path / "ray"
+    result = run_xmodal("index", folder, "--out", single, "--workers", "1", *build)
+    assert result.returncode == 0, result.stderr
+    assert _counts(json.loads(result.stdout)) == (17, 17, 0, 2, 1, 2)
+    shutil.copytree(single, on_ray)
+
+    shutil.copy(coco[30], folder / "img02.jpg")
+    (folder / "img07.jpg").unlink()
+    for i in (20, 21, 22):
+        shutil.copy(coco[i], folder / f"img{i:02d}.jpg")
+    shutil.copy(coco[1], folder / "img23.jpg")  # a copy of an unchanged (reused) file
+    result = run_xmodal("index", folder, "--out", single, "--workers", "1", *build, "--update")
+    assert result.returncode == 0, result.stderr
+    report = _finish(_ray_build(on_ray, cluster.address, "--update", source=folder, build=build))
+    assert _counts(report) == _counts(json.loads(result.stdout)) == (19, 4, 15, 3, 1, 3)
+    assert_same_version(on_ray, single)
+
+
+def _counts(report: dict) -> tuple[int, ...]:
+    return tuple(report[name] for name in ("indexed", "embedded", "reused", "duplicates", "skipped", "captions"))
+
+
+def assert_same_version(ray_out: Path, single_out: Path) -> None:
+    """Same items (duplicates, captions, sizes), skips and texts, and the same vectors up to float noise."""
+    from xmodal.indexer import store
+    from xmodal.indexer.reader import OpenIndex
+
+    built, expected = OpenIndex(ray_out), OpenIndex(single_out)
+    columns = ["path", "sha256", "width", "height", "captions", "duplicates", "generated_caption"]
+    assert built.items.select(columns).to_pylist() == expected.items.select(columns).to_pylist()
+    assert store.read_table(built.version, "skipped").to_pylist() == (
+        store.read_table(expected.version, "skipped").to_pylist()
+    )
+    assert built.texts is not None and expected.texts is not None
+    assert built.texts.to_pylist() == expected.texts.to_pylist()
+    ours = store.read_vectors(built.version, built.manifest.images.embeddings).astype(np.float32)
+    theirs = store.read_vectors(expected.version, expected.manifest.images.embeddings).astype(np.float32)
+    cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cosine.min() >= 0.9999
 
 
 def test_ray_flag_without_ray_installed_says_how_to_install(tmp_path):

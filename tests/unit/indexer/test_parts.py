@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
+from xmodal.indexer.build import BuildError
 from xmodal.indexer.distributed import _reduced_parts
 from xmodal.indexer.parts import PARTS, Parts
 
@@ -47,9 +49,25 @@ def test_reduce_marks_duplicates_across_parts_and_drops_their_vectors(tmp_path):
     parts.write(0, 0, [_row("a.jpg", "1"), _row("b.jpg", "2")], np.array([[1, 0], [0, 1]]), "abc")
     parts.write(1, 2, [_row("c.jpg", "1"), _row("d.jpg", "3")], np.array([[1, 0], [0.6, 0.8]]), "abc")
     counts: Counter = Counter()
-    batches = list(_reduced_parts(parts, 2, {1}, counts))
+    batches = list(_reduced_parts(parts, 2, {1}, counts, "abc"))
     rows, vectors = batches[1]
     assert [r["status"] for r in rows] == ["duplicate", "embedded"]
     assert rows[0]["duplicate_of"] == "a.jpg"
     assert np.allclose(vectors, [[0.6, 0.8]], atol=1e-3)
     assert counts == Counter(duplicate=1, embedded=1)  # only the parts embedded in this run count
+
+
+def test_reduce_points_every_copy_at_the_first_and_refuses_another_models_part(tmp_path):
+    """c.jpg (reused by --update) is a copy of a.jpg in an earlier part, and the part had made d.jpg a duplicate
+    of c.jpg: both end up duplicates of a.jpg, as the single build records them."""
+    parts = Parts.open(tmp_path, SIGNATURE)
+    parts.write(0, 0, [_row("a.jpg", "1")], np.array([[1, 0]]), "abc")
+    rows = [_row("c.jpg", "1", "reused"), _row("d.jpg", "1", "duplicate", duplicate_of="c.jpg")]
+    parts.write(1, 1, rows, np.array([[1, 0]]), "abc")
+    rows, vectors = list(_reduced_parts(parts, 2, {1}, Counter(), "abc"))[1]
+    assert [(r["status"], r["duplicate_of"]) for r in rows] == [("duplicate", "a.jpg"), ("duplicate", "a.jpg")]
+    assert len(vectors) == 0
+
+    parts.write(1, 1, [_row("c.jpg", "2")], np.array([[0, 1]]), "another model")
+    with pytest.raises(BuildError, match="part 1 .* another model"):
+        list(_reduced_parts(parts, 2, set(), Counter(), "abc"))
