@@ -5,7 +5,8 @@ read and decode its records with the project's safe decoding (build.decode_recor
 allowlist, EXIF, skip reasons), then a fixed pool of actors, each holding the model once (one GPU each when
 the cluster has GPUs), embeds it (build.embed_batch) and writes it to the parts folder, which every node must
 see (it lies in --out). The driver then runs the single-process build's reduce (build.publish_build): the
-FAISS indexes over the memory-mapped parts, captions, manifest and atomic publish. Finished parts survive a
+FAISS indexes over the memory-mapped parts (an IVF index filled by Ray tasks in pieces and merged:
+indexer.parallel_fill), captions, manifest and atomic publish. Finished parts survive a
 lost node or a killed driver; a rerun embeds only the missing ones. Ray is imported only on this path.
 """
 
@@ -37,6 +38,7 @@ from xmodal.indexer.build import (
     signature,
 )
 from xmodal.indexer.download import download_all, download_path
+from xmodal.indexer.parallel_fill import RayFill
 from xmodal.indexer.parts import Parts
 from xmodal.indexer.sources import Record
 from xmodal.models.encoders import Encoder
@@ -104,7 +106,8 @@ def build_index_on_ray(config: BuildConfig, options: RayOptions, encoder: Encode
             )
     counts = Counter(resumed=len(done))
     batches = functools.partial(_reduced_parts, parts, count, set(todo), counts)
-    report = publish_build(config, source, encoder, csv_captions, batches, counts, started, embed_seconds)
+    fill = RayFill(options.address)  # an IVF index is filled by Ray tasks (indexer.parallel_fill)
+    report = publish_build(config, source, encoder, csv_captions, batches, counts, started, embed_seconds, fill)
     parts.remove()
     return report
 

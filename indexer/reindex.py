@@ -18,6 +18,7 @@ from pathlib import Path
 from xmodal.indexer import store
 from xmodal.indexer.faiss_build import BuiltIndex, build_vector_index
 from xmodal.indexer.manifest import Manifest, VectorIndexInfo, package_version
+from xmodal.indexer.parallel_fill import ProcessFill
 from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
 
@@ -43,9 +44,11 @@ def reindex(
     latency_ms: float | None = DEFAULT_LATENCY_MS,
     key: str | None = None,
     keep: int = 3,
+    fill_workers: int = 1,
 ) -> ReindexReport:
     """Rebuild the indexes of the version `path` names (an index folder with CURRENT, or a version
-    folder inside one) and publish the result as a new version of that index folder."""
+    folder inside one) and publish the result as a new version of that index folder. `fill_workers` > 1:
+    an IVF index is filled by that many processes in pieces and merged (indexer.parallel_fill: same index)."""
     started = time.perf_counter()
     source = store.resolve_version(path)
     root = source.parent
@@ -54,12 +57,13 @@ def reindex(
     budgets = split_budget(budget_bytes, {name: info.count for name, info in infos.items()})
     report = ReindexReport(version=source, source_version=source)
     writer = store.VersionWriter(root)
+    fill = ProcessFill(fill_workers) if fill_workers > 1 else None
     try:
         updates: dict[str, VectorIndexInfo] = {}
         for name, info in infos.items():
             # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.rows.StoredRows)
             vectors = StoredRows(store.map_vectors(source, info.embeddings), file_reads=True)
-            built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key)
+            built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key, fill=fill)
             size = writer.write_index(name, built.index)
             report.built[name], report.index_bytes[name] = built, size
             updates[name] = info.model_copy(
