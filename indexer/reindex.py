@@ -60,12 +60,14 @@ def reindex(
     fill = ProcessFill(fill_workers) if fill_workers > 1 else None
     try:
         updates: dict[str, VectorIndexInfo] = {}
+        steps: dict[str, float] = {}  # train, add (fill), tune seconds per index
         for name, info in infos.items():
             # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.rows.StoredRows)
             vectors = StoredRows(store.map_vectors(source, info.embeddings), file_reads=True)
             built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key, fill=fill)
             size = writer.write_index(name, built.index)
             report.built[name], report.index_bytes[name] = built, size
+            steps.update({f"reindex_{name}_{step}": seconds for step, seconds in built.seconds.items()})
             updates[name] = info.model_copy(
                 update={**built.manifest_fields(), "file": f"{name}.faiss", "index_bytes": size}
             )
@@ -74,7 +76,7 @@ def reindex(
         for filename in store.version_files(source):
             if filename != store.MANIFEST and filename not in rebuilt:
                 writer.copy_file(source, filename)
-        timings = {**manifest.timings_s, "reindex": round(time.perf_counter() - started, 3)}
+        timings = {**manifest.timings_s, **steps, "reindex": round(time.perf_counter() - started, 3)}
         new_manifest = Manifest.model_validate(
             {
                 **manifest.model_dump(),
