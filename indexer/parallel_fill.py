@@ -202,7 +202,7 @@ def _files(rows: StoredRows) -> list[ShardFile | None]:
 
 def _open_rows(shards: tuple[tuple[ShardFile, int], ...]) -> StoredRows:
     """The rows the pieces read: every shard file from its offset, float16 memory maps read by pread."""
-    arrays = [
+    arrays: list[np.ndarray] = [
         np.memmap(file.path, dtype=file.dtype, mode="r", offset=file.offset, shape=(count, file.dim))
         for file, count in shards
     ]
