@@ -2,7 +2,7 @@
 
     nice -n 5 python bench/bench_scale.py [--sizes 1000000,10000000] [--small] [--data /tmp/scale-bench]
         [--dim 512] [--fill-workers 2] [--bytes-per-vector 100] [--recall 0.95] [--queries 1000]
-        [--out bench/results/scale.json] [--keep-data]
+        [--out bench/results/scale.json] [--keep-data] [--serial-up-to N] [--key FACTORY --key-from N]
 
 Data, per size n (written once under --data/n<N>, reused while bench.json matches): n + --queries rows of
 one clustered Gaussian mixture (common.clustered_chunks: n/100 clusters, power-law spectrum, a shared mean
@@ -18,6 +18,8 @@ the index (--fill-workers 1), then with --fill-workers W (parallel fill + merge,
 wall seconds, the manifest's train/add/tune seconds, peak RSS (the largest single process, ru_maxrss from
 wait4, and the sum over the process tree sampled every 0.1 s), and whether both index files are the same
 bytes. The selector chooses the index for the budget (--bytes-per-vector B); both builds tune it.
+--serial-up-to N skips the serial baseline above N; --key builds that factory key from --key-from on
+(for a size whose selector choice cannot be trained in the time at hand: say so where reporting it).
 
 Search, on the published (parallel) version:
     bytes/vector   the index file / n on disk; in RAM: RssAnon growth of faiss.read_index without mmap / n.
@@ -178,10 +180,10 @@ def tree_rss(pid: int) -> tuple[int, int]:
     return total, largest
 
 
-def build(root: Path, budget: int, recall: float, workers: int, log: Path) -> dict:
+def build(root: Path, budget: int, recall: float, workers: int, log: Path, key: str | None = None) -> dict:
     """`xmodal reindex` in a real process; its wall time, peak RSS and the manifest it published."""
     command = [XMODAL, "reindex", str(root), "--budget", str(budget), "--recall", str(recall)]
-    command += ["--fill-workers", str(workers), "--keep", "20"]
+    command += ["--fill-workers", str(workers), "--keep", "20", *(["--key", key] if key else [])]
     started = time.perf_counter()
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -323,7 +325,8 @@ def measure(n: int, args: argparse.Namespace, model: tuple[str, str]) -> dict:
     builds = []
     for workers in (1, args.fill_workers) if n <= args.serial_up_to else (args.fill_workers,):
         print(f"{n:,}: reindex --fill-workers {workers} ...", flush=True)
-        builds.append(build(root, budget, args.recall, workers, folder / f"reindex-{workers}.log"))
+        key = args.key if n >= args.key_from else None
+        builds.append(build(root, budget, args.recall, workers, folder / f"reindex-{workers}.log", key))
         print(f"  {json.dumps(builds[-1])}", flush=True)
     version = store.resolve_version(root)
     info = store.read_manifest(version).images
@@ -340,6 +343,7 @@ def measure(n: int, args: argparse.Namespace, model: tuple[str, str]) -> dict:
         "dim": args.dim,
         "queries": len(queries),
         "budget_bytes": budget,
+        "forced_key": args.key if n >= args.key_from else None,
         "index_key": parallel["index_key"],
         "search_params": parallel["search_params"],
         "disk_bytes_per_vector": round(parallel["index_bytes"] / n, 1),
@@ -390,6 +394,8 @@ def main() -> None:
     parser.add_argument("--fill-workers", type=int, default=2)
     parser.add_argument("--bytes-per-vector", type=int, default=100, help="the budget: n * this many bytes")
     parser.add_argument("--recall", type=float, default=0.95)
+    parser.add_argument("--key", help="build this index_factory key instead of the selector's choice (see --key-from)")
+    parser.add_argument("--key-from", type=int, default=0, help="--key applies to sizes from this n on")
     parser.add_argument(
         "--serial-up-to", type=int, default=10**12, help="build serially too (the baseline) only up to this n"
     )

@@ -9,9 +9,13 @@ the merged index is the serial one, byte for byte (tests/unit/indexer/test_paral
 Workers are processes here (a spawn pool: faiss's OpenMP threads do not survive fork) or Ray tasks
 when the build runs on Ray (`RayFill`). They read the float16 rows from the stored shard files
 (pread: nothing is pickled but file names) and write their piece next to them, a folder every Ray
-node sees. The main process merges a piece at a time into lists sized once for all rows, so its
-memory is the merged index plus one piece. Flat and HNSW are not filled this way (an HNSW graph
-depends on its insertion order; Flat has nothing to parallelise but a copy).
+node sees. Once all pieces are on disk the main process sizes the merged lists once for all of them
+and merges a piece at a time: its memory is the merged index plus one piece. Flat and HNSW are not
+filled this way (an HNSW graph depends on its insertion order; Flat has nothing to parallelise).
+
+The merged index is built in RAM (720 MB at 10M x PQ64). faiss's merge_ondisk (OnDiskInvertedLists in a
+separate .ivfdata file) is not used: the index file names that file by absolute path, which the version
+folder's atomic rename breaks; an index bigger than RAM is served memory-mapped from its one file instead.
 """
 
 from __future__ import annotations
