@@ -59,6 +59,7 @@ class Fill(Protocol):
     """Runs fill_piece over pieces, yielding each piece's (file, list sizes) in piece order."""
 
     workers: int
+    scratch: Path | None  # where pieces are written (None: beside the shards read)
 
     def map(self, pieces: list[Piece]) -> Iterator[tuple[str, np.ndarray]]: ...
 
@@ -66,8 +67,8 @@ class Fill(Protocol):
 class ProcessFill:
     """A pool of `workers` spawned processes on this machine, each with cores/workers faiss threads."""
 
-    def __init__(self, workers: int):
-        self.workers = max(1, workers)
+    def __init__(self, workers: int, scratch: Path | None = None):
+        self.workers, self.scratch = max(1, workers), scratch
 
     def map(self, pieces: list[Piece]) -> Iterator[tuple[str, np.ndarray]]:
         with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
@@ -78,8 +79,8 @@ class RayFill:
     """Ray tasks on the cluster the Ray build ran on (connected on first use, disconnected after):
     `address` is RayOptions.address ("local" starts a cluster on this machine again)."""
 
-    def __init__(self, address: str = "local", workers: int = 0):
-        self.address = address
+    def __init__(self, address: str = "local", workers: int = 0, scratch: Path | None = None):
+        self.address, self.scratch = address, scratch  # scratch: on storage every node sees
         self.workers = workers  # 0: as many tasks at once as the cluster has CPUs
 
     def map(self, pieces: list[Piece]) -> Iterator[tuple[str, np.ndarray]]:
@@ -108,7 +109,6 @@ def fill_in_parallel(
     *,
     planned: StoredRows | None = None,
     piece_rows: int | None = None,
-    scratch: Path | None = None,
 ) -> None:
     """Add every row of `rows` (ids = row numbers) to the trained, empty IVF `index`, in pieces filled by
     `fill`'s workers and merged in row order. The merged lists are sized once, for the pieces and for the
@@ -119,11 +119,12 @@ def fill_in_parallel(
     shards = tuple((file, len(shard)) for file, shard in zip(files, rows.shards) if file is not None)
     if len(shards) != len(files):
         raise ValueError("a parallel fill reads rows from shard files; these rows are (partly) in memory")
-    folder = Path(tempfile.mkdtemp(prefix=".fill-", dir=scratch or Path(shards[0][0].path).parent))
+    folder = Path(tempfile.mkdtemp(prefix=".fill-", dir=fill.scratch or Path(shards[0][0].path).parent))
     try:
         trained = folder / "trained.faiss"
         faiss.write_index(index, str(trained))
-        threads = max(1, (os.cpu_count() or 1) // fill.workers) if fill.workers else 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // fill.workers) if fill.workers else 1  # Ray: one CPU a task
         pieces = [
             Piece(number, start, stop, shards, str(trained), str(folder / f"piece-{number:05d}.faiss"), threads)
             for number, (start, stop) in enumerate(piece_ranges(len(rows), piece_rows or PIECE_ROWS))

@@ -57,7 +57,8 @@ def reindex(
     budgets = split_budget(budget_bytes, {name: info.count for name, info in infos.items()})
     report = ReindexReport(version=source, source_version=source)
     writer = store.VersionWriter(root)
-    fill = ProcessFill(fill_workers) if fill_workers > 1 else None
+    # pieces go to the new version's folder: the source version is published, never written
+    fill = ProcessFill(fill_workers, scratch=writer.tmp) if fill_workers > 1 else None
     try:
         updates: dict[str, VectorIndexInfo] = {}
         steps: dict[str, float] = {}  # train, add (fill), tune seconds per index

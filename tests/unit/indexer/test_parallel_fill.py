@@ -9,7 +9,7 @@ import pytest
 from tests.unit.indexer.synthetic import clustered_unit_vectors
 from xmodal.indexer import parallel_fill, store
 from xmodal.indexer.faiss_build import build_vector_index, describe_key, train_and_add
-from xmodal.indexer.parallel_fill import ProcessFill, can_fill_in_parallel, piece_ranges
+from xmodal.indexer.parallel_fill import ProcessFill, RayFill, can_fill_in_parallel, piece_ranges
 from xmodal.indexer.rows import StoredRows
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -66,3 +66,15 @@ def test_pieces_cover_the_rows_on_chunk_boundaries_and_only_stored_ivf_rows_fill
     assert can_fill_in_parallel(ivf, rows)
     assert not can_fill_in_parallel(ivf, StoredRows(rows.block(0, 10)))  # rows in memory: serial
     assert not can_fill_in_parallel(faiss.index_factory(DIM, "HNSW8,Flat", faiss.METRIC_INNER_PRODUCT), rows)
+
+
+@pytest.mark.slow
+def test_ray_tasks_fill_the_same_index(rows, monkeypatch):
+    """The Ray build's reduce: pieces filled by Ray tasks on a local cluster, merged on the driver."""
+    pytest.importorskip("ray")
+    monkeypatch.setattr(parallel_fill, "PIECE_ROWS", 2_000)
+    choice = describe_key("IVF32,PQ8", N, DIM)
+    train_ids = np.arange(0, N, 3)
+    serial, _ = train_and_add(rows, choice, train_ids)
+    merged, _ = train_and_add(rows, choice, train_ids, fill=RayFill("local", workers=2))
+    assert np.array_equal(faiss.serialize_index(merged), faiss.serialize_index(serial))
