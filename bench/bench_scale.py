@@ -95,7 +95,14 @@ def tiny_model(folder: Path, dim: int) -> tuple[str, str]:
 
 def ensure_data(folder: Path, n: int, dim: int, queries: int, model: tuple[str, str]) -> tuple[Path, np.ndarray]:
     """The size's index folder (a published version over the n rows) and the held-out queries."""
-    wanted = {"n": n, "dim": dim, "queries": queries, "seed": 0, "generator": "common.clustered_chunks", "model": model}
+    wanted = {
+        "n": n,
+        "dim": dim,
+        "queries": queries,
+        "seed": 0,
+        "generator": "common.clustered_chunks",
+        "model": list(model),
+    }
     record, root = folder / "bench.json", folder / "index"
     if record.is_file() and json.loads(record.read_text()) == wanted and (folder / "queries.npy").is_file():
         print(f"reusing the data in {folder}", flush=True)
