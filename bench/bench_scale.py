@@ -33,7 +33,9 @@ Search, on the published (parallel) version:
                    after the queries
 
 Prints one table and writes JSON (--out) after every size, keeping other sizes' rows already there.
-`--small` (20,000 x 64, 200 queries, 1 server query pass) runs the same code in seconds for the test.
+`--small` (20,000 x 64, 200 queries) runs the same code in about 30 s for tests/e2e/test_bench_scale.py.
+Run time: 1M, 36 min on the shared 2-core box at load 7-14 (two builds 31 min, 85% of each in tuning);
+10M was not run (docs/benchmarks.md#10m-vectors says why and what it would take).
 """
 
 from __future__ import annotations
