@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,8 +32,29 @@ def clustered_vectors(
     share one), L2-normalised. At spread 1.2 a vector's nearest neighbour has cosine ~0.72, its 10th
     ~0.67, a random pair ~0.27 +- 0.12 (uniform random unit vectors would be a worst case for IVF).
     """
+    out = np.empty((n, dim), np.float32)
+    start = 0
+    for block in clustered_chunks(n, dim, seed, spread, decay, mean, per_cluster, chunk):
+        out[start : start + len(block)] = block
+        start += len(block)
+    return out
+
+
+def clustered_chunks(
+    n: int,
+    dim: int,
+    seed: int = 0,
+    spread: float = 1.2,
+    decay: float = 0.5,
+    mean: float = 0.6,
+    per_cluster: int = 100,
+    chunk: int = 50_000,
+    clusters: int | None = None,
+) -> Iterator[np.ndarray]:
+    """clustered_vectors' rows, `chunk` at a time as float16 (the same rows: 10M x 512 never in RAM at once).
+    `clusters`: the mixture's size when not n/per_cluster (draw more rows from one mixture, e.g. queries)."""
     rng = np.random.default_rng(seed)
-    clusters = max(1, n // per_cluster)
+    clusters = clusters or max(1, n // per_cluster)
     scale = ((1.0 + np.arange(dim)) ** -decay).astype(np.float32)
     scale /= np.linalg.norm(scale) / np.sqrt(dim)
     rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
@@ -40,7 +62,6 @@ def clustered_vectors(
     shared /= np.linalg.norm(shared)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32) * scale
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.empty((n, dim), np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         x = rng.standard_normal((m, dim), dtype=np.float32) * (scale * np.float32(spread / np.sqrt(dim)))
@@ -49,8 +70,7 @@ def clustered_vectors(
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         x += mean * shared
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[start : start + m] = x.astype(np.float16)
-    return out
+        yield x.astype(np.float16)
 
 
 async def closed_loop(url: str, clients: int, seconds: float, send, max_requests: int = 100_000) -> dict:

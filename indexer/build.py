@@ -29,6 +29,7 @@ from xmodal.indexer.download import DownloadConfig, download_all, download_path
 from xmodal.indexer.faiss_build import build_vector_index
 from xmodal.indexer.journal import Journal
 from xmodal.indexer.manifest import Manifest, ModelInfo, SkipCounts, VectorIndexInfo, package_version
+from xmodal.indexer.parallel_fill import Fill, ProcessFill
 from xmodal.indexer.reader import OpenIndex
 from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
@@ -78,6 +79,7 @@ class BuildConfig:
     precision: str = "auto"  # the model's dtype (models.precision): auto is fp16 on CUDA, fp32 on the CPU
     # Plain JPEGs decoded in batches on the model's device (models.device_images); None: when that is CUDA.
     gpu_decode: bool | None = None
+    fill_workers: int = 1  # processes filling an IVF index in pieces, merged (indexer.parallel_fill); 1: serial
 
 
 @dataclass
@@ -260,10 +262,14 @@ def publish_build(
     counts: Counter,
     started: float,
     embed_seconds: float,
+    fill: Fill | None = None,
 ) -> BuildReport:
     """The reduce step shared by the single-process and the Ray build: `batches()` yields every batch's
     rows and float16 vectors in record order (journal batches or Ray parts); items, captions, FAISS
-    indexes (selected and tuned by indexer.tuning) and the manifest are written, then published atomically."""
+    indexes (selected and tuned by indexer.tuning) and the manifest are written, then published atomically.
+    An IVF index is filled by `fill`'s workers (the Ray build's tasks), else by config.fill_workers processes."""
+    if fill is None and config.fill_workers > 1:
+        fill = ProcessFill(config.fill_workers)
     writer = store.VersionWriter(config.out)
     try:
         image_shards = writer.shard_writer("images", encoder.embed_dim)
@@ -287,7 +293,7 @@ def publish_build(
             model=ModelInfo(spec=encoder.spec, fingerprint=encoder.fingerprint, embed_dim=encoder.embed_dim),
             source=source.root,
             source_kind=source.kind,
-            images=_index_vectors(writer, "images", image_shards.close(), config, budgets["images"]),
+            images=_index_vectors(writer, "images", image_shards.close(), config, budgets["images"], fill),
             image_weights=encoder.image_weights,
             skipped=SkipCounts(total=len(skipped), by_reason=dict(Counter(_reason_kind(r) for r in skipped.values()))),
             ignored_files=len(source.ignored),
@@ -296,7 +302,7 @@ def publish_build(
         writer.write_table("items", _items_table(items))
         writer.write_table("skipped", pa.table({"path": list(skipped), "reason": list(skipped.values())}))
         if text_rows:
-            manifest.texts = _write_texts(writer, encoder, text_rows, config, budgets["texts"])
+            manifest.texts = _write_texts(writer, encoder, text_rows, config, budgets["texts"], fill)
         manifest.timings_s = {"embed_images": round(embed_seconds, 3), "total": round(time.perf_counter() - started, 3)}
         version = writer.publish(manifest, keep=config.keep_versions)
     except BaseException:
@@ -502,7 +508,12 @@ def _assemble(batches: Iterable[tuple[list[dict], np.ndarray]], shards: store.Sh
 
 
 def _write_texts(
-    writer: store.VersionWriter, encoder: Encoder, text_rows, config: BuildConfig, budget_bytes: int | None
+    writer: store.VersionWriter,
+    encoder: Encoder,
+    text_rows,
+    config: BuildConfig,
+    budget_bytes: int | None,
+    fill: Fill | None = None,
 ) -> VectorIndexInfo:
     texts = [text for _, text in text_rows]
     shards = writer.shard_writer("texts", encoder.embed_dim)
@@ -510,7 +521,7 @@ def _write_texts(
         range(0, len(texts), TEXT_BATCH), desc="embedding captions", unit="batch", disable=not config.progress
     ):
         shards.add(encoder.encode_texts(texts[start : start + TEXT_BATCH]))  # stored (and indexed) as float16
-    info = _index_vectors(writer, "texts", shards.close(), config, budget_bytes)
+    info = _index_vectors(writer, "texts", shards.close(), config, budget_bytes, fill)
     writer.write_table(
         "texts",
         pa.table(
@@ -525,14 +536,19 @@ def _write_texts(
 
 
 def _index_vectors(
-    writer: store.VersionWriter, name: str, shards: list[str], config: BuildConfig, budget_bytes: int | None
+    writer: store.VersionWriter,
+    name: str,
+    shards: list[str],
+    config: BuildConfig,
+    budget_bytes: int | None,
+    fill: Fill | None = None,
 ) -> VectorIndexInfo:
     """The FAISS index over the float16 shards just written, chosen for the budget and tuned to the recall
     target (exact Flat for small sets: see indexer.selection). It is built from the shards memory-mapped,
     so it holds exactly the stored vectors (a rebuild from them, `xmodal reindex`, is identical) and no
     float32 copy of all of them exists."""
     rows = StoredRows(store.map_vectors(writer.tmp, shards), file_reads=True)
-    built = build_vector_index(rows, budget_bytes, config.recall, latency_ms=config.latency_ms)
+    built = build_vector_index(rows, budget_bytes, config.recall, latency_ms=config.latency_ms, fill=fill)
     size = writer.write_index(name, built.index)
     return VectorIndexInfo(
         file=f"{name}.faiss", embeddings=shards, count=len(rows), index_bytes=size, **built.manifest_fields()

@@ -5,7 +5,8 @@ read and decode its records with the project's safe decoding (build.decode_recor
 allowlist, EXIF, skip reasons), then a fixed pool of actors, each holding the model once (one GPU each when
 the cluster has GPUs), embeds it (build.embed_batch) and writes it to the parts folder, which every node must
 see (it lies in --out). The driver then runs the single-process build's reduce (build.publish_build): the
-FAISS indexes over the memory-mapped parts, captions, manifest and atomic publish. Finished parts survive a
+FAISS indexes over the memory-mapped parts (on a cluster, an IVF index is filled by Ray tasks in pieces
+and merged: indexer.parallel_fill), captions, manifest and atomic publish. Finished parts survive a
 lost node or a killed driver; a rerun embeds only the missing ones. With --update a file unchanged since the
 published version is not decoded, and its actor copies the stored vector, as the single build does. The
 driver loads its model while Ray starts (that start is mostly waiting). Ray is imported only on this path.
@@ -44,6 +45,7 @@ from xmodal.indexer.build import (
     signature,
 )
 from xmodal.indexer.download import download_all, download_path
+from xmodal.indexer.parallel_fill import RayFill
 from xmodal.indexer.parts import Parts
 from xmodal.indexer.reader import OpenIndex
 from xmodal.indexer.rows import StoredRows
@@ -97,7 +99,10 @@ def build_index_on_ray(config: BuildConfig, options: RayOptions, encoder: Encode
         raise BuildError(f"{len(missing)} of {count} parts (first: {missing[0]}) are missing in {parts.folder}")
     counts = Counter(resumed=len(done))
     batches = functools.partial(_reduced_parts, parts, count, set(todo), counts, encoder.fingerprint)
-    report = publish_build(config, source, encoder, csv_captions, batches, counts, started, embed_seconds)
+    # On a cluster an IVF index is filled by Ray tasks (indexer.parallel_fill); a local cluster is this
+    # machine, where --fill-workers processes do the same without starting Ray again.
+    fill = None if options.address == "local" else RayFill(options.address)
+    report = publish_build(config, source, encoder, csv_captions, batches, counts, started, embed_seconds, fill)
     parts.remove()
     return report
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from xmodal.indexer.parallel_fill import Fill, can_fill_in_parallel, fill_in_parallel
 from xmodal.indexer.recall import K
 from xmodal.indexer.rows import StoredRows, as_rows
 from xmodal.indexer.searcher import is_ivf
@@ -91,6 +92,7 @@ def build_vector_index(
     key: str | None = None,
     seed: int = 0,
     tune_queries: int = TUNE_QUERIES,
+    fill: Fill | None = None,
 ) -> BuiltIndex:
     """The best index for `vectors` (unit rows) within `budget_bytes`, tuned to `recall`@10.
 
@@ -99,6 +101,7 @@ def build_vector_index(
     index itself memory stays bounded by the training sample (selection's train sizes: about 100k rows
     at 1M), whatever n is. The result does not depend on which: same sample, same index.
     Small sets (n < 10,000, or exact search within `latency_ms`) get exact `Flat`, untuned, as before.
+    `fill`: workers that fill an IVF index in parallel pieces, merged (indexer.parallel_fill; same index).
     `key` forces a faiss factory string instead of choosing (its budget is not checked).
     Raises selection.NoIndexFits when nothing fits, RecallNotReached when no candidate reaches `recall`.
     """
@@ -125,7 +128,7 @@ def build_vector_index(
         rng = np.random.default_rng(seed)
         train_size = min(choice.train_size, indexed)
         train_ids = np.sort(rng.choice(indexed, train_size, replace=False)) if train_size else np.array([], int)
-        index, seconds = train_and_add(rows.head(indexed), choice, train_ids, size_lists_for=rows)
+        index, seconds = train_and_add(rows.head(indexed), choice, train_ids, size_lists_for=rows, fill=fill)
         queries = rows.block(indexed, n)
         tune_started = time.perf_counter()
         try:
@@ -189,12 +192,15 @@ def train_and_add(
     train_ids: np.ndarray,
     *,
     size_lists_for: StoredRows | None = None,
+    fill: Fill | None = None,
 ) -> tuple[faiss.Index, dict]:
     """faiss.index_factory(dim, key, inner product), trained on vectors[train_ids], holding every vector
     (added a chunk at a time: see add_ranges).
 
     An IVF index gets its inverted lists sized before the adds (see add_to_sized_lists), for
     `size_lists_for` when given: rows that start with `vectors` and go on with rows added later.
+    With `fill`, an IVF index over stored shard files is filled by its workers in pieces and merged
+    (indexer.parallel_fill): the same index, built on several cores or nodes.
     """
     rows = as_rows(vectors)
     index = faiss.index_factory(rows.dim, choice.key, faiss.METRIC_INNER_PRODUCT)
@@ -216,7 +222,9 @@ def train_and_add(
             index.train(rows.take(train_ids))
         seconds["train"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        if isinstance(index, faiss.IndexIVF):
+        if fill is not None and can_fill_in_parallel(index, rows):
+            fill_in_parallel(index, rows, fill, planned=size_lists_for or rows)
+        elif isinstance(index, faiss.IndexIVF):
             add_to_sized_lists(index, rows, size_lists_for or rows)
         else:
             for start, stop in add_ranges(len(rows), choice.kind):

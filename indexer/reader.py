@@ -90,9 +90,11 @@ class OpenIndex:
 
 
 def _searcher(version: Path, info: VectorIndexInfo, index: faiss.Index) -> Searcher:
-    """The index with the manifest's search parameters applied; re-ranking reads the stored shards."""
+    """The index with the manifest's search parameters applied; re-ranking reads the rows it needs from the
+    stored shards with file reads (pread), so a served 10M-vector index's resident memory does not grow by
+    the page-cache folios a mapped read pulls in (indexer.rows; bench/bench_scale.py)."""
     params = SearchParams.parse(info.search_params)
-    rows = StoredRows(store.map_vectors(version, info.embeddings)) if params.rerank else None
+    rows = StoredRows(store.map_vectors(version, info.embeddings), file_reads=True) if params.rerank else None
     return Searcher(index, params, rows)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from xmodal.indexer import store
 from xmodal.indexer.faiss_build import BuiltIndex, build_vector_index
 from xmodal.indexer.manifest import Manifest, VectorIndexInfo, package_version
+from xmodal.indexer.parallel_fill import ProcessFill
 from xmodal.indexer.rows import StoredRows
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS, split_budget
 
@@ -43,9 +44,11 @@ def reindex(
     latency_ms: float | None = DEFAULT_LATENCY_MS,
     key: str | None = None,
     keep: int = 3,
+    fill_workers: int = 1,
 ) -> ReindexReport:
     """Rebuild the indexes of the version `path` names (an index folder with CURRENT, or a version
-    folder inside one) and publish the result as a new version of that index folder."""
+    folder inside one) and publish the result as a new version of that index folder. `fill_workers` > 1:
+    an IVF index is filled by that many processes in pieces and merged (indexer.parallel_fill: same index)."""
     started = time.perf_counter()
     source = store.resolve_version(path)
     root = source.parent
@@ -54,14 +57,18 @@ def reindex(
     budgets = split_budget(budget_bytes, {name: info.count for name, info in infos.items()})
     report = ReindexReport(version=source, source_version=source)
     writer = store.VersionWriter(root)
+    # pieces go to the new version's folder: the source version is published, never written
+    fill = ProcessFill(fill_workers, scratch=writer.tmp) if fill_workers > 1 else None
     try:
         updates: dict[str, VectorIndexInfo] = {}
+        steps: dict[str, float] = {}  # train, add (fill), tune seconds per index
         for name, info in infos.items():
             # the shards memory-mapped, read a chunk at a time: never all rows in RAM (indexer.rows.StoredRows)
             vectors = StoredRows(store.map_vectors(source, info.embeddings), file_reads=True)
-            built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key)
+            built = build_vector_index(vectors, budgets[name], recall, latency_ms=latency_ms, key=key, fill=fill)
             size = writer.write_index(name, built.index)
             report.built[name], report.index_bytes[name] = built, size
+            steps.update({f"reindex_{name}_{step}": seconds for step, seconds in built.seconds.items()})
             updates[name] = info.model_copy(
                 update={**built.manifest_fields(), "file": f"{name}.faiss", "index_bytes": size}
             )
@@ -70,7 +77,7 @@ def reindex(
         for filename in store.version_files(source):
             if filename != store.MANIFEST and filename not in rebuilt:
                 writer.copy_file(source, filename)
-        timings = {**manifest.timings_s, "reindex": round(time.perf_counter() - started, 3)}
+        timings = {**manifest.timings_s, **steps, "reindex": round(time.perf_counter() - started, 3)}
         new_manifest = Manifest.model_validate(
             {
                 **manifest.model_dump(),

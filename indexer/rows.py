@@ -22,7 +22,7 @@ class StoredRows:
     mapped row maps the whole page-cache folio around it into this process (on this machine's ext4,
     kernel 6.18: 10 random rows mapped 16 MB, 100 rows 82 MB of a 100 MB shard; no madvise hint
     changed it), so tuning's re-ranking reads would count all shards, 1 GB at 1M x 512, in the build's
-    RSS. The page cache serves both. The reader reads through the mapping (it keeps its pages).
+    RSS. The page cache serves both. The reader's re-ranking reads by pread too (bench/bench_scale.py).
     """
 
     def __init__(self, shards: list[np.ndarray] | np.ndarray, *, file_reads: bool = False):

@@ -16,6 +16,14 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")]
 PrecisionOption = Annotated[Precision, typer.Option(help="Model dtype: auto is fp16 on CUDA, fp32 on the CPU")]
 RefusedPixelsOption = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this")]
 RecallOption = Annotated[float, typer.Option(min=0.01, max=1.0, help="recall@10 target for approximate indexes")]
+FillWorkersOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Processes that fill an IVF index in parallel pieces, merged into the same index "
+        "(1: one process; see docs/indexing.md)",
+    ),
+]
 LatencyOption = Annotated[
     float, typer.Option(min=0.0, help="Longest exact (Flat) query before an approximate index is chosen")
 ]

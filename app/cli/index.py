@@ -14,7 +14,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from xmodal.app.cli.common import DeviceOption, LatencyOption, PrecisionOption, RecallOption, fail, setup_logging
+from xmodal.app.cli.common import (
+    DeviceOption,
+    FillWorkersOption,
+    LatencyOption,
+    PrecisionOption,
+    RecallOption,
+    fail,
+    setup_logging,
+)
 from xmodal.indexer.selection import DEFAULT_LATENCY_MS
 from xmodal.models.images import DEFAULT_MAX_PIXELS
 from xmodal.models.specs import DEFAULT_SPEC
@@ -78,6 +86,7 @@ def index(
     ] = None,
     recall: RecallOption = 0.95,
     latency_ms: LatencyOption = DEFAULT_LATENCY_MS,
+    fill_workers: FillWorkersOption = 1,
     int8_images: Annotated[
         bool,
         typer.Option(
@@ -134,6 +143,7 @@ def index(
         budget_bytes=budget_bytes,
         recall=recall,
         latency_ms=latency_ms,
+        fill_workers=fill_workers,
         int8_images=int8_images,
         precision=precision,
         gpu_decode=gpu_decode,
@@ -189,6 +199,7 @@ def reindex(
         Optional[str], typer.Option(help="Build this faiss index_factory key instead of choosing one")
     ] = None,
     keep: Annotated[int, typer.Option(min=1, help="Versions to keep in the index folder")] = 3,
+    fill_workers: FillWorkersOption = 1,
 ) -> None:
     """Rebuild the current version's FAISS indexes from its stored embeddings (no re-encoding) for a memory
     budget and a recall target, and publish them as a new version."""
@@ -200,7 +211,13 @@ def reindex(
     setup_logging()
     try:
         report = rebuild(
-            index, parse_bytes(budget) if budget else None, recall, latency_ms=latency_ms, key=key, keep=keep
+            index,
+            parse_bytes(budget) if budget else None,
+            recall,
+            latency_ms=latency_ms,
+            key=key,
+            keep=keep,
+            fill_workers=fill_workers,
         )
     except (IndexNotFound, NoIndexFits, RecallNotReached, ValueError) as exc:
         fail(exc)
