@@ -14,6 +14,6 @@ def vqa_prompt(question: str, template: str = DEFAULT_VQA_PROMPT) -> str:
     return template.format(question=question)
 
 
-def vqa_text(question: str, answer: str) -> str:
+def vqa_text(question: str, answer: str, template: str = DEFAULT_VQA_PROMPT) -> str:
     """How a question/answer pair is written as a decoder target: the prompt, then the answer."""
-    return f"{vqa_prompt(question)} {answer}".rstrip()
+    return f"{vqa_prompt(question, template)} {answer}".rstrip()

@@ -32,6 +32,21 @@ ANSWERS_ZH: dict[str, str] = {
     **{str(n): word for n, word in enumerate(COUNTS_ZH)},
 }
 
+# Every word the grammar writes, so a tokenizer can segment its text (Chinese has no spaces).
+WORDS_ZH: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (
+            *COLOURS_ZH.values(),
+            *SHAPES_ZH.values(),
+            *SIZES_ZH.values(),
+            *POSITIONS_ZH.values(),
+            *COUNTS_ZH,
+            ANY_SHAPE_ZH,
+            *("一个", "有", "没有", "在", "的", "是", "什么", "颜色", "形状", "还是", "哪里", "几个", "一共", "吗"),
+        )
+    )
+)
+
 
 def object_phrase_zh(obj: SceneObject) -> str:
     """ "左边一个大的红色圆形": where, then what."""

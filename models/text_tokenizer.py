@@ -1,0 +1,66 @@
+"""A tokenizer trained on a model's own text, shipped in its model folder (`text_tokenizer.json`).
+
+open_clip's SimpleTokenizer is byte-level BPE learnt on English web text: a Chinese world caption
+takes 78 of its tokens (context 32) and comes back with "，" turned into "," (measured in
+bench/bench_tokenizers.py; decision in docs/decisions/bilingual-world.md). A byte-level BPE learnt
+on the world's own English and Chinese text needs a few hundred tokens, decodes every text back
+exactly and still encodes any character (its alphabet is every byte).
+
+`TrainedTokenizer` has what the rest of the project uses of SimpleTokenizer: calling it on texts
+gives a (n, context_length) LongTensor (start token, text, end token, zero padding, the end token kept
+when cut), `encode`/`decode`, `sot_token_id`/`eot_token_id`, `vocab_size`, `context_length`. Padding
+is id 0 and never a text token, as open_clip's text towers assume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILE = "text_tokenizer.json"
+PAD, SOT, EOT = "<pad>", "<start_of_text>", "<end_of_text>"
+SPECIAL_TOKENS = (PAD, SOT, EOT)  # ids 0, 1, 2
+
+
+class TrainedTokenizer:
+    def __init__(self, tokenizer, context_length: int):
+        """`tokenizer`: a `tokenizers.Tokenizer` whose first ids are SPECIAL_TOKENS."""
+        ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+        if ids != [0, 1, 2]:
+            raise ValueError(f"a trained tokenizer's first ids must be {SPECIAL_TOKENS}, got ids {ids}")
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.pad_token_id, self.sot_token_id, self.eot_token_id = ids
+        self.vocab_size = int(tokenizer.get_vocab_size())
+
+    @classmethod
+    def from_file(cls, path: str | Path, context_length: int) -> TrainedTokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)), context_length)
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        # As SimpleTokenizer cleans whitespace; lowercasing is the tokenizer's own normaliser.
+        return list(self.tokenizer.encode(" ".join(text.split()), add_special_tokens=False).ids)
+
+    def decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True))
+
+    def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        length = context_length or self.context_length
+        result = torch.zeros(len(texts), length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = [self.sot_token_id, *self.encode(text)][: length - 1] + [self.eot_token_id]
+            result[row, : len(ids)] = torch.tensor(ids)
+        return result
+
+
+def folder_tokenizer(folder: str | Path, context_length: int) -> TrainedTokenizer | None:
+    """The tokenizer a model folder ships, or None when it uses its architecture's."""
+    path = Path(folder) / TOKENIZER_FILE
+    return TrainedTokenizer.from_file(path, context_length) if path.is_file() else None

@@ -1,0 +1,69 @@
+"""Learn a byte-level BPE tokenizer from the generated world's text (training side only).
+
+The texts are every caption, question/answer target and partial query of the world's first train
+scenes in each language, so the merges cover every word the world writes; byte-level pre-tokenising
+keeps any other text encodable. The tokenizer is a function of (languages, seed, vocabulary size), so
+a resumed run learns the same one. Why and how large: docs/decisions/bilingual-world.md.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator, Sequence
+
+from xmodal.models.languages import language_prompts
+from xmodal.models.prompts import vqa_text
+from xmodal.models.text_tokenizer import SPECIAL_TOKENS, TrainedTokenizer
+from xmodal.models.world import World, partial_query, query_text
+from xmodal.models.world.language_zh import WORDS_ZH
+
+DEFAULT_VOCAB_SIZE = 1024
+TRAINING_SCENES = 2000  # every word and phrase of the world appears many times in these
+
+
+def world_texts(languages: Sequence[str], seed: int = 0, scenes: int = TRAINING_SCENES) -> Iterator[str]:
+    """The texts a model trained on the world reads and writes, in each language."""
+    for language in languages:
+        prompts = language_prompts(language)
+        world = World(seed=seed, language=language)
+        rng = random.Random(f"xmodal-tokenizer:{seed}")
+        for scene in world.scenes(scenes, "train"):
+            yield from scene.captions
+            yield prompts.caption_prefix + scene.caption
+            for qa in scene.questions:
+                yield vqa_text(qa.question, qa.answer, prompts.vqa_prompt)
+            yield query_text(partial_query(scene.graph, rng), language)
+
+
+def train_world_tokenizer(
+    languages: Sequence[str] = ("en", "zh"),
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    context_length: int = 32,
+    seed: int = 0,
+    scenes: int = TRAINING_SCENES,
+    segment_words: Sequence[str] = ("中文", "问题", "回答"),
+    segment: bool = True,
+) -> TrainedTokenizer:
+    """Byte-level BPE over the world's texts: lowercase (as CLIP's), lossless, any character encodable."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    # Words, numbers and punctuation split before merging (GPT-2's rule), so a prompt tokenises to
+    # the first tokens of the text it starts: training teaches a target's tokens after its prompt.
+    # Chinese has no spaces: a run of Han characters is cut into the grammar's words (longest first) and
+    # any other Han character alone, so merges build words, never a whole clause in one opaque token.
+    # Without this cut a 1,024-token BPE learnt "上面一个小的红色圆形" as one token.
+    words = "|".join(re.escape(w) for w in sorted({*WORDS_ZH, *segment_words}, key=len, reverse=True))
+    cut = [pre_tokenizers.Split(Regex(f"{words}|\\p{{Han}}"), behavior="isolated")] if segment else []
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([*cut, pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(world_texts(languages, seed, scenes), trainer)
+    return TrainedTokenizer(tokenizer, context_length)
