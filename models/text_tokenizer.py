@@ -8,8 +8,9 @@ exactly and still encodes any character (its alphabet is every byte).
 
 `TrainedTokenizer` has what the rest of the project uses of SimpleTokenizer: calling it on texts
 gives a (n, context_length) LongTensor (start token, text, end token, zero padding, the end token kept
-when cut), `encode`/`decode`, `sot_token_id`/`eot_token_id`, `vocab_size`, `context_length`. Padding
-is id 0 and never a text token, as open_clip's text towers assume.
+when cut), `encode`/`decode`, `sot_token_id`/`eot_token_id`, `vocab_size`, `context_length`. As in
+CLIP's, padding is id 0 and never a text token, and end-of-text is the highest id (text towers that pool
+at the argmax token pool there).
 """
 
 from __future__ import annotations
@@ -20,19 +21,21 @@ import torch
 
 TOKENIZER_FILE = "text_tokenizer.json"
 PAD, SOT, EOT = "<pad>", "<start_of_text>", "<end_of_text>"
-SPECIAL_TOKENS = (PAD, SOT, EOT)  # ids 0, 1, 2
+FIRST_TOKENS = (PAD, SOT)  # ids 0 and 1; EOT is the last id
 
 
 class TrainedTokenizer:
     def __init__(self, tokenizer, context_length: int):
-        """`tokenizer`: a `tokenizers.Tokenizer` whose first ids are SPECIAL_TOKENS."""
-        ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
-        if ids != [0, 1, 2]:
-            raise ValueError(f"a trained tokenizer's first ids must be {SPECIAL_TOKENS}, got ids {ids}")
+        """`tokenizer`: a `tokenizers.Tokenizer` with ids 0 and 1 for PAD and SOT, and EOT its last id."""
+        self.vocab_size = int(tokenizer.get_vocab_size())
+        ids = [tokenizer.token_to_id(t) for t in (PAD, SOT, EOT)]
+        if ids != [0, 1, self.vocab_size - 1]:
+            raise ValueError(
+                f"a trained tokenizer needs ids 0, 1 and {self.vocab_size - 1} for {PAD, SOT, EOT}, got {ids}"
+            )
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.pad_token_id, self.sot_token_id, self.eot_token_id = ids
-        self.vocab_size = int(tokenizer.get_vocab_size())
 
     @classmethod
     def from_file(cls, path: str | Path, context_length: int) -> TrainedTokenizer:

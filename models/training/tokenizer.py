@@ -12,14 +12,15 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 
-from xmodal.models.languages import language_prompts
+from xmodal.models.languages import LanguagePrompts, language_prompts
 from xmodal.models.prompts import vqa_text
-from xmodal.models.text_tokenizer import SPECIAL_TOKENS, TrainedTokenizer
+from xmodal.models.text_tokenizer import EOT, FIRST_TOKENS, TrainedTokenizer
+from xmodal.models.training.config import CsvData, TrainConfig, WorldData
 from xmodal.models.world import World, partial_query, query_text
 from xmodal.models.world.language_zh import WORDS_ZH
 
 DEFAULT_VOCAB_SIZE = 1024
-TRAINING_SCENES = 2000  # every word and phrase of the world appears many times in these
+TRAINING_SCENES = 500  # every word and phrase of the world appears many times in these
 
 
 def world_texts(languages: Sequence[str], seed: int = 0, scenes: int = TRAINING_SCENES) -> Iterator[str]:
@@ -61,9 +62,26 @@ def train_world_tokenizer(
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(FIRST_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(world_texts(languages, seed, scenes), trainer)
+    tokenizer.add_special_tokens([EOT])  # the last id, as CLIP's end-of-text
     return TrainedTokenizer(tokenizer, context_length)
+
+
+def config_tokenizer(config: TrainConfig) -> TrainedTokenizer | None:
+    """The tokenizer a run learns (TrainConfig.tokenizer="world"), or None: the starting model's own."""
+    if config.tokenizer != "world":
+        return None
+    data = config.data
+    assert isinstance(data, WorldData)  # TrainConfig checks it
+    return train_world_tokenizer(data.languages, seed=data.seed, scenes=TRAINING_SCENES)
+
+
+def model_languages(data: WorldData | CsvData) -> dict[str, LanguagePrompts] | None:
+    """The languages a model trained on `data` writes, for its folder; None for English only (no file, as before)."""
+    if not isinstance(data, WorldData) or data.languages == ("en",):
+        return None
+    return {language: language_prompts(language) for language in data.languages}
