@@ -169,11 +169,11 @@ class WorldEvaluation:
 
         decoder = CocaDecoder(model, tokenizer)
         for language in ("en", *self.twins):
-            twins = self.twins.get(language)
+            other = self.twins.get(language)  # None: English
             prefix = language_prompts(language).caption_prefix
             if self.captioned_count:
                 captions = self._captions(decoder, pixels[: self.captioned_count], prefix)
-                self.score_captions(report, captions, twins)
+                self.score_captions(report, captions, other)
             for method in config.vqa_methods if self.questions else ():
                 if method == "generated":
                     predicted = self._generated_answers(decoder, pixels, language)
@@ -181,7 +181,7 @@ class WorldEvaluation:
                     predicted = self._ranked_answers(decoder, pixels, language)
                 else:
                     raise ValueError(f"unknown VQA method {method!r}: use 'generated' or 'ranked'")
-                self.score_answers(report, method, predicted, twins)
+                self.score_answers(report, method, predicted, other)
         return report
 
     def _retrieval(self, report: WorldReport, image_emb, encode_texts, queries, texts, suffix: str) -> None:
