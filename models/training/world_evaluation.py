@@ -143,6 +143,13 @@ class WorldEvaluation:
 
         config = self.config
         tokenizer = self.tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=_context_length(model))
+        vocab = getattr(getattr(model, "text", None), "vocab_size", None)
+        if vocab is not None and vocab != tokenizer.vocab_size:
+            # A model with a learnt tokenizer (its folder's text_tokenizer.json) reads no CLIP token ids.
+            raise ValueError(
+                f"the model's vocabulary has {vocab} tokens, its tokenizer {tokenizer.vocab_size}: pass the model's "
+                "own tokenizer (WorldEvaluation(tokenizer=load_model(folder).tokenizer))"
+            )
         pixels = self._preprocessed(model)
         device, dtype = _device_dtype(model)
         image_emb = _encode(

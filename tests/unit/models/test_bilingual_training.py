@@ -77,3 +77,10 @@ def test_a_world_tokenizer_needs_world_data_and_english_only_writes_no_language_
 
         TrainConfig(output_dir=tmp_path, data=CsvData(captions_csv=tmp_path / "c.csv"), tokenizer="world")
     assert world_tokenizer.model_languages(WorldData()) is None
+
+
+def test_evaluation_without_the_model_s_tokenizer_is_refused(bilingual_model):
+    loaded = load_model(f"local-dir:{bilingual_model}", "cpu", threads=1)
+    evaluation = WorldEvaluation(WorldEvalConfig(scenes=10, queries=5, captions=0, questions_per_type=0, image_size=32))
+    with pytest.raises(ValueError, match="own tokenizer"):
+        evaluation.evaluate(loaded.model)
