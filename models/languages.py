@@ -29,7 +29,7 @@ class LanguagePrompts:
 # The prompts training teaches for each language it knows.
 LANGUAGE_PROMPTS: dict[str, LanguagePrompts] = {
     "en": LanguagePrompts(caption_prefix="", vqa_prompt=DEFAULT_VQA_PROMPT),
-    "zh": LanguagePrompts(caption_prefix="中文：", vqa_prompt="问题：{question} 回答："),
+    "zh": LanguagePrompts(caption_prefix="中文：", vqa_prompt="问题：{question}回答："),
 }
 
 

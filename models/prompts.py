@@ -15,5 +15,8 @@ def vqa_prompt(question: str, template: str = DEFAULT_VQA_PROMPT) -> str:
 
 
 def vqa_text(question: str, answer: str, template: str = DEFAULT_VQA_PROMPT) -> str:
-    """How a question/answer pair is written as a decoder target: the prompt, then the answer."""
-    return f"{vqa_prompt(question, template)} {answer}".rstrip()
+    """How a question/answer pair is written as a decoder target: the prompt, then the answer (after a space,
+    unless the prompt ends in full-width punctuation, as "回答：" does: Chinese puts none there)."""
+    prompt = vqa_prompt(question, template)
+    space = "" if prompt.endswith(("：", "？")) else " "
+    return f"{prompt}{space}{answer}".rstrip()

@@ -15,6 +15,8 @@ at the argmax token pool there).
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -22,6 +24,11 @@ import torch
 TOKENIZER_FILE = "text_tokenizer.json"
 PAD, SOT, EOT = "<pad>", "<start_of_text>", "<end_of_text>"
 FIRST_TOKENS = (PAD, SOT)  # ids 0 and 1; EOT is the last id
+WORD_END = "</w>"  # a word's last token ends in this, as in CLIP's BPE: spaces are not tokens
+# Decoding joins words with spaces, then drops the spaces a writer would not put: next to Chinese
+# characters and full-width punctuation, and before ASCII punctuation ("star ? answer" -> "star? answer").
+_CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_NO_SPACE = re.compile(f"(?<=[{_CJK}]) | (?=[{_CJK}])| (?=[,.?!:;])")
 
 
 class TrainedTokenizer:
@@ -51,7 +58,12 @@ class TrainedTokenizer:
         return list(self.tokenizer.encode(" ".join(text.split()), add_special_tokens=False).ids)
 
     def decode(self, tokens: list[int]) -> str:
-        return str(self.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True))
+        """As CLIP's decode: the tokens' bytes, a space at each word's end; then spaces tidied (_NO_SPACE)."""
+        special = {self.pad_token_id, self.sot_token_id, self.eot_token_id}
+        pieces = "".join(self.tokenizer.id_to_token(int(t)) or "" for t in tokens if int(t) not in special)
+        decoder = _byte_decoder()
+        words = bytearray(decoder.get(c, 32) for c in pieces.replace(WORD_END, " ")).decode("utf-8", errors="replace")
+        return _NO_SPACE.sub("", " ".join(words.split()))
 
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -61,6 +73,14 @@ class TrainedTokenizer:
             ids = [self.sot_token_id, *self.encode(text)][: length - 1] + [self.eot_token_id]
             result[row, : len(ids)] = torch.tensor(ids)
         return result
+
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable stand-ins for bytes, back to the bytes (open_clip's table, as GPT-2's)."""
+    from open_clip.tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def folder_tokenizer(folder: str | Path, context_length: int) -> TrainedTokenizer | None:

