@@ -35,9 +35,8 @@ class WorldSource:
         self.worlds = [
             World(seed=spec.seed, heldout_fraction=spec.heldout_fraction, language=x) for x in spec.languages
         ]
-        self.world = self.worlds[0]
         self.image_size = spec.image_size
-        self.indices = self.world.split_indices(spec.scenes, "train")
+        self.indices = self.worlds[0].split_indices(spec.scenes, "train")  # splits are the same in every language
 
     def __len__(self) -> int:
         return len(self.indices) * len(self.worlds)
