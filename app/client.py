@@ -213,8 +213,10 @@ class _Endpoints:
         top_p: float | None = None,
         temperature: float | None = None,
         index: str | None = None,
+        language: str | None = None,
     ) -> CaptionResponse:
-        """The image's caption. max_tokens=None (the default) lets it run to the model's end-of-text."""
+        """The image's caption. max_tokens=None (the default) lets it run to the model's end-of-text.
+        language: "en" (default) or another the model was trained in, e.g. "zh"."""
         data = _form(
             mode=mode,
             beams=beams,
@@ -226,6 +228,7 @@ class _Endpoints:
             top_p=top_p,
             temperature=temperature,
             index=index,
+            language=language,
         )
         return self._call("POST", "/v1/caption", _model(CaptionResponse), files=_file(image), data=data)
 
@@ -237,12 +240,15 @@ class _Endpoints:
         *,
         max_tokens: int = 10,
         index: str | None = None,
+        language: str | None = None,
     ) -> VqaResponse:
+        """The answer; language None: the question's own (for a model that speaks several), else English."""
         data = _form(
             question=question,
             answers=list(answers) if answers is not None else None,
             max_tokens=max_tokens,
             index=index,
+            language=language,
         )
         return self._call("POST", "/v1/vqa", _model(VqaResponse), files=_file(image), data=data)
 

@@ -221,6 +221,12 @@ class CaptionRequest(IndexField):
     top_k: int | None = Field(None, description="mode=sample: sample among the k most likely tokens (0: all)")
     top_p: float | None = Field(None, ge=MIN_SAMPLING_FLOAT, description="mode=sample: nucleus sampling, in [1e-4, 1]")
     temperature: float | None = Field(None, ge=MIN_SAMPLING_FLOAT, description="mode=sample: > 0 (at least 1e-4)")
+    language: str | None = Field(
+        None,
+        max_length=16,
+        description='Language of the caption, "en" (default) or "zh": one the model was trained to write (a model '
+        "that records no languages writes English only); another is a 422",
+    )
 
 
 class CaptionAlternative(BaseModel):
@@ -231,6 +237,7 @@ class CaptionAlternative(BaseModel):
 class CaptionResponse(BaseModel):
     caption: str
     alternatives: list[CaptionAlternative] | None = Field(None, description="With alternatives > 0: best first")
+    language: str = Field("en", description="The caption's language")
     took_ms: float
 
 
@@ -248,6 +255,12 @@ class VqaRequest(IndexField):
         description="Open-ended answers: most new tokens (1..max_caption_tokens). The answer ends at the model's "
         "end-of-text; the short default keeps a model that never learnt to end answers from writing a caption",
     )
+    language: str | None = Field(
+        None,
+        max_length=16,
+        description='Language of the answer, "en" or "zh": one the model was trained in (else a 422). Left out: '
+        "the question's own language (Chinese characters: zh) for a model that speaks several, else en",
+    )
 
 
 class VqaResponse(BaseModel):
@@ -258,6 +271,7 @@ class VqaResponse(BaseModel):
         "or cosine similarity of image and 'question answer' (method=contrastive)",
     )
     method: Literal["generated", "likelihood", "contrastive"]
+    language: str = Field("en", description="The language the model was asked to answer in")
     took_ms: float
 
 

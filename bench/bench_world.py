@@ -7,6 +7,7 @@ and writes JSON with the settings, the machine, the training curve and every met
     .venv/bin/python bench/bench_world.py --threads 1          # about 10 minutes on a 2-core CPU
     .venv/bin/python bench/bench_world.py --steps 200          # a quicker, weaker run
     .venv/bin/python bench/bench_world.py --set batch_size=128 --set warmup_steps=30  # a recipe variant
+    .venv/bin/python bench/bench_world.py --languages en,zh --tokenizer world  # bilingual (bilingual-world.md)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from xmodal.app.reports import world_table  # noqa: E402
+from xmodal.models.text_tokenizer import folder_tokenizer  # noqa: E402
 from xmodal.models.training import train  # noqa: E402
 from xmodal.models.training.recipes import WORLD_RECIPE, world_config  # noqa: E402
 from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation  # noqa: E402
@@ -41,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--eval-scenes", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--languages", default="en", help="world languages to train and evaluate in, e.g. en,zh")
+    parser.add_argument("--tokenizer", choices=("world",), default=None, help="learn the world's BPE (TrainConfig)")
     parser.add_argument(
         "--set",
         action="append",
@@ -81,15 +85,23 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(args.out, ignore_errors=True)
     shutil.rmtree(f"{args.out}.checkpoints", ignore_errors=True)
     overrides = {"warmup_steps": min(WORLD_RECIPE.warmup_steps, args.steps), **_overrides(args.set)}
-    config = world_config(args.out, steps=args.steps, cpu_threads=args.threads, device=args.device, **overrides)
+    languages = tuple(args.languages.split(","))
+    data = dataclasses.replace(WORLD_RECIPE.data, languages=languages)
+    if args.tokenizer:
+        overrides["tokenizer"] = args.tokenizer
+    config = world_config(
+        args.out, data=data, steps=args.steps, cpu_threads=args.threads, device=args.device, **overrides
+    )
     load_before = os.getloadavg()[0]
     result = train(config, progress=True)
     load_after = os.getloadavg()[0]
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    evaluation = WorldEvaluation(WorldEvalConfig(scenes=args.eval_scenes, seed=config.data.seed, ks=(1, 5, 10)))
     model = _load(args.out, config.device)
+    eval_config = WorldEvalConfig(scenes=args.eval_scenes, seed=data.seed, ks=(1, 5, 10), languages=languages)
+    # A learnt tokenizer travels in the model folder; without one the evaluation uses CLIP's.
+    evaluation = WorldEvaluation(eval_config, tokenizer=folder_tokenizer(args.out, _context_length(model)))
     started = time.perf_counter()
     report = evaluation.evaluate(model)
     eval_seconds = time.perf_counter() - started
@@ -116,6 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
         "examples": report.examples,
     }
     print(world_table(report.metrics))
+    if len(languages) > 1:
+        print("in Chinese (the same scenes and queries, texts in 中文):")
+        print(world_table({k.removesuffix("_zh"): v for k, v in report.metrics.items() if k.endswith("_zh")}))
     print(
         f"trained {result.steps} steps in {result.seconds:.0f}s ({result.samples_per_second:.0f} samples/s); "
         f"evaluated in {eval_seconds:.0f}s"
@@ -124,6 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.output.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.output}")
     return summary
+
+
+def _context_length(model) -> int:
+    return int(getattr(model, "context_length", None) or model.text.context_length)
 
 
 def _load(folder: Path, device: str | None):

@@ -115,12 +115,15 @@ class Encoder:
 
 def can_trim_padding(model: torch.nn.Module, tokenizer) -> bool:
     """True when a text batch can be cut after its longest text without changing the embeddings:
-    causal attention (nothing attends forward, so padding cannot reach earlier positions), pooling at
-    the end-of-text token or at CoCa's class token, and 0 as the pad id (open_clip's own tokenizer).
-    A 4-word query then costs ~8 positions instead of 77: about 10x less text-tower compute."""
+        causal attention (nothing attends forward, so padding cannot reach earlier positions), pooling at
+        the end-of-text token or at CoCa's class token, and 0 as the pad id (open_clip's own tokenizer, or a
+    model folder's TrainedTokenizer).
+        A 4-word query then costs ~8 positions instead of 77: about 10x less text-tower compute."""
     import open_clip
 
-    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer):
+    from xmodal.models.text_tokenizer import TrainedTokenizer
+
+    if not isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer | TrainedTokenizer):
         return False
     text = getattr(model, "text", None)
     if text is not None:  # open_clip.transformer.TextTransformer (custom text towers, CoCa)

@@ -7,13 +7,17 @@ the decoder's length-normalised log-likelihood after that prompt. A plain dual e
 between the image and each statement f"{question} {answer}"; captioning and open
 questions raise DecoderUnavailable.
 
+A model trained in several languages (its folder's languages.json, models/languages.py) captions in
+each after that language's prefix and answers after that language's prompt; `language_prompts(language)`
+gives them, and refuses (UnsupportedLanguage, a 422) a language the model does not speak.
+
 Images come in preprocessed (the encoder's `preprocess_image`), as for `Encoder.encode_images`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -22,6 +26,7 @@ from torch import Tensor
 from xmodal.models.decoding import Candidate, CocaDecoder, DecodeOptions, TextTokenizer, is_captioner
 from xmodal.models.encoders import Encoder
 from xmodal.models.errors import InvalidInput, Unsupported
+from xmodal.models.languages import DEFAULT_LANGUAGE, LanguagePrompts, UnsupportedLanguage, detect_language
 from xmodal.models.loading import LoadedModel
 from xmodal.models.prompts import DEFAULT_VQA_PROMPT, vqa_prompt
 
@@ -45,6 +50,7 @@ class VqaAnswer:
     # mean log-probability per token (likelihood) or cosine similarity (contrastive).
     scores: dict[str, float] | None
     method: AnswerMethod
+    language: str = DEFAULT_LANGUAGE  # the prompt's language, the one a generated answer comes in
 
 
 def check_vqa_prompt(template: str) -> str:
@@ -78,14 +84,47 @@ class Captioner:
         """True when the model can write text: captions and open-ended answers."""
         return self.decoder is not None
 
-    def caption(self, pixels: Tensor, options: DecodeOptions = DecodeOptions()) -> list[list[Candidate]]:
-        """Per image of a (B, 3, H, W) batch, `options.num_return_sequences` captions, best first."""
+    def caption(
+        self, pixels: Tensor, options: DecodeOptions = DecodeOptions(), language: str | None = None
+    ) -> list[list[Candidate]]:
+        """Per image of a (B, 3, H, W) batch, `options.num_return_sequences` captions, best first, in
+        `language` (default English): its caption prefix goes before `options.prefix`, and stays out of the text."""
         decoder = self.require_decoder("captioning")
+        prefix = self.language_prompts(language).caption_prefix
+        if prefix:
+            options = replace(options, prefix=prefix + options.prefix)
         _check_room(decoder, options.prefix, [], max(1, options.min_new_tokens))
         return decoder.generate(pixels, options)
 
-    def prompt_for(self, question: str) -> str:
-        return vqa_prompt(question.strip(), self.vqa_prompt)
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages the model writes: its folder's record, else English alone."""
+        recorded = self.encoder.loaded.languages
+        return tuple(recorded) if recorded else (DEFAULT_LANGUAGE,)
+
+    def language_prompts(self, language: str | None = None) -> LanguagePrompts:
+        """The caption prefix and VQA prompt for `language` (default English). English keeps the server's
+        VQA prompt; another language uses the prompt the model was trained with."""
+        language = language or DEFAULT_LANGUAGE
+        if language not in self.languages:
+            raise UnsupportedLanguage(
+                f"{self.encoder.spec} writes {', '.join(self.languages)}, not {language!r}; "
+                "ask in one of those languages (a model trained on several records them in its languages.json)"
+            )
+        recorded = (self.encoder.loaded.languages or {}).get(language)
+        if language == DEFAULT_LANGUAGE or recorded is None:
+            return LanguagePrompts(caption_prefix="", vqa_prompt=self.vqa_prompt)
+        return recorded
+
+    def question_language(self, question: str, language: str | None = None) -> str:
+        """The language to answer in: the one asked for, else the question's own when the model speaks
+        several, else English (a model that records no languages answers as it always did)."""
+        if language is not None:
+            return language
+        return detect_language(question) if len(self.languages) > 1 else DEFAULT_LANGUAGE
+
+    def prompt_for(self, question: str, template: str | None = None) -> str:
+        return vqa_prompt(question.strip(), template or self.vqa_prompt)
 
     def answer(
         self,
@@ -94,12 +133,14 @@ class Captioner:
         answers: Sequence[str] | None = None,
         *,
         max_new_tokens: int | None = DEFAULT_ANSWER_TOKENS,
+        language: str | None = None,
     ) -> VqaAnswer:
         """Answer a question about one preprocessed image (3, H, W).
 
         Without `answers`: greedy decoding after the prompt (needs a decoder), until end-of-text or
         max_new_tokens (None: until end-of-text, within the context). With them: the
-        best-scoring candidate (the first one on a tie) and every candidate's score.
+        best-scoring candidate (the first one on a tie) and every candidate's score. The prompt is
+        that of `language` (see question_language); UnsupportedLanguage when the model does not speak it.
         """
         if not isinstance(pixels, Tensor) or pixels.ndim != 3:
             shape = tuple(pixels.shape) if isinstance(pixels, Tensor) else type(pixels).__name__
@@ -107,21 +148,24 @@ class Captioner:
         question = question.strip()
         if not question:
             raise InvalidInput("the question is empty")
+        language = self.question_language(question, language)
+        template = self.language_prompts(language).vqa_prompt
         if answers is None:
             decoder = self.require_decoder("open-ended VQA")
-            options = decode_options(max_new_tokens=max_new_tokens, prefix=self.prompt_for(question))
+            options = decode_options(max_new_tokens=max_new_tokens, prefix=self.prompt_for(question, template))
             _check_room(decoder, options.prefix, [], 1)
-            return VqaAnswer(decoder.generate(pixels[None], options)[0][0].text, None, "generated")
+            return VqaAnswer(decoder.generate(pixels[None], options)[0][0].text, None, "generated", language)
         candidates = clean_answers(answers)
         if self.decoder is not None:
-            _check_room(self.decoder, self.prompt_for(question), candidates, 0)
-            scores = self.decoder.score_answers(pixels[None], [self.prompt_for(question)], [candidates])[0]
+            prompt = self.prompt_for(question, template)
+            _check_room(self.decoder, prompt, candidates, 0)
+            scores = self.decoder.score_answers(pixels[None], [prompt], [candidates])[0]
             method: AnswerMethod = "likelihood"
         else:
             scores = self.contrastive_scores(pixels, question, candidates)
             method = "contrastive"
         best = max(range(len(candidates)), key=scores.__getitem__)
-        return VqaAnswer(candidates[best], dict(zip(candidates, map(float, scores))), method)
+        return VqaAnswer(candidates[best], dict(zip(candidates, map(float, scores))), method, language)
 
     def contrastive_scores(self, pixels: Tensor, question: str, answers: Sequence[str]) -> list[float]:
         """Cosine between the image and each statement f"{question} {answer}"."""

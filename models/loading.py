@@ -22,9 +22,11 @@ from urllib.parse import urlparse
 import torch
 
 from xmodal.models.errors import InvalidInput, Unavailable
+from xmodal.models.languages import LanguagePrompts, read_languages
 from xmodal.models.precision import choose_dtype
 from xmodal.models.registry import register_configs
 from xmodal.models.specs import ModelSpec, SpecKind, parse_spec
+from xmodal.models.text_tokenizer import folder_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class LoadedModel:
     # The open_clip architecture config the model was built from: with the weights and
     # preprocess_cfg it rebuilds the model (models.model_dir.save_model_dir writes all three).
     model_cfg: dict = field(default_factory=dict)
+    # The languages the model writes, with their caption prefix and VQA prompt (its folder's
+    # languages.json); None: English only, with the server's VQA prompt (models/languages.py).
+    languages: dict[str, LanguagePrompts] | None = None
 
 
 def offline_mode() -> bool:
@@ -107,7 +112,8 @@ def load_model(
     model.to(device=target, dtype=dtype)
     preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
     preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
-    tokenizer = open_clip.get_tokenizer(name)
+    model_cfg = _model_cfg(name, kwargs)
+    tokenizer = _tokenizer(name, model_cfg)
     loaded = LoadedModel(
         spec=spec,
         model=model,
@@ -121,7 +127,8 @@ def load_model(
         context_length=int(getattr(tokenizer, "context_length", 77)),
         has_decoder=hasattr(model, "text_decoder"),
         load_seconds=time.perf_counter() - started,
-        model_cfg=_model_cfg(name, kwargs),
+        model_cfg=model_cfg,
+        languages=read_languages(_folder(name)),
     )
     log.info("loaded %s on %s (%s) in %.1fs", spec, target, dtype, loaded.load_seconds)
     return loaded
@@ -157,6 +164,20 @@ def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None)
             raise ModelNotAvailable(f"checkpoint file not found: {source}")
         return arch, {"pretrained": source, **_arch_preprocess(arch)}
     return arch, _pretrained_tag_arguments(arch, source, offline=offline, cache_dir=cache_dir)
+
+
+def _folder(name: str) -> Path | None:
+    return Path(name.removeprefix("local-dir:")) if name.startswith("local-dir:") else None
+
+
+def _tokenizer(name: str, model_cfg: dict) -> Any:
+    """The tokenizer a model folder ships (text_tokenizer.json), else open_clip's for the architecture."""
+    import open_clip
+
+    folder = _folder(name)
+    context_length = int(model_cfg.get("text_cfg", {}).get("context_length", 77))
+    own = folder_tokenizer(folder, context_length) if folder is not None else None
+    return own if own is not None else open_clip.get_tokenizer(name)
 
 
 def _model_cfg(name: str, kwargs: dict) -> dict:

@@ -14,6 +14,9 @@ def vqa_prompt(question: str, template: str = DEFAULT_VQA_PROMPT) -> str:
     return template.format(question=question)
 
 
-def vqa_text(question: str, answer: str) -> str:
-    """How a question/answer pair is written as a decoder target: the prompt, then the answer."""
-    return f"{vqa_prompt(question)} {answer}".rstrip()
+def vqa_text(question: str, answer: str, template: str = DEFAULT_VQA_PROMPT) -> str:
+    """How a question/answer pair is written as a decoder target: the prompt, then the answer (after a space,
+    unless the prompt ends in full-width punctuation, as "回答：" does: Chinese puts none there)."""
+    prompt = vqa_prompt(question, template)
+    space = "" if prompt.endswith(("：", "？")) else " "
+    return f"{prompt}{space}{answer}".rstrip()

@@ -91,6 +91,24 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     return _save_local_dir(TINY_CLIP, tmp_path_factory.mktemp("tiny-clip"))
 
 
+@pytest.fixture(scope="session")
+def tiny_bilingual_coca_dir(tmp_path_factory) -> Path:
+    """The tiny CoCa, random weights, with a world tokenizer and both languages recorded, as training writes it."""
+    import torch
+
+    from xmodal.models.languages import LANGUAGE_PROMPTS
+    from xmodal.models.model_dir import save_model_dir
+    from xmodal.models.training.starting_model import load_starting_model
+    from xmodal.models.training.tokenizer import train_world_tokenizer
+
+    tokenizer = train_world_tokenizer(("en", "zh"), scenes=60)  # every world word appears in 60 scenes
+    start = load_starting_model(TINY_COCA, None, torch.device("cpu"), tokenizer=tokenizer)
+    folder = tmp_path_factory.mktemp("tiny-bilingual-coca")
+    return save_model_dir(
+        start.model, start.model_cfg, start.preprocess_cfg, folder, tokenizer=tokenizer, languages=LANGUAGE_PROMPTS
+    )
+
+
 def _save_local_dir(arch: str, folder: Path) -> Path:
     import open_clip
 

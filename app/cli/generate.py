@@ -59,6 +59,9 @@ def caption(
     int8: Annotated[
         bool, typer.Option("--int8", help="CPU: decode with int8 weight copies (faster, approximate)")
     ] = False,
+    language: Annotated[
+        Optional[str], typer.Option(help="Caption language: en (default) or one the model was trained in, e.g. zh")
+    ] = None,
     device: DeviceOption = "auto",
     max_pixels: RefusedPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
@@ -79,7 +82,8 @@ def caption(
     captioner = _load_captioner(model, device, int8=int8)
     try:
         captioner.require_decoder("captioning")
-    except DecoderUnavailable as exc:
+        captioner.language_prompts(language)
+    except (DecoderUnavailable, ValueError) as exc:  # ValueError: a language the model does not write
         fail(exc)
     failed = False
     for start in range(0, len(images), batch_size):
@@ -89,7 +93,7 @@ def caption(
         if not good:
             continue
         try:
-            candidates = captioner.caption(torch.stack([pixels for _, pixels in good]), options)
+            candidates = captioner.caption(torch.stack([pixels for _, pixels in good]), options, language)
         except ValueError as exc:  # e.g. a prompt that fills the context
             fail(exc)
         for (path, _), per_image in zip(good, candidates):
@@ -109,6 +113,10 @@ def ask(
         int, typer.Option(min=1, help="Most new tokens of an open-ended answer (it ends at end-of-text before that)")
     ] = 10,
     template: Annotated[Optional[str], typer.Option(help="VQA prompt with {question}")] = None,
+    language: Annotated[
+        Optional[str],
+        typer.Option(help="Answer language: en, zh, ... (default: the question's own, for a model trained in several)"),
+    ] = None,
     device: DeviceOption = "auto",
     max_pixels: RefusedPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
@@ -122,7 +130,7 @@ def ask(
     if pixels is None:
         raise typer.Exit(1)
     try:
-        result = captioner.answer(pixels, question, candidates, max_new_tokens=max_tokens)
+        result = captioner.answer(pixels, question, candidates, max_new_tokens=max_tokens, language=language)
     except (DecoderUnavailable, ValueError) as exc:
         fail(exc)
     typer.echo(result.answer)

@@ -40,6 +40,13 @@ def train(
     ] = WORLD,
     scenes: Annotated[int, typer.Option(min=2, help="World: training scenes")] = WORLD_DATA.scenes,
     seed: Annotated[int, typer.Option(help="World: its seed (`xmodal eval` needs the same one)")] = WORLD_DATA.seed,
+    languages: Annotated[
+        str, typer.Option(help="World: languages of its texts, comma-separated (en, zh); zh needs --tokenizer world")
+    ] = ",".join(WORLD_DATA.languages),
+    tokenizer: Annotated[
+        Optional[str],
+        typer.Option(help="'world': learn a tokenizer from the world's text, written with the model (from scratch)"),
+    ] = WORLD_RECIPE.tokenizer,
     image_root: Annotated[
         Optional[Path],
         typer.Option(
@@ -136,7 +143,7 @@ def train(
     try:
         source: WorldData | CsvData
         if data == WORLD:
-            source = WorldData(scenes=scenes, seed=seed)
+            source = WorldData(scenes=scenes, seed=seed, languages=tuple(x.strip() for x in languages.split(",")))
         else:
             csv = Path(data)
             if not csv.is_file():
@@ -171,10 +178,15 @@ def train(
             num_workers=workers,
             checkpoint_every=checkpoint_every,
             eval_every=eval_every if evaluate else 0,
+            tokenizer=tokenizer,
         )
     except ValueError as exc:
         fail(str(exc))
     hook = world_evaluation(config.data, eval_scenes) if evaluate and isinstance(config.data, WorldData) else None
+    if hook is not None and tokenizer is not None:
+        from xmodal.models.training.tokenizer import config_tokenizer
+
+        hook.tokenizer = config_tokenizer(config)  # the same one training learns: a function of the data
     try:
         result = run_training(config, hook, progress)
     except (ModelNotAvailable, ModelSpecError, CheckpointMismatchError, FileNotFoundError, ValueError) as exc:
@@ -226,6 +238,9 @@ def evaluate(
     queries: Annotated[int, typer.Option(min=1, help="World: attribute queries for text→image precision")] = 500,
     questions_per_type: Annotated[int, typer.Option(min=0, help="World: VQA questions per type (0: no VQA)")] = 200,
     captions: Annotated[Optional[int], typer.Option(min=0, help="World: scenes to caption (default: all)")] = None,
+    languages: Annotated[
+        str, typer.Option(help="World: languages to measure in, comma-separated (en, zh: metrics suffixed _zh)")
+    ] = "en",
     device: DeviceOption = "auto",
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: usable cores)")] = None,
     server: Annotated[
@@ -260,7 +275,8 @@ def evaluate(
     report: dict[str, Any] = {}
     world = dict(scenes=scenes, seed=seed, queries=queries, questions_per_type=questions_per_type, captions=captions)
     if model is not None:
-        report["world"] = _evaluate_world(model, device, threads, **world)
+        wanted = tuple(x.strip() for x in languages.split(","))
+        report["world"] = _evaluate_world(model, device, threads, **world, languages=wanted)
         typer.echo(world_table(report["world"]["metrics"]))
     if server is not None:
         report["server"] = _evaluate_server(server, api_key, concurrency, **world)
@@ -349,6 +365,7 @@ def world_evaluation(data, scenes: int = TRAIN_EVAL_SCENES):
 
     config = WorldEvalConfig(
         seed=data.seed,
+        languages=data.languages,
         heldout_fraction=data.heldout_fraction,
         image_size=data.image_size,
         scenes=scenes,

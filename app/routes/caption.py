@@ -15,6 +15,7 @@ from xmodal.app.uploads import read_image_input
 from xmodal.models.decoding import DecodeOptions
 from xmodal.models.errors import InvalidInput
 from xmodal.models.generation import decode_options as checked_decode_options
+from xmodal.models.languages import DEFAULT_LANGUAGE
 
 router = APIRouter(prefix="/v1/caption", tags=["caption"])
 ERRORS = error_responses(400, 404, 413, 415, 422, 501, 503)
@@ -37,11 +38,15 @@ async def caption_image(
     fields = parse_fields(CaptionRequest, upload.fields)
     model = pick_index(runtime, fields.index, index_name).model
     model.captioner.require_decoder("captioning")  # DecoderUnavailable: 501
+    language = fields.language or DEFAULT_LANGUAGE
+    model.captioner.language_prompts(language)  # UnsupportedLanguage: 422, before the image is decoded
     options = decode_options(fields, settings)
     pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
-    candidates = (await model.run_model(model.captioner.caption, pixels[None], options))[0]
+    candidates = (await model.run_model(model.captioner.caption, pixels[None], options, language))[0]
     alternatives = [CaptionAlternative(text=c.text, score=c.score) for c in candidates] if fields.alternatives else None
-    return CaptionResponse(caption=candidates[0].text, alternatives=alternatives, took_ms=elapsed_ms(started))
+    return CaptionResponse(
+        caption=candidates[0].text, alternatives=alternatives, language=language, took_ms=elapsed_ms(started)
+    )
 
 
 def decode_options(fields: CaptionRequest, settings: Settings) -> DecodeOptions:

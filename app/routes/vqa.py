@@ -42,13 +42,21 @@ async def answer_question(
     answers = _check_answers(fields.answers, settings)
     if answers is None:
         check_max_tokens(fields.max_tokens, settings)
-    answer = functools.partial(model.captioner.answer, max_new_tokens=fields.max_tokens)
+    language = model.captioner.question_language(question, fields.language)
+    model.captioner.language_prompts(language)  # UnsupportedLanguage: 422, before the image is decoded
+    answer = functools.partial(model.captioner.answer, max_new_tokens=fields.max_tokens, language=language)
     if answers is None:
         model.captioner.require_decoder("open-ended VQA")  # DecoderUnavailable: 501
     pixels = await run_in_threadpool(model.encoder.preprocess_image, upload.image)
     # Duplicate answers, a question and answer over the context length, ...: InvalidInput from the model layer.
     result = await model.run_model(answer, pixels, question, answers)
-    return VqaResponse(answer=result.answer, scores=result.scores, method=result.method, took_ms=elapsed_ms(started))
+    return VqaResponse(
+        answer=result.answer,
+        scores=result.scores,
+        method=result.method,
+        language=result.language,
+        took_ms=elapsed_ms(started),
+    )
 
 
 def _check_answers(answers: list[str] | None, settings: Settings) -> list[str] | None:

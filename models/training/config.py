@@ -18,6 +18,9 @@ class WorldData:
     seed: int = 0
     heldout_fraction: float = 0.1
     image_size: int = 64  # rendered size; the model's preprocessing resizes if it differs
+    # The languages of the texts (models.world.grammar): with ("en", "zh") every scene appears once per
+    # epoch in each, its captions, queries and questions in that language (docs/decisions/bilingual-world.md).
+    languages: tuple[str, ...] = ("en",)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class TrainConfig:
     # (pretrained tag, hf-hub:, local-dir: or a model folder, NAME:/path/ckpt) is fine-tuned.
     model: str = "xmodal-small-coca"
     pretrained: str | None = None  # a pretrained tag or weights file for a bare `model` name
+    # None: the model's own tokenizer (the architecture's, or its folder's). "world" (from scratch on world
+    # data): a BPE learnt on the world's text in the data's languages, written into the model folder; the
+    # text and decoder vocabularies are sized to it (models/training/tokenizer.py).
+    tokenizer: str | None = None
 
     steps: int = 1000
     batch_size: int = 128
@@ -119,6 +126,10 @@ class TrainConfig:
             raise ValueError("checkpoint_every and keep_checkpoints must be at least 1")
         if self.eval_every < 0:
             raise ValueError("eval_every must be 0 or positive")
+        if self.tokenizer not in (None, "world"):
+            raise ValueError(f"tokenizer must be None or 'world', got {self.tokenizer!r}")
+        if self.tokenizer == "world" and not isinstance(self.data, WorldData):
+            raise ValueError("tokenizer='world' learns from the generated world's text: train on WorldData")
 
     @property
     def resolved_checkpoint_dir(self) -> Path:

@@ -21,21 +21,29 @@ class ImageTexts:
     decoder_captions: tuple[str, ...]  # caption targets for the decoder
     questions: tuple[tuple[str, str], ...]  # (question, answer)
     graph: SceneGraph | None = None  # the generated world's ground truth; None for a user's CSV
+    language: str = "en"  # of the texts (world data; a user's CSV is taken as written)
 
 
 class WorldSource:
-    """The train split of the generated world; scenes are regenerated on demand, not stored."""
+    """The train split of the generated world; scenes are regenerated on demand, not stored.
+
+    With several languages, position i is scene i % scenes in language i // scenes: each scene
+    appears once per epoch in each language, and batches mix the languages.
+    """
 
     def __init__(self, spec: WorldData):
-        self.world = World(seed=spec.seed, heldout_fraction=spec.heldout_fraction)
+        self.worlds = [
+            World(seed=spec.seed, heldout_fraction=spec.heldout_fraction, language=x) for x in spec.languages
+        ]
         self.image_size = spec.image_size
-        self.indices = self.world.split_indices(spec.scenes, "train")
+        self.indices = self.worlds[0].split_indices(spec.scenes, "train")  # splits are the same in every language
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * len(self.worlds)
 
     def load(self, i: int) -> tuple[Image.Image, ImageTexts]:
-        scene = self.world.scene(self.indices[i])
+        language, i = divmod(i, len(self.indices))
+        scene = self.worlds[language].scene(self.indices[i])
         texts = ImageTexts(
             captions=scene.captions,
             # Only the canonical caption: a captioner trained on paraphrases would spread its
@@ -43,6 +51,7 @@ class WorldSource:
             decoder_captions=(scene.caption,),
             questions=tuple((qa.question, qa.answer) for qa in scene.questions),
             graph=scene.graph,
+            language=scene.language,
         )
         return scene.image(self.image_size), texts
 

@@ -19,10 +19,11 @@ from typing import NamedTuple
 
 import torch
 
+from xmodal.models.languages import language_prompts
 from xmodal.models.prompts import vqa_text
 from xmodal.models.training.datasets import CsvSource, ImageTexts, WorldSource
 from xmodal.models.training.objective import PAD_ID
-from xmodal.models.world import Query, SceneGraph, canonical_caption, near_miss, partial_query, satisfies, scene_query
+from xmodal.models.world import Query, SceneGraph, grammar, near_miss, partial_query, query_text, satisfies, scene_query
 
 
 class Example(NamedTuple):
@@ -89,13 +90,13 @@ class ExampleDataset(torch.utils.data.Dataset):
                 first_of_several = n == 0 and len(captions) > 1
                 if self.query_fraction and not first_of_several and rng.random() < self.query_fraction:
                     queries[n] = partial_query(texts.graph, rng)
-                    captions[n] = queries[n].text
+                    captions[n] = query_text(queries[n], texts.language)
             for _ in range(self.hard_negatives):
                 # The caption of a scene one attribute away: it describes no image unless one
                 # in the batch happens to hold exactly that content.
                 other = near_miss(texts.graph, rng)
                 queries.append(scene_query(other))
-                captions.append(canonical_caption(other))
+                captions.append(grammar(texts.language).canonical_caption(other))
         texts_and_prompts = self._targets(texts, rng)
         targets = tuple(text for text, _ in texts_and_prompts)
         prompts = tuple(prompt for _, prompt in texts_and_prompts)
@@ -110,15 +111,18 @@ class ExampleDataset(torch.utils.data.Dataset):
         )
 
     def _targets(self, texts: ImageTexts, rng: random.Random) -> list[tuple[str, str]]:
-        """(decoder text, its prompt) pairs."""
+        """(decoder text, its prompt) pairs. A caption in another language than English follows its
+        language's prefix ("中文："), given, not taught: the decoder learns which language to write."""
+        prompts = language_prompts(texts.language)
 
         def caption() -> tuple[str, str]:
-            return rng.choice(texts.decoder_captions), ""
+            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix
 
         def question() -> tuple[str, str]:
             asked, answer = rng.choice(texts.questions)
             # The prompt is the text up to the answer, as models.prompts.vqa_prompt decodes from.
-            return vqa_text(asked, answer), vqa_text(asked, "") if self.answers_only else ""
+            template = prompts.vqa_prompt
+            return vqa_text(asked, answer, template), vqa_text(asked, "", template) if self.answers_only else ""
 
         if self.decoder_targets == 1:
             return [question() if texts.questions and rng.random() < self.vqa_fraction else caption()]

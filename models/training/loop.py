@@ -26,6 +26,7 @@ from xmodal.models.training.examples import Collate, ExampleDataset
 from xmodal.models.training.objective import Objective
 from xmodal.models.training.optim import build_optimizer, build_schedule
 from xmodal.models.training.starting_model import load_starting_model
+from xmodal.models.training.tokenizer import config_tokenizer, model_languages
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     autocast, scaler = _mixed_precision(config.precision, device)
     _seed_everything(config.seed)
 
-    start = load_starting_model(config.model, config.pretrained, device, config.vision_position_std)
+    start = load_starting_model(
+        config.model, config.pretrained, device, config.vision_position_std, config_tokenizer(config)
+    )
     model = start.model
     model.train()
     preprocess = image_transform_v2(PreprocessCfg(**start.preprocess_cfg), is_train=False)
@@ -164,7 +167,14 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
                 rate.last = time.perf_counter()  # the evaluation is not training time
     seconds = time.perf_counter() - began - eval_seconds
 
-    save_model_dir(model, start.model_cfg, start.preprocess_cfg, Path(config.output_dir))
+    save_model_dir(
+        model,
+        start.model_cfg,
+        start.preprocess_cfg,
+        Path(config.output_dir),
+        tokenizer=start.tokenizer,
+        languages=model_languages(config.data),
+    )
     steps_run = state.step - resumed_from
     return TrainResult(
         output_dir=Path(config.output_dir),

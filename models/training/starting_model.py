@@ -20,6 +20,7 @@ from torch import nn
 from xmodal.models.loading import ModelSpecError, load_model
 from xmodal.models.registry import register_configs
 from xmodal.models.specs import SpecKind, parse_spec
+from xmodal.models.text_tokenizer import TrainedTokenizer
 
 LOCAL_DIR = "local-dir:"
 
@@ -34,13 +35,20 @@ class StartingModel:
 
 
 def load_starting_model(
-    model: str, pretrained: str | None, device: torch.device, vision_position_std: float | None = None
+    model: str,
+    pretrained: str | None,
+    device: torch.device,
+    vision_position_std: float | None = None,
+    tokenizer: TrainedTokenizer | None = None,
 ) -> StartingModel:
     """`model` is a model spec; `pretrained` (a tag or weights file) applies to bare names only.
     `vision_position_std`: from scratch only, the ViT's position embeddings start at this
-    standard deviation instead of open_clip's (see TrainConfig.vision_position_std)."""
+    standard deviation instead of open_clip's (see TrainConfig.vision_position_std).
+    `tokenizer`: from scratch only, a learnt tokenizer the text and decoder vocabularies are sized to."""
     register_configs()
     spec = parse_spec(_spec_text(model, pretrained))
+    if tokenizer is not None and spec.kind is not SpecKind.RANDOM:
+        raise ValueError(f"a learnt tokenizer needs a model trained from scratch; {model} has its own vocabulary")
     if spec.kind is not SpecKind.RANDOM:
         # load_model sets torch's CPU threads; keep the ones the trainer chose.
         loaded = load_model(spec, "cpu", threads=torch.get_num_threads())
@@ -53,8 +61,17 @@ def load_starting_model(
             f"unknown model {model!r}: not an open_clip architecture, model directory or model spec "
             f"(the project's own architectures: {', '.join(register_configs())})"
         )
+    towers = {}
+    if tokenizer is not None:
+        towers = {
+            k: {**model_cfg[k], "vocab_size": tokenizer.vocab_size}
+            for k in ("text_cfg", "multimodal_cfg")
+            if k in model_cfg
+        }
+        model_cfg = {**model_cfg, **towers}
+        tokenizer.context_length = int(model_cfg["text_cfg"].get("context_length", tokenizer.context_length))
     # Random weights from the global RNG, which train() has seeded with the config's seed.
-    net = open_clip.create_model(spec.arch, device=device)
+    net = open_clip.create_model(spec.arch, device=device, **towers)
     _initialise_decoder_projection(net)
     if vision_position_std is not None:
         _initialise_vision_positions(net, vision_position_std)
@@ -62,7 +79,7 @@ def load_starting_model(
         model=net,
         model_cfg=model_cfg,
         preprocess_cfg=open_clip.get_model_preprocess_cfg(net),
-        tokenizer=open_clip.get_tokenizer(spec.arch),
+        tokenizer=tokenizer or open_clip.get_tokenizer(spec.arch),
         from_scratch=True,
     )
 

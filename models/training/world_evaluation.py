@@ -15,6 +15,10 @@ Metrics (all in [0, 1]):
   "question: ... answer:" prompt, and the best of the type's candidate answers by the
   decoder's likelihood (score_answers).
 
+With `languages=("en", "zh")` every metric is also measured on the scenes' Chinese twins and
+reported with a suffix (`t2i_p@1_zh`, `caption_exact_zh`, `vqa_generated_all_zh`): the same images and
+queries, the texts (queries, captions after the "中文：" prefix, questions and answers) in Chinese.
+
 An instance is also train()'s `evaluate` hook: `train(config, evaluate=WorldEvaluation(...))`.
 """
 
@@ -32,8 +36,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmodal.models import scores
+from xmodal.models.languages import language_prompts
 from xmodal.models.prompts import vqa_prompt
-from xmodal.models.world import COLOURS, POSITIONS, QUESTION_TYPES, SHAPES, SIZES, World, random_query, satisfies
+from xmodal.models.world import (
+    COLOURS,
+    POSITIONS,
+    QUESTION_TYPES,
+    SHAPES,
+    SIZES,
+    World,
+    grammar,
+    query_text,
+    random_query,
+    satisfies,
+)
 
 # Candidate answers for ranked VQA, per question type.
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -61,6 +77,8 @@ class WorldEvalConfig:
     vqa_methods: tuple[str, ...] = ("generated", "ranked")
     batch_size: int = 128
     examples: int = 5  # predictions kept in the report, for reading
+    # Languages to measure in; metrics of a language other than English carry its suffix ("_zh").
+    languages: tuple[str, ...] = ("en",)
 
 
 @dataclass
@@ -102,6 +120,11 @@ class WorldEvaluation:
                 self.query_hits.append(hits)
 
         self.questions = _questions_by_type(self.scenes, config.questions_per_type)
+        self.twins = {
+            language: _Twins(World(seed=config.seed, heldout_fraction=config.heldout_fraction, language=language), self)
+            for language in config.languages
+            if language != "en"
+        }
 
     def __call__(self, model: nn.Module, step: int = 0) -> dict[str, float]:
         return self.evaluate(model).metrics
@@ -120,6 +143,13 @@ class WorldEvaluation:
 
         config = self.config
         tokenizer = self.tokenizer or open_clip.tokenizer.SimpleTokenizer(context_length=_context_length(model))
+        vocab = getattr(getattr(model, "text", None), "vocab_size", None)
+        if vocab is not None and vocab != tokenizer.vocab_size:
+            # A model with a learnt tokenizer (its folder's text_tokenizer.json) reads no CLIP token ids.
+            raise ValueError(
+                f"the model's vocabulary has {vocab} tokens, its tokenizer {tokenizer.vocab_size}: pass the model's "
+                "own tokenizer (WorldEvaluation(tokenizer=load_model(folder).tokenizer))"
+            )
         pixels = self._preprocessed(model)
         device, dtype = _device_dtype(model)
         image_emb = _encode(
@@ -132,16 +162,10 @@ class WorldEvaluation:
                 lambda t: model.encode_text(tokenizer(list(t)).to(device), normalize=False), texts, config.batch_size
             )
 
-        query_emb = encode_texts([q.text for q in self.queries])
-        caption_emb = encode_texts(self.captions)
-        k_max = max(config.ks)
-        t2i = scores.top_k(query_emb @ image_emb.T, k_max)
-        t2i_caption = scores.top_k(caption_emb @ image_emb.T, k_max)
-        i2t = scores.top_k(image_emb @ caption_emb.T, k_max)
-        for k in config.ks:
-            report.metrics[f"t2i_p@{k}"] = scores.precision_at_k(t2i, self.query_hits, k)
-            report.metrics[f"t2i_caption_r@{k}"] = scores.recall_at_k(t2i_caption, self.scenes_of_caption, k)
-            report.metrics[f"i2t_r@{k}"] = scores.recall_at_k(i2t, [{c} for c in self.caption_of_scene], k)
+        self._retrieval(report, image_emb, encode_texts, [q.text for q in self.queries], self, "")
+        for language, twins in self.twins.items():
+            queries = [query_text(q, language) for q in self.queries]
+            self._retrieval(report, image_emb, encode_texts, queries, twins, f"_{language}")
         report.counts.update(queries=len(self.queries), images=len(self.scenes), captions=len(self.captions))
 
         from xmodal.models.decoding import is_captioner
@@ -151,45 +175,73 @@ class WorldEvaluation:
         from xmodal.models.decoding import CocaDecoder
 
         decoder = CocaDecoder(model, tokenizer)
-        if self.captioned_count:
-            self.score_captions(report, self._captions(decoder, pixels[: self.captioned_count]))
-        for method in config.vqa_methods if self.questions else ():
-            if method == "generated":
-                predicted = self._generated_answers(decoder, pixels)
-            elif method == "ranked":
-                predicted = self._ranked_answers(decoder, pixels)
-            else:
-                raise ValueError(f"unknown VQA method {method!r}: use 'generated' or 'ranked'")
-            self.score_answers(report, method, predicted)
+        for language in ("en", *self.twins):
+            other = self.twins.get(language)  # None: English
+            prefix = language_prompts(language).caption_prefix
+            if self.captioned_count:
+                captions = self._captions(decoder, pixels[: self.captioned_count], prefix)
+                self.score_captions(report, captions, other)
+            for method in config.vqa_methods if self.questions else ():
+                if method == "generated":
+                    predicted = self._generated_answers(decoder, pixels, language)
+                elif method == "ranked":
+                    predicted = self._ranked_answers(decoder, pixels, language)
+                else:
+                    raise ValueError(f"unknown VQA method {method!r}: use 'generated' or 'ranked'")
+                self.score_answers(report, method, predicted, other)
         return report
+
+    def _retrieval(self, report: WorldReport, image_emb, encode_texts, queries, texts, suffix: str) -> None:
+        """t2i_p@K of the queries, t2i_caption_r@K and i2t_r@K of `texts`' canonical captions."""
+        query_emb = encode_texts(queries)
+        caption_emb = encode_texts(texts.captions)
+        k_max = max(self.config.ks)
+        t2i = scores.top_k(query_emb @ image_emb.T, k_max)
+        t2i_caption = scores.top_k(caption_emb @ image_emb.T, k_max)
+        i2t = scores.top_k(image_emb @ caption_emb.T, k_max)
+        for k in self.config.ks:
+            report.metrics[f"t2i_p@{k}{suffix}"] = scores.precision_at_k(t2i, self.query_hits, k)
+            report.metrics[f"t2i_caption_r@{k}{suffix}"] = scores.recall_at_k(t2i_caption, texts.scenes_of_caption, k)
+            report.metrics[f"i2t_r@{k}{suffix}"] = scores.recall_at_k(i2t, [{c} for c in texts.caption_of_scene], k)
 
     @property
     def captioned_count(self) -> int:
         """How many of the scenes (the first ones) are captioned."""
         return len(self.scenes) if self.config.captions is None else min(self.config.captions, len(self.scenes))
 
-    def score_captions(self, report: WorldReport, predicted: Sequence[str]) -> None:
+    def score_captions(self, report: WorldReport, predicted: Sequence[str], twins: _Twins | None = None) -> None:
         """caption_exact and caption_f1 of captions predicted for the first `captioned_count` scenes, by
-        any means (in process here, through the HTTP endpoints in app/endpoint_eval.py)."""
-        wanted = [scene.caption for scene in self.scenes[: len(predicted)]]
-        report.metrics["caption_exact"] = float(np.mean([scores.exact_match(p, w) for p, w in zip(predicted, wanted)]))
-        report.metrics["caption_f1"] = float(np.mean([scores.token_f1(p, w) for p, w in zip(predicted, wanted)]))
+        any means (in process here, through the HTTP endpoints in app/endpoint_eval.py); with `twins`,
+        of captions in their language (metrics suffixed "_zh")."""
+        scenes, suffix = (self.scenes, "") if twins is None else (twins.scenes, twins.suffix)
+        wanted = [scene.caption for scene in scenes[: len(predicted)]]
+        # Token F1 over words: Chinese has no spaces, so its words are its characters.
+        split = str.split if twins is None else list
+        report.metrics[f"caption_exact{suffix}"] = float(
+            np.mean([scores.exact_match(p, w) for p, w in zip(predicted, wanted)])
+        )
+        report.metrics[f"caption_f1{suffix}"] = float(
+            np.mean([_f1(split(p), split(w)) for p, w in zip(predicted, wanted)])
+        )
         report.counts["captioned"] = len(predicted)
-        report.examples["captions"] = [
+        report.examples[f"captions{suffix}"] = [
             {"image": self.scenes[i].id, "predicted": predicted[i], "wanted": wanted[i]}
             for i in range(min(self.config.examples, len(predicted)))
         ]
 
-    def score_answers(self, report: WorldReport, method: str, predicted: Sequence[str]) -> None:
-        """vqa_<method>_<type> accuracies of answers predicted for `self.questions`, in order."""
-        report.counts["questions"] = len(self.questions)
-        answers = [qa.answer for _, qa in self.questions]
-        types = [qa.type for _, qa in self.questions]
+    def score_answers(
+        self, report: WorldReport, method: str, predicted: Sequence[str], twins: _Twins | None = None
+    ) -> None:
+        """vqa_<method>_<type> accuracies of answers predicted for `self.questions` (or their twins), in order."""
+        questions, suffix = (self.questions, "") if twins is None else (twins.questions, twins.suffix)
+        report.counts["questions"] = len(questions)
+        answers = [qa.answer for _, qa in questions]
+        types = [qa.type for _, qa in questions]
         for kind, accuracy in scores.accuracy_by_type(list(predicted), answers, types).items():
-            report.metrics[f"vqa_{method}_{kind}"] = accuracy
-        report.examples[f"vqa_{method}"] = [
+            report.metrics[f"vqa_{method}_{kind}{suffix}"] = accuracy
+        report.examples[f"vqa_{method}{suffix}"] = [
             {"image": self.scenes[i].id, "question": qa.question, "predicted": p, "wanted": qa.answer}
-            for (i, qa), p in list(zip(self.questions, predicted))[: self.config.examples]
+            for (i, qa), p in list(zip(questions, predicted))[: self.config.examples]
         ]
 
     def _preprocessed(self, model: nn.Module) -> torch.Tensor:
@@ -201,42 +253,72 @@ class WorldEvaluation:
             self._pixels[key] = torch.stack([preprocess(image) for image in self.images])
         return self._pixels[key]
 
-    def _captions(self, decoder, pixels: torch.Tensor) -> list[str]:
+    def _captions(self, decoder, pixels: torch.Tensor, prefix: str = "") -> list[str]:
         from xmodal.models.decoding import DecodeOptions
 
-        options = DecodeOptions(mode="greedy", max_new_tokens=CAPTION_TOKENS)
+        options = DecodeOptions(mode="greedy", max_new_tokens=CAPTION_TOKENS, prefix=prefix)
         texts = []
         for start in range(0, len(pixels), self.config.batch_size):
             texts += [c[0].text for c in decoder.generate(pixels[start : start + self.config.batch_size], options)]
         return texts
 
-    def _generated_answers(self, decoder, pixels: torch.Tensor) -> list[str]:
+    def _questions_in(self, language: str) -> list[tuple[int, Any]]:
+        return self.questions if language == "en" else self.twins[language].questions
+
+    def _generated_answers(self, decoder, pixels: torch.Tensor, language: str = "en") -> list[str]:
         from xmodal.models.decoding import DecodeOptions
 
+        questions, template = self._questions_in(language), language_prompts(language).vqa_prompt
         # One prompt per generate call: batch the images that share a question.
         by_question: dict[str, list[int]] = defaultdict(list)
-        for n, (_, qa) in enumerate(self.questions):
+        for n, (_, qa) in enumerate(questions):
             by_question[qa.question].append(n)
-        predicted = [""] * len(self.questions)
+        predicted = [""] * len(questions)
         for question, ns in by_question.items():
-            options = DecodeOptions(mode="greedy", max_new_tokens=ANSWER_TOKENS, prefix=vqa_prompt(question))
+            prompt = vqa_prompt(question, template)
+            options = DecodeOptions(mode="greedy", max_new_tokens=ANSWER_TOKENS, prefix=prompt)
             for start in range(0, len(ns), self.config.batch_size):
                 chunk = ns[start : start + self.config.batch_size]
-                images = pixels[[self.questions[n][0] for n in chunk]]
+                images = pixels[[questions[n][0] for n in chunk]]
                 for n, candidates in zip(chunk, decoder.generate(images, options)):
                     predicted[n] = candidates[0].text
         return predicted
 
-    def _ranked_answers(self, decoder, pixels: torch.Tensor) -> list[str]:
+    def _ranked_answers(self, decoder, pixels: torch.Tensor, language: str = "en") -> list[str]:
+        questions, template = self._questions_in(language), language_prompts(language).vqa_prompt
+        answers = grammar(language).answers
         predicted = []
-        for start in range(0, len(self.questions), self.config.batch_size):
-            chunk = self.questions[start : start + self.config.batch_size]
+        for start in range(0, len(questions), self.config.batch_size):
+            chunk = questions[start : start + self.config.batch_size]
             images = pixels[[i for i, _ in chunk]]
-            prompts = [vqa_prompt(qa.question) for _, qa in chunk]
-            options = [CANDIDATES[qa.type] for _, qa in chunk]
+            prompts = [vqa_prompt(qa.question, template) for _, qa in chunk]
+            options = [tuple(answers[a] for a in CANDIDATES[qa.type]) for _, qa in chunk]
             answer_scores = decoder.score_answers(images, prompts, options)
             predicted += [opts[int(np.argmax(s))] for opts, s in zip(options, answer_scores)]
         return predicted
+
+
+class _Twins:
+    """The evaluation's scenes with their text in another language: the same graphs, images, queries and
+    question positions, the captions and questions of `world`'s language."""
+
+    def __init__(self, world: World, evaluation: WorldEvaluation):
+        self.suffix = f"_{world.language}"
+        self.scenes = [world.scene(scene.index) for scene in evaluation.scenes]
+        self.captions = sorted({scene.caption for scene in self.scenes})
+        ids = {text: i for i, text in enumerate(self.captions)}
+        self.caption_of_scene = [ids[scene.caption] for scene in self.scenes]
+        self.scenes_of_caption: list[set[int]] = [set() for _ in self.captions]
+        for i, c in enumerate(self.caption_of_scene):
+            self.scenes_of_caption[c].add(i)
+        # The twin of each chosen question: a scene's questions come in the same order in every language.
+        self.questions = [
+            (i, self.scenes[i].questions[evaluation.scenes[i].questions.index(qa)]) for i, qa in evaluation.questions
+        ]
+
+
+def _f1(predicted: list[str], wanted: list[str]) -> float:
+    return scores.token_f1(" ".join(predicted), " ".join(wanted))
 
 
 def _questions_by_type(scenes, per_type: int) -> list[tuple[int, Any]]:

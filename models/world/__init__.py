@@ -3,11 +3,13 @@
 world = World(seed=0)
 train = world.scenes(50_000, "train")      # graph, captions, questions per scene
 heldout = world.scenes(1_000, "heldout")   # disjoint by content, evaluation only
+World(seed=0, language="zh").scene(7)      # scene 7 again, its text in Chinese
 write_scenes(heldout, Path("out/world-heldout"))
 satisfies(scene.graph, Query(objects=(ObjectQuery(shape="circle", colour="red"),)))
 """
 
 from xmodal.models.world.generate import Scene, Split, World, split_of
+from xmodal.models.world.grammar import LANGUAGES, grammar, query_text
 from xmodal.models.world.language import ANSWERS, QA, QUESTION_TYPES, canonical_caption
 from xmodal.models.world.query import ObjectQuery, Query, near_miss, partial_query, random_query, satisfies, scene_query
 from xmodal.models.world.render import DEFAULT_IMAGE_SIZE, render
@@ -18,6 +20,7 @@ __all__ = [
     "ANSWERS",
     "COLOURS",
     "DEFAULT_IMAGE_SIZE",
+    "LANGUAGES",
     "POSITIONS",
     "QA",
     "QUESTION_TYPES",
@@ -31,8 +34,10 @@ __all__ = [
     "Split",
     "World",
     "canonical_caption",
+    "grammar",
     "near_miss",
     "partial_query",
+    "query_text",
     "random_query",
     "read_graphs",
     "render",

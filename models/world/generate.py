@@ -16,7 +16,8 @@ from typing import Literal
 
 from PIL import Image
 
-from xmodal.models.world.language import QA, canonical_caption, captions, questions
+from xmodal.models.world.grammar import grammar
+from xmodal.models.world.language import QA, canonical_caption
 from xmodal.models.world.render import DEFAULT_IMAGE_SIZE, render
 from xmodal.models.world.scene import SceneGraph, sample_graph
 
@@ -31,6 +32,7 @@ class Scene:
     captions: tuple[str, ...]  # captions[0] is the canonical caption
     questions: tuple[QA, ...]
     split: Split
+    language: str = "en"  # of the captions and questions; the graph, id and split are the same in every language
 
     @property
     def caption(self) -> str:
@@ -49,8 +51,12 @@ def split_of(graph: SceneGraph, heldout_fraction: float) -> Split:
 class World:
     seed: int = 0
     heldout_fraction: float = 0.1
+    # The language scenes' texts are written in (models.world.grammar). Scene i of World(seed, language="zh")
+    # is the twin of scene i of World(seed): the same graph, image and split, its text in Chinese.
+    language: str = "en"
 
     def __post_init__(self) -> None:
+        grammar(self.language)  # an unknown language fails here, not at the first scene
         # Both splits must be non-empty, or scenes() of the empty one would never return.
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError("heldout_fraction must be strictly between 0 and 1")
@@ -81,11 +87,13 @@ class World:
         return rng, sample_graph(rng)
 
     def _scene(self, index: int, rng: random.Random, graph: SceneGraph, split: Split) -> Scene:
+        words = grammar(self.language)
         return Scene(
             id=f"w{self.seed}-{index:07d}",
             index=index,
             graph=graph,
-            captions=captions(graph, rng),
-            questions=questions(graph, rng),
+            captions=words.captions(graph, rng),
+            questions=words.questions(graph, rng),
             split=split,
+            language=self.language,
         )

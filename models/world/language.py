@@ -97,16 +97,24 @@ _REFERENCE_FIELDS = (
 
 def _reference(graph: SceneGraph, obj: SceneObject, omit: str) -> str | None:
     """The shortest 'the ...' phrase naming obj alone, without the attribute being asked about."""
+    fields = _matching_fields(graph, obj, omit)
+    if fields is None:
+        return None
+    phrase = "the " + " ".join(getattr(obj, f) for f in fields if f != "position")
+    if "position" in fields:
+        phrase += " " + POSITION_PHRASES[obj.position]
+    return phrase
+
+
+def _matching_fields(graph: SceneGraph, obj: SceneObject, omit: str) -> tuple[str, ...] | None:
+    """The first of _REFERENCE_FIELDS, without `omit`, that only obj matches (None: none does).
+    Every language's grammar names the object by these fields, so the references agree."""
     for fields in _REFERENCE_FIELDS:
         if omit in fields:
             continue
         matches = [o for o in graph.objects if all(getattr(o, f) == getattr(obj, f) for f in fields)]
         if len(matches) == 1:
-            words = [getattr(obj, f) for f in fields if f != "position"]
-            phrase = "the " + " ".join(words)
-            if "position" in fields:
-                phrase += " " + POSITION_PHRASES[obj.position]
-            return phrase
+            return fields
     return None
 
 

@@ -57,7 +57,7 @@ def test_caption_is_deterministic_and_equals_the_decoder(client, coca):
     first = client.post("/v1/caption", files=_file(PHOTO))
     assert first.status_code == 200, first.text
     body = first.json()
-    assert set(body) == {"caption", "took_ms"} and body["took_ms"] > 0
+    assert set(body) == {"caption", "language", "took_ms"} and body["took_ms"] > 0
     assert body["caption"] and body["caption"] == _direct_texts(coca)[0]
     assert client.post("/v1/caption", files=_file(PHOTO)).json()["caption"] == body["caption"]
     assert client.post("/v1/caption", json={"image_b64": _b64(PHOTO)}).json()["caption"] == body["caption"]
@@ -140,7 +140,7 @@ def test_open_ended_vqa_is_decoding_after_the_prompt(client, coca):
     response = client.post("/v1/vqa", json={"image_b64": _b64(PHOTO), "question": f"  {QUESTION} "})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"answer", "method", "took_ms"} and body["method"] == "generated"
+    assert set(body) == {"answer", "method", "language", "took_ms"} and body["method"] == "generated"
     assert body["answer"] == _direct_texts(coca, max_new_tokens=10, prefix=f"question: {QUESTION} answer:")[0]
 
 
@@ -151,7 +151,7 @@ def test_multiple_choice_vqa_ranks_by_decoder_likelihood(client, coca):
     by_form = client.post("/v1/vqa", files=_file(PHOTO), data={"question": QUESTION, "answers": json.dumps(ANSWERS)})
     assert by_json.status_code == 200, by_json.text
     body = by_json.json()
-    assert set(body) == {"answer", "scores", "method", "took_ms"} and body["method"] == "likelihood"
+    assert set(body) == {"answer", "scores", "method", "language", "took_ms"} and body["method"] == "likelihood"
     assert list(body["scores"]) == ANSWERS
     assert list(body["scores"].values()) == pytest.approx(expected, abs=1e-4)
     assert body["answer"] == ANSWERS[max(range(len(ANSWERS)), key=expected.__getitem__)]

@@ -10,7 +10,7 @@ from tests.unit.app.routes.conftest import PNG, PNG_B64
 def test_an_image_gets_a_caption_and_alternatives(client):
     plain = client.post("/v1/caption", json={"image_b64": PNG_B64, "max_tokens": 5})
     assert plain.status_code == 200, plain.text
-    assert set(plain.json()) == {"caption", "took_ms"}
+    assert set(plain.json()) == {"caption", "language", "took_ms"}
     beams = client.post(
         "/v1/caption", files={"file": ("p.png", PNG)}, data={"mode": "beam", "alternatives": "2", "max_tokens": "5"}
     ).json()
@@ -45,3 +45,11 @@ def test_refusals(client, fields, status, message):
     response = client.post("/v1/caption", json={"image_b64": PNG_B64, **fields})
     assert response.status_code == status, response.text
     assert message in response.json()["detail"]
+
+
+def test_language_is_english_unless_the_model_writes_another(client):
+    english = client.post("/v1/caption", json={"image_b64": PNG_B64, "language": "en", "max_tokens": 2})
+    assert english.status_code == 200 and english.json()["language"] == "en"
+    for language in ("zh", "fr"):
+        refused = client.post("/v1/caption", json={"image_b64": PNG_B64, "language": language})
+        assert refused.status_code == 422 and f"not {language!r}" in refused.json()["detail"]

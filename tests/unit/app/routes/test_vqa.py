@@ -41,3 +41,11 @@ def test_refusals(client, fields, status, message):
     response = client.post("/v1/vqa", json={"image_b64": PNG_B64, **fields})
     assert response.status_code == status, response.text
     assert message in response.json()["detail"]
+
+
+def test_language_an_english_only_model_answers_in_and_refuses(client):
+    # A model without languages.json answers a Chinese question as before, in English; asked for zh: a 422.
+    chinese = client.post("/v1/vqa", json={"image_b64": PNG_B64, "question": "什么颜色？", "max_tokens": 2})
+    assert chinese.status_code == 200 and chinese.json()["language"] == "en"
+    asked = client.post("/v1/vqa", json={"image_b64": PNG_B64, "question": "what?", "language": "zh"})
+    assert asked.status_code == 422 and "writes en, not 'zh'" in asked.json()["detail"]

@@ -1,0 +1,45 @@
+"""A model that writes two languages: captions after the language's prefix, answers in the question's language."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xmodal.models.decoding import CocaDecoder
+from xmodal.models.encoders import Encoder
+from xmodal.models.generation import Captioner
+from xmodal.models.languages import UnsupportedLanguage, detect_language
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_bilingual_coca_dir):
+    return Captioner(Encoder.from_spec(f"local-dir:{tiny_bilingual_coca_dir}", "cpu"))
+
+
+def test_detect_language():
+    assert detect_language("三角形是什么颜色？") == "zh" and detect_language("what colour? ，") == "en"
+
+
+def test_captions_in_chinese_follow_the_prefix(captioner, monkeypatch):
+    prefixes = []
+    generate = CocaDecoder.generate
+    monkeypatch.setattr(CocaDecoder, "generate", lambda self, p, o: prefixes.append(o.prefix) or generate(self, p, o))
+    pixels = torch.zeros(1, 3, 32, 32)
+    assert captioner.languages == ("en", "zh")
+    captioner.caption(pixels, language="zh")
+    captioner.caption(pixels)
+    assert prefixes == ["中文：", ""]
+
+
+def test_answers_come_in_the_question_s_language_or_the_one_asked(captioner, monkeypatch):
+    pixels = torch.zeros(3, 32, 32)
+    assert captioner.answer(pixels, "三角形是什么颜色？", max_new_tokens=2).language == "zh"
+    assert captioner.answer(pixels, "what colour is the star?", max_new_tokens=2).language == "en"
+    ranked = captioner.answer(pixels, "what colour is the star?", ["红色", "蓝色"], language="zh")
+    assert ranked.language == "zh" and ranked.method == "likelihood" and set(ranked.scores or {}) == {"红色", "蓝色"}
+    assert (
+        captioner.prompt_for("星形是什么颜色？", captioner.language_prompts("zh").vqa_prompt)
+        == "问题：星形是什么颜色？回答："
+    )
+    with pytest.raises(UnsupportedLanguage, match="writes en, zh, not 'fr'"):
+        captioner.language_prompts("fr")
