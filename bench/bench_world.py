@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _load(folder: Path, device: str | None):
-    import open_clip
+    from xmodal.models.loading import create_open_clip_model
 
-    model = open_clip.create_model(f"local-dir:{folder}")
+    model = create_open_clip_model(f"local-dir:{folder}")  # with the architecture's vision stem, if any
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from xmodal.models.training.config import CsvData, WorldData
-from xmodal.models.world import SceneGraph, World
+from xmodal.models.world import Scene, SceneGraph, World, near_miss, split_of, swap_attribute
+from xmodal.models.world.language import captions, questions
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,7 @@ class ImageTexts:
     decoder_captions: tuple[str, ...]  # caption targets for the decoder
     questions: tuple[tuple[str, str], ...]  # (question, answer)
     graph: SceneGraph | None = None  # the generated world's ground truth; None for a user's CSV
+    question_types: tuple[str, ...] = ()  # per question, its type (world data only)
 
 
 class WorldSource:
@@ -35,7 +38,20 @@ class WorldSource:
         return len(self.indices)
 
     def load(self, i: int) -> tuple[Image.Image, ImageTexts]:
+        return self._image_texts(self.world.scene(self.indices[i]))
+
+    def twin(self, i: int, rng: random.Random) -> tuple[Image.Image, ImageTexts]:
+        """Scene i with one attribute swapped between two of its objects (swap_attribute; a scene
+        of one object gets one attribute changed instead, near_miss), or scene i itself when the
+        twin's content is held out."""
         scene = self.world.scene(self.indices[i])
+        graph = swap_attribute(scene.graph, rng) or near_miss(scene.graph, rng)
+        if split_of(graph, self.world.heldout_fraction) != "train":
+            return self._image_texts(scene)
+        twin = Scene(scene.id, scene.index, graph, captions(graph, rng), questions(graph, rng), "train")
+        return self._image_texts(twin)
+
+    def _image_texts(self, scene: Scene) -> tuple[Image.Image, ImageTexts]:
         texts = ImageTexts(
             captions=scene.captions,
             # Only the canonical caption: a captioner trained on paraphrases would spread its
@@ -43,6 +59,7 @@ class WorldSource:
             decoder_captions=(scene.caption,),
             questions=tuple((qa.question, qa.answer) for qa in scene.questions),
             graph=scene.graph,
+            question_types=tuple(qa.type for qa in scene.questions),
         )
         return scene.image(self.image_size), texts
 

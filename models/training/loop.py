@@ -90,6 +90,8 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         config.contrastive_texts,
         config.hard_negatives,
         config.vqa_answers_only,
+        config.swap_negatives,
+        config.qa_targets,
     )
     vocab_size = _vocab_size(model)
     # Sparse gradients for the vocabulary-sized parameters (VocabAdamW takes them): on a CPU, dense
@@ -115,7 +117,9 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
 
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=StepBatches(len(dataset), config.batch_size, config.seed, state.step, config.steps),
+        batch_sampler=StepBatches(
+            len(dataset), config.batch_size, config.seed, state.step, config.steps, config.twin_fraction
+        ),
         collate_fn=Collate(start.tokenizer),
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",

@@ -17,8 +17,8 @@ import open_clip
 import torch
 from torch import nn
 
-from xmodal.models.loading import ModelSpecError, load_model
-from xmodal.models.registry import register_configs
+from xmodal.models.loading import ModelSpecError, create_open_clip_model, load_model
+from xmodal.models.registry import architecture_cfg, register_configs
 from xmodal.models.specs import SpecKind, parse_spec
 
 LOCAL_DIR = "local-dir:"
@@ -47,14 +47,14 @@ def load_starting_model(
         net = loaded.model.to(device=device, dtype=torch.float32)
         return StartingModel(net, loaded.model_cfg, dict(loaded.preprocess_cfg), loaded.tokenizer, from_scratch=False)
 
-    model_cfg = open_clip.get_model_config(spec.arch)
+    model_cfg = architecture_cfg(spec.arch)
     if model_cfg is None:
         raise ModelSpecError(
             f"unknown model {model!r}: not an open_clip architecture, model directory or model spec "
             f"(the project's own architectures: {', '.join(register_configs())})"
         )
     # Random weights from the global RNG, which train() has seeded with the config's seed.
-    net = open_clip.create_model(spec.arch, device=device)
+    net = create_open_clip_model(spec.arch, device=device)
     _initialise_decoder_projection(net)
     if vision_position_std is not None:
         _initialise_vision_positions(net, vision_position_std)
