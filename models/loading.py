@@ -7,13 +7,14 @@ files and how to provide them. Every spec form ends in open_clip's own factory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,28 @@ def create_open_clip_model(name: str, **kwargs: Any) -> torch.nn.Module:
         weights = next((folder / n for n in HUB_WEIGHT_NAMES if (folder / n).is_file()), None)
         kwargs["force_preprocess_cfg"] = {**config.get("preprocess_cfg", {}), **kwargs.get("force_preprocess_cfg", {})}
         name = register_plain(plain)
-    model = add_vision_stem(open_clip.create_model(name, **kwargs), stem)
+    with _quiet_random_init_warning(weights is not None):  # the weights come next, below
+        model = add_vision_stem(open_clip.create_model(name, **kwargs), stem)
     if weights is not None:
         open_clip.load_checkpoint(model, str(weights), strict=True)
     return model
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(quiet: bool) -> Iterator[None]:
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (a root-logger
+    warning) while building a model whose weights are loaded right after."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None) -> tuple[str, dict]:

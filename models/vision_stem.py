@@ -58,7 +58,7 @@ def add_vision_stem(model: nn.Module, stem_cfg: dict[str, Any] | None) -> nn.Mod
         return model
     visual = getattr(model, "visual", None)
     conv1 = getattr(visual, "conv1", None)
-    if not isinstance(conv1, nn.Conv2d):
+    if visual is None or not isinstance(conv1, nn.Conv2d):
         raise ValueError(f"{STEM_KEY} needs an open_clip vision transformer (visual.conv1)")
     patch = conv1.kernel_size[0]
     stem = ConvStem(conv1.out_channels, patch, list(stem_cfg["channels"]))

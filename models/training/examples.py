@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from xmodal.models.prompts import vqa_text
+from xmodal.models.prompts import DEFAULT_VQA_PROMPT, vqa_text
 from xmodal.models.training.batches import TWIN
 from xmodal.models.training.datasets import CsvSource, ImageTexts, WorldSource
 from xmodal.models.training.objective import PAD_ID
@@ -33,6 +33,9 @@ from xmodal.models.world import (
     scene_query,
     swap_attribute,
 )
+
+# What every question/answer target starts with ("question:"): context for the decoder, never taught.
+QUESTION_MARK = DEFAULT_VQA_PROMPT.split("{question}")[0].strip()
 
 
 class Example(NamedTuple):
@@ -142,9 +145,7 @@ class ExampleDataset(torch.utils.data.Dataset):
             return rng.choice(texts.decoder_captions), ""
 
         def question() -> tuple[str, str]:
-            asked, answer = rng.choice(texts.questions)
-            # The prompt is the text up to the answer, as models.prompts.vqa_prompt decodes from.
-            return vqa_text(asked, answer), vqa_text(asked, "") if self.answers_only else ""
+            return self._question(*rng.choice(texts.questions))
 
         if self.decoder_targets == 1:
             return [question() if texts.questions and rng.random() < self.vqa_fraction else caption()]
@@ -163,8 +164,15 @@ class ExampleDataset(torch.utils.data.Dataset):
             return rng.choice(texts.decoder_captions), ""
         types = texts.question_types or ("",) * len(texts.questions)
         kind = rng.choice(sorted(set(types)))
-        asked, answer = rng.choice([qa for qa, t in zip(texts.questions, types) if t == kind])
-        return vqa_text(asked, answer), vqa_text(asked, "") if self.answers_only else ""
+        return self._question(*rng.choice([qa for qa, t in zip(texts.questions, types) if t == kind]))
+
+    def _question(self, asked: str, answer: str) -> tuple[str, str]:
+        """A question/answer target and its prompt: the text up to the answer with answers_only (as
+        models.prompts.vqa_prompt decodes from), else only the leading "question:". That word is
+        never taught, so however many targets are questions, a caption is what the decoder writes
+        without a prompt: with one question per caption and "question" taught, greedy captions
+        began "question: ..." (caption exact 0.00 at step 400)."""
+        return vqa_text(asked, answer), vqa_text(asked, "") if self.answers_only else QUESTION_MARK
 
 
 class Collate:

@@ -105,6 +105,7 @@ def test_twins_are_the_previous_scene_swapped_and_are_its_hard_negatives():
 
 def test_question_targets_come_in_every_type_equally_often():
     from xmodal.models.training.datasets import WorldSource
+    from xmodal.models.training.examples import QUESTION_MARK
 
     source = WorldSource(replace(TINY_WORLD, scenes=32))
     dataset = _dataset(scenes=32, vqa_fraction=0.0, qa_targets=8)
@@ -112,6 +113,8 @@ def test_question_targets_come_in_every_type_equally_often():
     for i in range(32):
         example = dataset[(i, f"0:1:{i}")]
         assert len(example.targets) == 9 and example.targets[0] in example.captions
+        # "question:" is context, never taught: the decoder keeps writing captions unprompted.
+        assert example.prompts == ("",) + (QUESTION_MARK,) * 8
         _, texts = source.load(i)
         by_text = {f"question: {q} answer: {a}": t for (q, a), t in zip(texts.questions, texts.question_types)}
         kinds.update(by_text[t] for t in example.targets[1:])
