@@ -47,8 +47,8 @@ def load_starting_model(
         net = loaded.model.to(device=device, dtype=torch.float32)
         return StartingModel(net, loaded.model_cfg, dict(loaded.preprocess_cfg), loaded.tokenizer, from_scratch=False)
 
-    model_cfg = architecture_cfg(spec.arch)
-    if model_cfg is None:
+    model_cfg = architecture_cfg(spec.arch) if spec.arch else None
+    if model_cfg is None or spec.arch is None:
         raise ModelSpecError(
             f"unknown model {model!r}: not an open_clip architecture, model directory or model spec "
             f"(the project's own architectures: {', '.join(register_configs())})"
