@@ -7,13 +7,14 @@ files and how to provide them. Every spec form ends in open_clip's own factory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ import torch
 from xmodal.models.errors import InvalidInput, Unavailable
 from xmodal.models.languages import LanguagePrompts, read_languages
 from xmodal.models.precision import choose_dtype
-from xmodal.models.registry import register_configs
+from xmodal.models.registry import architecture_cfg, register_configs, register_plain
 from xmodal.models.specs import ModelSpec, SpecKind, parse_spec
 from xmodal.models.text_tokenizer import folder_tokenizer
+from xmodal.models.vision_stem import add_vision_stem, split_model_cfg
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def load_model(
     name, kwargs = _factory_arguments(spec, offline=offline, cache_dir=cache_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)  # bare names give the same random weights every time
-        model = open_clip.create_model(name, device="cpu", precision="fp32", **kwargs)
+        model = create_open_clip_model(name, device="cpu", precision="fp32", **kwargs)
         if spec.kind is SpecKind.RANDOM:
             init_uninitialised_parameters(model)
     model.eval()
@@ -132,6 +134,49 @@ def load_model(
     )
     log.info("loaded %s on %s (%s) in %.1fs", spec, target, dtype, loaded.load_seconds)
     return loaded
+
+
+def create_open_clip_model(name: str, **kwargs: Any) -> torch.nn.Module:
+    """open_clip.create_model(name, **kwargs), with the convolutional vision stem the architecture's
+    config asks for (models.vision_stem): the stem is in place before any weights are loaded."""
+    import open_clip
+
+    is_dir = name.startswith("local-dir:")
+    if is_dir:
+        config = json.loads((Path(name.removeprefix("local-dir:")) / HUB_CONFIG_NAME).read_text())
+        plain, stem = split_model_cfg(config["model_cfg"])
+    else:
+        plain, stem = split_model_cfg(architecture_cfg(name) or {})
+    if stem is None:
+        return open_clip.create_model(name, **kwargs)
+    weights = kwargs.pop("pretrained", None)
+    if is_dir:
+        folder = Path(name.removeprefix("local-dir:"))
+        weights = next((folder / n for n in HUB_WEIGHT_NAMES if (folder / n).is_file()), None)
+        kwargs["force_preprocess_cfg"] = {**config.get("preprocess_cfg", {}), **kwargs.get("force_preprocess_cfg", {})}
+        name = register_plain(plain)
+    with _quiet_random_init_warning(weights is not None):  # the weights come next, below
+        model = add_vision_stem(open_clip.create_model(name, **kwargs), stem)
+    if weights is not None:
+        open_clip.load_checkpoint(model, str(weights), strict=True)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(quiet: bool) -> Iterator[None]:
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (a root-logger
+    warning) while building a model whose weights are loaded right after."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _factory_arguments(spec: ModelSpec, *, offline: bool, cache_dir: str | None) -> tuple[str, dict]:
@@ -182,12 +227,11 @@ def _tokenizer(name: str, model_cfg: dict) -> Any:
 
 def _model_cfg(name: str, kwargs: dict) -> dict:
     """The architecture config open_clip.create_model(name, **kwargs) builds, as a fresh dict."""
-    import open_clip
 
     if name.startswith("local-dir:"):
         config = json.loads((Path(name.removeprefix("local-dir:")) / HUB_CONFIG_NAME).read_text())
         return dict(config["model_cfg"])
-    model_cfg = open_clip.get_model_config(name) or {}
+    model_cfg = architecture_cfg(name) or {}
     if kwargs.get("force_quick_gelu"):
         model_cfg["quick_gelu"] = True  # as create_model does
     return model_cfg

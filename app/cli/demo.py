@@ -40,7 +40,7 @@ def demo(
 ) -> None:
     """Offline demo: train the small model on the generated world (or reuse it), index held-out scenes, serve.
 
-    Nothing is downloaded. The first run trains xmodal-small-coca from scratch (8 minutes
+    Nothing is downloaded. The first run trains xmodal-small-coca from scratch (10 minutes
     measured on a busy 2-core CPU; on the GPU when there is one) and prints its held-out
     quality; later runs reuse the cached model, scenes and index.
     """

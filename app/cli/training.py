@@ -95,6 +95,20 @@ def train(
     hard_negatives: Annotated[
         int, typer.Option(min=0, help="World: captions of near-miss scenes per image, as negatives")
     ] = WORLD_RECIPE.hard_negatives,
+    swap_negatives: Annotated[
+        int,
+        typer.Option(
+            min=0, help="World: captions of the scene with an attribute swapped between two objects, as negatives"
+        ),
+    ] = WORLD_RECIPE.swap_negatives,
+    twin_fraction: Annotated[
+        float,
+        typer.Option(help="World: share of odd batch slots holding the slot before's scene with an attribute swapped"),
+    ] = WORLD_RECIPE.twin_fraction,
+    qa_targets: Annotated[
+        int,
+        typer.Option(min=0, help="Extra decoder texts per image that are always question/answer texts, types balanced"),
+    ] = WORLD_RECIPE.qa_targets,
     answers_only: Annotated[
         bool,
         typer.Option(
@@ -169,6 +183,9 @@ def train(
             contrastive_texts=contrastive_texts,
             query_fraction=query_fraction if data == WORLD else 0.0,
             hard_negatives=hard_negatives if data == WORLD else 0,
+            swap_negatives=swap_negatives if data == WORLD else 0,
+            twin_fraction=twin_fraction if data == WORLD else 0.0,
+            qa_targets=qa_targets,
             seed=train_seed,
             vqa_answers_only=answers_only,
             vision_position_std=vision_position_std or None,

@@ -2,7 +2,7 @@
 
     from xmodal.models.training import TrainConfig, WorldData, train
     result = train(TrainConfig(output_dir=Path("out/world-coca"), data=WorldData(), steps=2000))
-    model = open_clip.create_model(f"local-dir:{result.output_dir}")
+    loaded = load_model(f"local-dir:{result.output_dir}")  # xmodal.models.loading: stem and tokenizer too
 
 Only training code lives here; `app` and `indexer` never import it, except the `xmodal train`,
 `eval` and `demo` commands. Names are imported on first use, so reading `recipes` or `config`

@@ -6,21 +6,29 @@ sees exactly the batches an uninterrupted run would have seen from s on.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from functools import lru_cache
 
 import torch
+
+# The end of a sample key whose example is the binding twin of the one before it in the batch
+# (the same scene with one attribute swapped between two objects; ExampleDataset renders it).
+TWIN = ":twin"
 
 
 class StepBatches(torch.utils.data.Sampler[list[tuple[int, str]]]):
     """Batches for steps start+1 .. end: (dataset position, per-sample key) pairs.
 
     Positions run through one shuffled permutation per epoch; a batch may straddle two epochs.
+    With `twin_fraction`, each odd batch slot holds, with that probability, the binding twin of
+    the slot before it (its dataset position, its key ending in TWIN) instead of a new position.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int, end: int):
+    def __init__(self, size: int, batch_size: int, seed: int, start: int, end: int, twin_fraction: float = 0.0):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.end = start, end
+        self.twin_fraction = twin_fraction
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -31,7 +39,13 @@ class StepBatches(torch.utils.data.Sampler[list[tuple[int, str]]]):
 
     def batch(self, step: int) -> list[tuple[int, str]]:
         first = (step - 1) * self.batch_size
-        return [(self._position(first + j), f"{self.seed}:{step}:{j}") for j in range(self.batch_size)]
+        batch = [(self._position(first + j), f"{self.seed}:{step}:{j}") for j in range(self.batch_size)]
+        if self.twin_fraction:
+            draw = random.Random(f"{self.seed}:{step}:twins")
+            for j in range(1, self.batch_size, 2):
+                if draw.random() < self.twin_fraction:
+                    batch[j] = (batch[j - 1][0], f"{self.seed}:{step}:{j}{TWIN}")
+        return batch
 
     def _position(self, n: int) -> int:
         epoch, offset = divmod(n, self.size)

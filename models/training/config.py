@@ -90,6 +90,17 @@ class TrainConfig:
     # World data: extra contrastive texts per image that describe a scene one attribute away
     # (shape, colour, size or position of one object changed): hard negatives.
     hard_negatives: int = 0
+    # World data: extra contrastive texts per image that describe the scene with one attribute
+    # SWAPPED between two of its objects ("a red circle and a blue square" -> "a blue circle and
+    # a red square"): the same words, bound differently (NegCLIP-style binding negatives).
+    swap_negatives: int = 0
+    # World data: share of batch positions (the odd ones) that hold the scene of the position
+    # before with one attribute swapped between two of its objects, rendered: a binding twin.
+    # Each is the other's hard negative image and text, for captions and partial queries alike.
+    twin_fraction: float = 0.0
+    # Decoder targets per image, after the decoder_targets ones, that are always a question/answer
+    # text, its question type drawn uniformly from the types the image has questions of.
+    qa_targets: int = 0
 
     precision: Precision = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU
     device: str | None = None  # default: cuda if available, else cpu
@@ -116,8 +127,10 @@ class TrainConfig:
             raise ValueError("vqa_fraction must be between 0 and 1")
         if self.decoder_lr_scale <= 0:
             raise ValueError("decoder_lr_scale must be positive")
-        if self.hard_negatives < 0:
-            raise ValueError("hard_negatives must be 0 or more")
+        if min(self.hard_negatives, self.swap_negatives, self.qa_targets) < 0:
+            raise ValueError("hard_negatives, swap_negatives and qa_targets must be 0 or more")
+        if not 0.0 <= self.twin_fraction <= 1.0:
+            raise ValueError("twin_fraction must be between 0 and 1")
         if self.decoder_targets < 1 or self.contrastive_texts < 1:
             raise ValueError("decoder_targets and contrastive_texts must be at least 1")
         if not 0.0 <= self.query_fraction <= 1.0:

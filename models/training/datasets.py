@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from xmodal.models.training.config import CsvData, WorldData
-from xmodal.models.world import SceneGraph, World
+from xmodal.models.world import Scene, SceneGraph, World, near_miss, split_of, swap_attribute
+from xmodal.models.world.grammar import grammar
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +24,7 @@ class ImageTexts:
     questions: tuple[tuple[str, str], ...]  # (question, answer)
     graph: SceneGraph | None = None  # the generated world's ground truth; None for a user's CSV
     language: str = "en"  # of the texts (world data; a user's CSV is taken as written)
+    question_types: tuple[str, ...] = ()  # per question, its type (world data only)
 
 
 class WorldSource:
@@ -43,7 +46,31 @@ class WorldSource:
 
     def load(self, i: int) -> tuple[Image.Image, ImageTexts]:
         language, i = divmod(i, len(self.indices))
-        scene = self.worlds[language].scene(self.indices[i])
+        return self._image_texts(self.worlds[language].scene(self.indices[i]))
+
+    def twin(self, i: int, rng: random.Random) -> tuple[Image.Image, ImageTexts]:
+        """Scene i with one attribute swapped between two of its objects (swap_attribute; a scene
+        of one object gets one attribute changed instead, near_miss), or scene i itself when the
+        twin's content is held out. In scene i's language, as load() reads it."""
+        language, i = divmod(i, len(self.indices))
+        world = self.worlds[language]
+        scene = world.scene(self.indices[i])
+        graph = swap_attribute(scene.graph, rng) or near_miss(scene.graph, rng)
+        if split_of(graph, world.heldout_fraction) != "train":
+            return self._image_texts(scene)
+        words = grammar(world.language)
+        twin = Scene(
+            scene.id,
+            scene.index,
+            graph,
+            words.captions(graph, rng),
+            words.questions(graph, rng),
+            "train",
+            world.language,
+        )
+        return self._image_texts(twin)
+
+    def _image_texts(self, scene: Scene) -> tuple[Image.Image, ImageTexts]:
         texts = ImageTexts(
             captions=scene.captions,
             # Only the canonical caption: a captioner trained on paraphrases would spread its
@@ -52,6 +79,7 @@ class WorldSource:
             questions=tuple((qa.question, qa.answer) for qa in scene.questions),
             graph=scene.graph,
             language=scene.language,
+            question_types=tuple(qa.type for qa in scene.questions),
         )
         return scene.image(self.image_size), texts
 

@@ -20,10 +20,24 @@ from typing import NamedTuple
 import torch
 
 from xmodal.models.languages import language_prompts
-from xmodal.models.prompts import vqa_text
+from xmodal.models.prompts import DEFAULT_VQA_PROMPT, vqa_text
+from xmodal.models.training.batches import TWIN
 from xmodal.models.training.datasets import CsvSource, ImageTexts, WorldSource
 from xmodal.models.training.objective import PAD_ID
-from xmodal.models.world import Query, SceneGraph, grammar, near_miss, partial_query, query_text, satisfies, scene_query
+from xmodal.models.world import (
+    Query,
+    SceneGraph,
+    grammar,
+    near_miss,
+    partial_query,
+    query_text,
+    satisfies,
+    scene_query,
+    swap_attribute,
+)
+
+# What an English question/answer target starts with ("question:"): context for the decoder, never taught.
+QUESTION_MARK = DEFAULT_VQA_PROMPT.split("{question}")[0].strip()
 
 
 class Example(NamedTuple):
@@ -60,9 +74,13 @@ class ExampleDataset(torch.utils.data.Dataset):
         contrastive_texts: int = 1,
         hard_negatives: int = 0,
         answers_only: bool = False,
+        swap_negatives: int = 0,
+        qa_targets: int = 0,
     ):
         """`answers_only`: a question/answer target teaches only its answer; the question is the
-        prompt it is answered from, as at inference (see TrainConfig.vqa_answers_only)."""
+        prompt it is answered from, as at inference (see TrainConfig.vqa_answers_only).
+        `swap_negatives`, `qa_targets`: see TrainConfig. A sample key ending in TWIN (the batch
+        plan's binding twins) loads its scene with one attribute swapped between two objects."""
         self.source = source
         self.answers_only = answers_only
         self.preprocess = preprocess
@@ -71,14 +89,19 @@ class ExampleDataset(torch.utils.data.Dataset):
         self.query_fraction = query_fraction
         self.contrastive_texts = contrastive_texts
         self.hard_negatives = hard_negatives
+        self.swap_negatives = swap_negatives
+        self.qa_targets = qa_targets
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, item: tuple[int, str]) -> Example:
         index, key = item
-        image, texts = self.source.load(index)
         rng = random.Random(key)
+        if key.endswith(TWIN) and isinstance(self.source, WorldSource):
+            image, texts = self.source.twin(index, random.Random(f"{key}:swap"))
+        else:
+            image, texts = self.source.load(index)
         caption = rng.choice(texts.captions)
         # A leftover draw (its targets are drawn again below); kept so a seed still yields the same examples.
         self._targets(texts, rng)
@@ -97,7 +120,14 @@ class ExampleDataset(torch.utils.data.Dataset):
                 other = near_miss(texts.graph, rng)
                 queries.append(scene_query(other))
                 captions.append(grammar(texts.language).canonical_caption(other))
+            for _ in range(self.swap_negatives):
+                # The scene with an attribute swapped between two objects: the same words, bound
+                # differently. A scene of one object (or identical ones) has none: a near miss instead.
+                other = swap_attribute(texts.graph, rng) or near_miss(texts.graph, rng)
+                queries.append(scene_query(other))
+                captions.append(grammar(texts.language).canonical_caption(other))
         texts_and_prompts = self._targets(texts, rng)
+        texts_and_prompts += [self._typed_question(texts, rng) for _ in range(self.qa_targets)]
         targets = tuple(text for text, _ in texts_and_prompts)
         prompts = tuple(prompt for _, prompt in texts_and_prompts)
         return Example(
@@ -119,10 +149,7 @@ class ExampleDataset(torch.utils.data.Dataset):
             return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix
 
         def question() -> tuple[str, str]:
-            asked, answer = rng.choice(texts.questions)
-            # The prompt is the text up to the answer, as models.prompts.vqa_prompt decodes from.
-            template = prompts.vqa_prompt
-            return vqa_text(asked, answer, template), vqa_text(asked, "", template) if self.answers_only else ""
+            return self._question(*rng.choice(texts.questions), prompts.vqa_prompt)
 
         if self.decoder_targets == 1:
             return [question() if texts.questions and rng.random() < self.vqa_fraction else caption()]
@@ -132,6 +159,28 @@ class ExampleDataset(torch.utils.data.Dataset):
         for _ in range(self.decoder_targets - 1):
             targets.append(question() if texts.questions and rng.random() < self.vqa_fraction else caption())
         return targets
+
+    def _typed_question(self, texts: ImageTexts, rng: random.Random) -> tuple[str, str]:
+        """A question/answer target whose type is drawn uniformly from the image's question types,
+        so every type is taught equally often (the world has 3 to 9 colour questions per scene but
+        1 to 2 presence ones); a caption when the image has no questions."""
+        prompts = language_prompts(texts.language)
+        if not texts.questions:
+            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix
+        types = texts.question_types or ("",) * len(texts.questions)
+        kind = rng.choice(sorted(set(types)))
+        asked, answer = rng.choice([qa for qa, t in zip(texts.questions, types) if t == kind])
+        return self._question(asked, answer, prompts.vqa_prompt)
+
+    def _question(self, asked: str, answer: str, template: str) -> tuple[str, str]:
+        """A question/answer target in `template` (the language's VQA prompt) and its prompt: the text
+        up to the answer with answers_only (as models.prompts.vqa_prompt decodes from), else only the
+        template's leading word ("question:", "问题："). That word is never taught, so however many
+        targets are questions, a caption is what the decoder writes without a prompt: with one question
+        per caption and "question" taught, greedy captions began "question: ..." (caption exact 0.00 at
+        step 400)."""
+        lead = template.split("{question}")[0].strip()
+        return vqa_text(asked, answer, template), vqa_text(asked, "", template) if self.answers_only else lead
 
 
 class Collate:

@@ -36,7 +36,7 @@ Evaluate = Callable[[nn.Module, int], Mapping[str, float] | None]
 
 @dataclass(frozen=True)
 class TrainResult:
-    output_dir: Path  # load with open_clip.create_model(f"local-dir:{output_dir}")
+    output_dir: Path  # load with models.loading.load_model(f"local-dir:{output_dir}")
     steps: int
     resumed_from: int  # 0 for a fresh run
     history: tuple[dict[str, float], ...]  # per step: step, loss, contrastive_loss, [caption_loss], lr
@@ -93,6 +93,8 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         config.contrastive_texts,
         config.hard_negatives,
         config.vqa_answers_only,
+        config.swap_negatives,
+        config.qa_targets,
     )
     vocab_size = _vocab_size(model)
     # Sparse gradients for the vocabulary-sized parameters (VocabAdamW takes them): on a CPU, dense
@@ -118,7 +120,9 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
 
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=StepBatches(len(dataset), config.batch_size, config.seed, state.step, config.steps),
+        batch_sampler=StepBatches(
+            len(dataset), config.batch_size, config.seed, state.step, config.steps, config.twin_fraction
+        ),
         collate_fn=Collate(start.tokenizer),
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",

@@ -17,8 +17,8 @@ import open_clip
 import torch
 from torch import nn
 
-from xmodal.models.loading import ModelSpecError, load_model
-from xmodal.models.registry import register_configs
+from xmodal.models.loading import ModelSpecError, create_open_clip_model, load_model
+from xmodal.models.registry import architecture_cfg, register_configs
 from xmodal.models.specs import SpecKind, parse_spec
 from xmodal.models.text_tokenizer import TrainedTokenizer
 
@@ -55,13 +55,13 @@ def load_starting_model(
         net = loaded.model.to(device=device, dtype=torch.float32)
         return StartingModel(net, loaded.model_cfg, dict(loaded.preprocess_cfg), loaded.tokenizer, from_scratch=False)
 
-    model_cfg = open_clip.get_model_config(spec.arch)
-    if model_cfg is None:
+    model_cfg = architecture_cfg(spec.arch) if spec.arch else None
+    if model_cfg is None or spec.arch is None:
         raise ModelSpecError(
             f"unknown model {model!r}: not an open_clip architecture, model directory or model spec "
             f"(the project's own architectures: {', '.join(register_configs())})"
         )
-    towers = {}
+    towers: dict[str, dict] = {}
     if tokenizer is not None:
         towers = {
             k: {**model_cfg[k], "vocab_size": tokenizer.vocab_size}
@@ -71,7 +71,7 @@ def load_starting_model(
         model_cfg = {**model_cfg, **towers}
         tokenizer.context_length = int(model_cfg["text_cfg"].get("context_length", tokenizer.context_length))
     # Random weights from the global RNG, which train() has seeded with the config's seed.
-    net = open_clip.create_model(spec.arch, device=device, **towers)
+    net = create_open_clip_model(spec.arch, device=device, **towers)
     _initialise_decoder_projection(net)
     if vision_position_std is not None:
         _initialise_vision_positions(net, vision_position_std)

@@ -11,7 +11,16 @@ satisfies(scene.graph, Query(objects=(ObjectQuery(shape="circle", colour="red"),
 from xmodal.models.world.generate import Scene, Split, World, split_of
 from xmodal.models.world.grammar import LANGUAGES, grammar, query_text
 from xmodal.models.world.language import ANSWERS, QA, QUESTION_TYPES, canonical_caption
-from xmodal.models.world.query import ObjectQuery, Query, near_miss, partial_query, random_query, satisfies, scene_query
+from xmodal.models.world.query import (
+    ObjectQuery,
+    Query,
+    near_miss,
+    partial_query,
+    random_query,
+    satisfies,
+    scene_query,
+    swap_attribute,
+)
 from xmodal.models.world.render import DEFAULT_IMAGE_SIZE, render
 from xmodal.models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
 from xmodal.models.world.scene_files import read_graphs, write_scenes
@@ -44,5 +53,6 @@ __all__ = [
     "satisfies",
     "scene_query",
     "split_of",
+    "swap_attribute",
     "write_scenes",
 ]

@@ -121,6 +121,32 @@ def near_miss(graph: SceneGraph, rng: random.Random) -> SceneGraph:
     return SceneGraph(objects=tuple(objects), background=graph.background)
 
 
+def swap_attribute(graph: SceneGraph, rng: random.Random) -> SceneGraph | None:
+    """The scene with one attribute swapped between two of its objects: a binding negative.
+
+    "a red circle on the left and a blue square on the right" becomes "a blue circle on the left
+    and a red square on the right": every word of the caption stays, only which object holds
+    which value changes. Swapping positions moves the objects. None when no two objects differ
+    (a scene of one object, or of identical ones).
+    """
+    swaps = [
+        (attribute, i, j)
+        for attribute in ("shape", "colour", "size", "position")
+        for i, j in itertools.combinations(range(len(graph.objects)), 2)
+        if getattr(graph.objects[i], attribute) != getattr(graph.objects[j], attribute)
+        and (attribute != "position" or graph.objects[i].attributes[:3] != graph.objects[j].attributes[:3])
+    ]
+    if not swaps:
+        return None
+    attribute, i, j = rng.choice(swaps)
+    objects = list(graph.objects)
+    first, second = objects[i], objects[j]
+    objects[i] = replace(first, **{attribute: getattr(second, attribute)})
+    objects[j] = replace(second, **{attribute: getattr(first, attribute)})
+    objects.sort(key=lambda o: POSITIONS.index(o.position))  # reading order, as sample_graph keeps it
+    return SceneGraph(objects=tuple(objects), background=graph.background)
+
+
 def _object_text(q: ObjectQuery) -> str:
     words = ["a"] + [w for w in (q.size, q.colour) if w is not None] + [q.shape or "shape"]
     if q.position is not None:

@@ -367,6 +367,8 @@ def test_question_targets_teach_only_their_answer(answers_only):
             answer = text.rsplit(" answer: ", 1)[1]
             answer_tokens = len(tokenizer([answer])[0].nonzero()) - 2  # without start and end
             assert taught.nonzero().squeeze(1).tolist() == list(range(length - answer_tokens - 1, length))
+        elif text.startswith("question: "):  # all but the leading "question:", which is never taught
+            assert not taught[1:3].any() and taught[3:length].all()
         else:
             assert taught[1:length].all()
 
