@@ -141,17 +141,13 @@ def create_open_clip_model(name: str, **kwargs: Any) -> torch.nn.Module:
     config asks for (models.vision_stem): the stem is in place before any weights are loaded."""
     import open_clip
 
-    is_dir = name.startswith("local-dir:")
-    if is_dir:
-        config = json.loads((Path(name.removeprefix("local-dir:")) / HUB_CONFIG_NAME).read_text())
-        plain, stem = split_model_cfg(config["model_cfg"])
-    else:
-        plain, stem = split_model_cfg(architecture_cfg(name) or {})
+    folder = _folder(name)
+    config = _folder_config(folder) if folder is not None else {}
+    plain, stem = split_model_cfg(config["model_cfg"] if folder is not None else architecture_cfg(name) or {})
     if stem is None:
         return open_clip.create_model(name, **kwargs)
     weights = kwargs.pop("pretrained", None)
-    if is_dir:
-        folder = Path(name.removeprefix("local-dir:"))
+    if folder is not None:
         weights = next((folder / n for n in HUB_WEIGHT_NAMES if (folder / n).is_file()), None)
         kwargs["force_preprocess_cfg"] = {**config.get("preprocess_cfg", {}), **kwargs.get("force_preprocess_cfg", {})}
         name = register_plain(plain)
@@ -215,6 +211,11 @@ def _folder(name: str) -> Path | None:
     return Path(name.removeprefix("local-dir:")) if name.startswith("local-dir:") else None
 
 
+def _folder_config(folder: Path) -> dict:
+    """A model folder's open_clip hub config: model_cfg and preprocess_cfg."""
+    return json.loads((folder / HUB_CONFIG_NAME).read_text())
+
+
 def _tokenizer(name: str, model_cfg: dict) -> Any:
     """The tokenizer a model folder ships (text_tokenizer.json), else open_clip's for the architecture."""
     import open_clip
@@ -228,9 +229,9 @@ def _tokenizer(name: str, model_cfg: dict) -> Any:
 def _model_cfg(name: str, kwargs: dict) -> dict:
     """The architecture config open_clip.create_model(name, **kwargs) builds, as a fresh dict."""
 
-    if name.startswith("local-dir:"):
-        config = json.loads((Path(name.removeprefix("local-dir:")) / HUB_CONFIG_NAME).read_text())
-        return dict(config["model_cfg"])
+    folder = _folder(name)
+    if folder is not None:
+        return dict(_folder_config(folder)["model_cfg"])
     model_cfg = architecture_cfg(name) or {}
     if kwargs.get("force_quick_gelu"):
         model_cfg["quick_gelu"] = True  # as create_model does
