@@ -9,6 +9,7 @@ Measurements and rejected variants: docs/decisions/index-tuning.md
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import faiss
@@ -70,11 +71,13 @@ def tune_search_params(
     rows = as_rows(indexed)
     bench = RecallBench(rows, queries)
 
-    def measure(params: SearchParams) -> float:
+    def timed_measure(params: SearchParams) -> tuple[float, float]:
+        began = time.perf_counter()
         value, bound = bench.recall_bound(Searcher(index, params, rows))
+        seconds = time.perf_counter() - began
         tried.append((str(params), round(value, 4), round(bound, 4)))
-        log.debug("%s %s: recall@%d %.4f (lower bound %.4f)", choice.key, params, K, value, bound)
-        return bound
+        log.debug("%s %s: recall@%d %.4f (lower bound %.4f) in %.1fs", choice.key, params, K, value, bound, seconds)
+        return bound, seconds
 
     tried: list[tuple[str, float, float]] = []
     if choice.kind == "flat":
@@ -83,22 +86,21 @@ def tune_search_params(
         ladders = [[SearchParams(f"efSearch={ef}") for ef in EF_SEARCH]]
     else:
         probes = probe_ladder(faiss.extract_index_ivf(index).nlist)
-        ladders = [
-            [SearchParams(f"nprobe={p}", r) for p in probes] for r in (RERANK_FACTORS if choice.rerank else (0,))
-        ]
+        depths = sorted(RERANK_FACTORS if choice.rerank else (0,), reverse=True)
+        ladders = [[SearchParams(f"nprobe={p}", r) for p in probes] for r in depths]
     feasible: list[tuple[SearchParams, float]] = []
-    depth = len(ladders[0])  # deeper re-ranking never needs more lists: search below the last one found
+    start, budget_s = 0, float("inf")
+    # Deepest re-ranking first: it needs the fewest lists. A shallower one never needs fewer, so its
+    # ladder starts where the deeper one reached, and stops once a batch takes SLOWER_THAN times the
+    # fastest reaching one (it could not win on latency). Shallow ladders without this ran to every
+    # list: 85% of a 1M build (docs/decisions/index-tuning.md).
     for ladder in ladders:
-        found = _first_reaching(ladder[:depth], measure, recall)
+        found = _first_reaching(ladder, timed_measure, recall, start, budget_s)
         if found is None:
-            continue
-        position = ladder.index(found[0])
-        if feasible and position + 1 == depth:
-            break  # deeper re-ranking saved no lists: it would only cost more from here on
-        feasible.append(found)
-        depth = position + 1
-        if depth == 1:
-            break  # the cheapest setting reaches the target
+            break  # shallower re-ranking needs still more lists
+        params, _, seconds = found
+        feasible.append((params, seconds))
+        start, budget_s = ladder.index(params), min(budget_s, SLOWER_THAN * seconds)
     if not feasible:
         best = max(tried, key=lambda t: t[1])
         raise RecallNotReached(choice.key, recall, best[1], best[0])
@@ -118,25 +120,28 @@ def probe_ladder(nlist: int) -> list[int]:
 
 
 SATURATED = 0.002  # recall gained over two doublings below which a ladder has stopped growing
+SLOWER_THAN = 2.0  # a setting whose batch takes this many times the fastest reaching one's cannot win
 
 
-def _first_reaching(ladder, measure, target):
-    """The first (cheapest) setting of an increasing ladder whose recall reaches target, assuming recall
-    grows along it: doubling steps (every other rung) until one reaches, then the rung between. None when
-    the ladder ends, or its recall stops growing, below the target (PQ codes without re-ranking do)."""
-    history, previous = [], -1
-    for position in sorted(set(range(0, len(ladder), 2)) | {len(ladder) - 1}):
-        value = measure(ladder[position])
+def _first_reaching(ladder, measure, target, start=0, budget_s=float("inf")):
+    """The first (cheapest) setting of an increasing ladder, from `start` on, whose recall reaches
+    target, as (setting, bound, batch seconds), assuming recall grows along it: doubling steps (every
+    other rung) until one reaches, then the rung between. None when the ladder ends, its recall stops
+    growing (PQ codes without re-ranking do), or a batch takes longer than `budget_s`, below the target."""
+    history, previous = [], start - 1
+    rungs = sorted(set(range(start, len(ladder), 2)) | {len(ladder) - 1})
+    for position in rungs:
+        value, seconds = measure(ladder[position])
         if value >= target:
-            found = (ladder[position], value)
+            found = (ladder[position], value, seconds)
             for between in range(position - 1, previous, -1):  # the rung skipped (at most one)
-                between_value = measure(ladder[between])
+                between_value, between_seconds = measure(ladder[between])
                 if between_value < target:
                     break
-                found = (ladder[between], between_value)
+                found = (ladder[between], between_value, between_seconds)
             return found
         history.append(value)
         previous = position
-        if len(history) >= 3 and history[-1] - history[-3] < SATURATED:
+        if seconds > budget_s or (len(history) >= 3 and history[-1] - history[-3] < SATURATED):
             return None
     return None
