@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from xmodal.app.testing import HUB_COMMIT, fill_hub_cache  # the same hub layout the loading tests use
+from xmodal.indexer import store
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -150,7 +151,7 @@ def run_xmodal(data: Path, out: Path, args, env: dict) -> tuple[list[float], dic
     log = out.parent / "xmodal.log"
     seconds = timed([command], env, log, args.timeout)
     version = out / (out / "CURRENT").read_text().strip()
-    items = _read_parquet(version / "items.parquet")
+    items = store.read_table(version, "items").to_pydict()
     emb = np.concatenate([np.load(p) for p in sorted(version.glob("images-*.npy"))]).astype(np.float32)
     names = [Path(path).name for path in items["path"]]
     import faiss

@@ -30,7 +30,8 @@ class OpenIndex:
         self.image_index = store.read_index(self.version, "images", read_flags(self.manifest.images.index_key))
         self._image_searcher = _searcher(self.version, self.manifest.images, self.image_index)
         # One chunk per column: Table.take over Parquet's many chunks costs O(rows) (23 ms for 10 rows
-        # of a 1M-item index, bench/bench_latency.py), over one chunk it is O(k).
+        # of a 1M-item index, bench/bench_latency.py), over one chunk it is O(k). A mapped Arrow file
+        # already is one chunk: combining copies nothing.
         self.items: pa.Table = store.read_table(self.version, "items").combine_chunks()
         self.text_index: faiss.Index | None = None
         self.texts: pa.Table | None = None

@@ -6,9 +6,9 @@
         manifest.json
         images.faiss              FAISS index over image embeddings (ids = row numbers)
         images-00000.npy          float16 embedding shards (rebuild without re-encoding)
-        items.parquet             id, path, width, height, sha256, captions
-        texts.faiss, texts-*.npy, texts.parquet   (when captions were given)
-        skipped.parquet           path, reason
+        items.arrow               id, path, width, height, sha256, captions
+        texts.faiss, texts-*.npy, texts.arrow   (when captions were given)
+        skipped.arrow             path, reason
       .tmp-*/                     a build in progress; never read
       .publish.lock               held while one build publishes (flock)
 
@@ -68,7 +68,11 @@ class VersionWriter:
         return ShardWriter(self.tmp, name, dim)
 
     def write_table(self, name: str, table: pa.Table) -> None:
-        pq.write_table(table, self.tmp / f"{name}.parquet")
+        """An Arrow IPC file of one record batch, uncompressed: readers map it instead of decoding it
+        (Parquet took 25 s and 1.75 GB of anonymous memory for 10M items; mapped: no copy at all)."""
+        table = table.combine_chunks()
+        with pa.OSFile(str(self.tmp / f"{name}.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+            out.write_table(table)
 
     def write_index(self, name: str, index: faiss.Index) -> int:
         """Write only the FAISS index (its shards come from elsewhere); returns its size in bytes."""
@@ -182,6 +186,11 @@ def version_files(version: Path) -> list[str]:
 
 
 def read_table(version: Path, name: str) -> pa.Table:
+    """A version's table, memory-mapped (zero-copy: rows are read from disk only when used); versions
+    written before tables were Arrow files have Parquet, read whole."""
+    path = version / f"{name}.arrow"
+    if path.is_file():
+        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     return pq.read_table(version / f"{name}.parquet")
 
 

@@ -8,8 +8,8 @@ Measurements and rejected variants: docs/decisions/index-tuning.md
 
 from __future__ import annotations
 
+import bisect
 import logging
-import time
 from dataclasses import dataclass
 
 import faiss
@@ -71,13 +71,11 @@ def tune_search_params(
     rows = as_rows(indexed)
     bench = RecallBench(rows, queries)
 
-    def timed_measure(params: SearchParams) -> tuple[float, float]:
-        began = time.perf_counter()
+    def measure(params: SearchParams) -> float:
         value, bound = bench.recall_bound(Searcher(index, params, rows))
-        seconds = time.perf_counter() - began
         tried.append((str(params), round(value, 4), round(bound, 4)))
-        log.debug("%s %s: recall@%d %.4f (lower bound %.4f) in %.1fs", choice.key, params, K, value, bound, seconds)
-        return bound, seconds
+        log.debug("%s %s: recall@%d %.4f (lower bound %.4f)", choice.key, params, K, value, bound)
+        return bound
 
     tried: list[tuple[str, float, float]] = []
     if choice.kind == "flat":
@@ -88,23 +86,25 @@ def tune_search_params(
         probes = probe_ladder(faiss.extract_index_ivf(index).nlist)
         depths = sorted(RERANK_FACTORS if choice.rerank else (0,), reverse=True)
         ladders = [[SearchParams(f"nprobe={p}", r) for p in probes] for r in depths]
-    feasible: list[tuple[SearchParams, float]] = []
-    start, budget_s = 0, float("inf")
-    # Deepest re-ranking first: it needs the fewest lists. A shallower one never needs fewer, so its
-    # ladder starts where the deeper one reached, and stops once a batch takes SLOWER_THAN times the
-    # fastest reaching one (it could not win on latency). Shallow ladders without this ran to every
-    # list: 85% of a 1M build (docs/decisions/index-tuning.md).
+    feasible: list[SearchParams] = []
+    start, stop = 0, len(ladders[0])
+    # Deepest re-ranking first: it needs the fewest lists. A shallower one never needs fewer (re-ranking
+    # more candidates loses none), so its ladder starts where the deeper one reached and ends at
+    # MORE_LISTS times the deepest one's lists: scanning that many more codes costs more than the
+    # re-ranking it saves. Shallow ladders without this ran to every list: 85% of a 1M build
+    # (docs/decisions/index-tuning.md).
     for ladder in ladders:
-        found = _first_reaching(ladder, timed_measure, recall, start, budget_s)
+        found = _first_reaching(ladder[:stop], measure, recall, start)
         if found is None:
             break  # shallower re-ranking needs still more lists
-        params, _, seconds = found
-        feasible.append((params, seconds))
-        start, budget_s = ladder.index(params), min(budget_s, SLOWER_THAN * seconds)
+        feasible.append(found[0])
+        start = ladder.index(found[0])
+        if len(feasible) == 1 and choice.rerank:  # several ladders: IVF-PQ's nprobe at each re-rank depth
+            stop = bisect.bisect_right(probes, MORE_LISTS * probes[start])
     if not feasible:
         best = max(tried, key=lambda t: t[1])
         raise RecallNotReached(choice.key, recall, best[1], best[0])
-    timed = [(bench.latency_ms(Searcher(index, params, rows)), params) for params, _ in feasible]
+    timed = [(bench.latency_ms(Searcher(index, params, rows)), params) for params in feasible]
     query_ms, params = min(timed, key=lambda t: t[0])
     mean = next(value for setting, value, _ in tried if setting == str(params))
     return Tuning(str(params), mean, query_ms, tuple(tried))
@@ -120,28 +120,27 @@ def probe_ladder(nlist: int) -> list[int]:
 
 
 SATURATED = 0.002  # recall gained over two doublings below which a ladder has stopped growing
-SLOWER_THAN = 2.0  # a setting whose batch takes this many times the fastest reaching one's cannot win
+MORE_LISTS = 2  # a shallower re-rank needing more than this many times the deepest one's lists cannot win
 
 
-def _first_reaching(ladder, measure, target, start=0, budget_s=float("inf")):
+def _first_reaching(ladder, measure, target, start=0):
     """The first (cheapest) setting of an increasing ladder, from `start` on, whose recall reaches
-    target, as (setting, bound, batch seconds), assuming recall grows along it: doubling steps (every
-    other rung) until one reaches, then the rung between. None when the ladder ends, its recall stops
-    growing (PQ codes without re-ranking do), or a batch takes longer than `budget_s`, below the target."""
+    target, assuming recall grows along it: doubling steps (every other rung) until one reaches, then
+    the rung between. None when the ladder ends, or its recall stops growing, below the target (PQ codes
+    without re-ranking do)."""
     history, previous = [], start - 1
-    rungs = sorted(set(range(start, len(ladder), 2)) | {len(ladder) - 1})
-    for position in rungs:
-        value, seconds = measure(ladder[position])
+    for position in sorted(set(range(start, len(ladder), 2)) | {len(ladder) - 1}):
+        value = measure(ladder[position])
         if value >= target:
-            found = (ladder[position], value, seconds)
+            found = (ladder[position], value)
             for between in range(position - 1, previous, -1):  # the rung skipped (at most one)
-                between_value, between_seconds = measure(ladder[between])
+                between_value = measure(ladder[between])
                 if between_value < target:
                     break
-                found = (ladder[between], between_value, between_seconds)
+                found = (ladder[between], between_value)
             return found
         history.append(value)
         previous = position
-        if seconds > budget_s or (len(history) >= 3 and history[-1] - history[-3] < SATURATED):
+        if len(history) >= 3 and history[-1] - history[-3] < SATURATED:
             return None
     return None

@@ -315,12 +315,10 @@ def test_index_caption_stores_a_generated_caption_per_image(tiny_coca_dir, clip_
     )
     assert built.returncode == 0, built.stderr
     version = store.resolve_version(tmp_path / "index")
-    import pyarrow.parquet as pq
-
-    items = pq.read_table(version / "items.parquet").to_pylist()
+    items = store.read_table(version, "items").to_pylist()
     loaded = load_model(f"local-dir:{tiny_coca_dir}", "cpu", threads=1)
     for item in items:
         pixels = loaded.preprocess(load_image((clip_photos / item["path"]).read_bytes()))[None]
         assert item["captions"] == generate_captions(loaded, pixels)
-    texts = pq.read_table(version / "texts.parquet").to_pylist()
+    texts = store.read_table(version, "texts").to_pylist()
     assert sorted(t["text"] for t in texts) == sorted(c for item in items for c in item["captions"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from xmodal.indexer import store
@@ -18,7 +17,7 @@ def exact(client, coco_index_dir):
     version = store.resolve_version(coco_index_dir)
     stored = store.read_vectors(version, store.read_manifest(version).images.embeddings)
     query_emb = np.array(client.post("/v1/embed/text", json={"text": QUERY}).json()["embeddings"][0])
-    return stored @ query_emb, pq.read_table(version / "items.parquet").to_pydict()
+    return stored @ query_emb, store.read_table(version, "items").to_pydict()
 
 
 def _ids(response):

@@ -1,5 +1,4 @@
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import COCO_MINI, EDGE_UNDECODABLE, FLICKR_1K, IMAGES_EDGE, requires_data
@@ -31,7 +30,7 @@ def test_coco_mini_bundle_is_complete_and_self_describing(coco_index, encoder):
     assert (manifest.images.count, manifest.texts.count, manifest.model.embed_dim) == (159, 795, 32)
     assert manifest.metric == "ip" and manifest.normalized and manifest.source == str(COCO_MINI.resolve())
 
-    items = pq.read_table(report.version / "items.parquet").to_pylist()
+    items = store.read_table(report.version, "items").to_pylist()
     assert [row["id"] for row in items] == list(range(159))
     first = items[0]
     assert first["path"].startswith("images/") and len(first["sha256"]) == 64
@@ -82,7 +81,7 @@ def test_edge_files_are_indexed_or_skipped_with_reasons(encoder, tmp_path, gpu_d
     assert report.indexed == len(list(IMAGES_EDGE.iterdir())) - len(EDGE_UNDECODABLE)
     manifest = store.read_manifest(report.version)
     assert (manifest.skipped.total, manifest.ignored_files) == (len(expected_skips), 1)
-    skipped = pq.read_table(report.version / "skipped.parquet").to_pydict()
+    skipped = store.read_table(report.version, "skipped").to_pydict()
     assert sorted(skipped["path"]) == sorted(expected_skips)
 
 

@@ -198,3 +198,17 @@ def test_the_recall_bound_sits_below_the_mean_by_the_spread_over_queries(vectors
     per_query = bench._per_query(Searcher(coarse, "nprobe=1"))
     assert mean == bench.recall(Searcher(coarse, "nprobe=1")) < 1.0
     assert bound == pytest.approx(mean - 1.645 * per_query.std(ddof=1) / np.sqrt(len(queries)))
+
+
+@pytest.mark.slow
+def test_shallower_re_ranking_searches_only_from_the_deepest_ones_lists_to_twice_them(built):
+    tried = [(SearchParams.parse(setting), bound) for setting, _, bound in built["IVF256,PQ16"].tried]
+
+    def nprobe(params: SearchParams) -> int:
+        return int(params.faiss.split("=")[1])
+
+    deepest = max(tuning.RERANK_FACTORS)
+    assert tried[0][0].rerank == deepest
+    fewest = min(nprobe(params) for params, bound in tried if params.rerank == deepest and bound >= TARGET)
+    shallower = [nprobe(params) for params, _ in tried if params.rerank < deepest]
+    assert shallower and all(fewest <= p <= tuning.MORE_LISTS * fewest for p in shallower)
