@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from xmodal.indexer.parallel_fill import Fill, can_fill_in_parallel, fill_in_parallel
+from xmodal.indexer.parallel_fill import (
+    Fill,
+    can_fill_in_parallel,
+    fill_in_parallel,
+    later_list_sizes,
+    placements,
+    reserve,
+)
 from xmodal.indexer.recall import K
 from xmodal.indexer.rows import StoredRows, as_rows
 from xmodal.indexer.searcher import is_ivf
@@ -224,7 +231,7 @@ def train_and_add(
         started = time.perf_counter()
         if fill is not None and can_fill_in_parallel(index, rows):
             fill_in_parallel(index, rows, fill, planned=size_lists_for or rows)
-        elif isinstance(index, faiss.IndexIVF):
+        elif faiss.try_extract_index_ivf(index) is not None:
             add_to_sized_lists(index, rows, size_lists_for or rows)
         else:
             for start, stop in add_ranges(len(rows), choice.kind):
@@ -233,8 +240,8 @@ def train_and_add(
     return index, seconds
 
 
-def add_to_sized_lists(index: faiss.IndexIVF, rows: StoredRows, planned: StoredRows) -> None:
-    """Add `rows` to a trained IVF index whose lists are first sized for all of `planned`.
+def add_to_sized_lists(index: faiss.Index, rows: StoredRows, planned: StoredRows) -> None:
+    """Add `rows` to a trained IVF index (or OPQ + IVF) whose lists are first sized for all of `planned`.
 
     Adding row by row, faiss grows each inverted list as a std::vector does, doubling its capacity: at
     1M x 512 IVF2048,Flat the lists held ~1.5x their 1.95 GiB of codes, and a list being regrown holds
@@ -242,23 +249,20 @@ def add_to_sized_lists(index: faiss.IndexIVF, rows: StoredRows, planned: StoredR
     centroid, exactly what add does; 8 bytes a row), every list reserved once at its final size, and the
     rows added with those assignments (IndexIVF.add_core), so the lists never regrow. The index is the
     same byte for byte. Rows of `planned` past `rows` (the tuning queries) are added later with a plain
-    add and fit the room left for them.
+    add and fit the room left for them. Rows are transformed and assigned as a parallel fill's workers
+    do (parallel_fill.placements), so both fills give the same index.
     """
-    assignments = np.empty(len(planned), dtype=np.int64)
-    for start, stop in add_ranges(len(planned), "ivf"):
-        _, nearest = index.quantizer.search(planned.block(start, stop), 1)
-        assignments[start:stop] = nearest[:, 0]
-    if index.invlists is None:
-        raise ValueError("the IVF index has no inverted lists to size")
-    lists = faiss.downcast_InvertedLists(index.invlists)
-    for list_no, size in enumerate(np.bincount(assignments, minlength=index.nlist).tolist()):
-        if size:
-            lists.resize(list_no, size)  # std::vector keeps the capacity when shrunk back to empty
-            lists.resize(list_no, 0)
-    for start, stop in add_ranges(len(rows), "ivf"):
-        block = rows.block(start, stop)
-        assigned = np.ascontiguousarray(assignments[start:stop])
-        index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(assigned))
+    ivf = faiss.extract_index_ivf(index)
+    threads = faiss.omp_get_max_threads()
+    ranges = add_ranges(len(rows), "ivf")
+    assignments = [assigned for _, assigned in placements(index, rows, ranges, threads)]
+    sizes = (
+        np.bincount(np.concatenate(assignments), minlength=ivf.nlist) if assignments else np.zeros(ivf.nlist, np.int64)
+    )
+    reserve(ivf, sizes + later_list_sizes(index, planned, len(rows)))
+    for block, assigned in placements(index, rows, ranges, threads, assignments):
+        ivf.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(assigned))
+    index.ntotal = ivf.ntotal
 
 
 @contextmanager

@@ -4,7 +4,10 @@ autofaiss's recipe for billions of vectors: train the empty index once (on a sam
 rows), give every worker a copy of it and a contiguous range of rows, let each add its range with
 the rows' global ids, and append the filled pieces' inverted lists in row order (faiss.merge_into).
 Every IVF list then holds the same ids in the same order with the same codes as one serial add:
-the merged index is the serial one, byte for byte (tests/unit/indexer/test_parallel_fill.py).
+the merged index is the serial one, byte for byte (tests/unit/indexer/test_parallel_fill.py). For that
+both compute each chunk's BLAS products (the OPQ rotation, the coarse assignment) on one BLAS thread
+(placements): BLAS splits a product's sums by its thread count, and an OPQ index filled by a serial
+2-thread add and by 1-thread workers differed in one code byte of 64M at 1M x 512 (bench_scale.py).
 
 Workers are processes here (a spawn pool: faiss's OpenMP threads do not survive fork) or Ray tasks
 when the build runs on Ray (`RayFill`). They read the float16 rows from the stored shard files
@@ -24,12 +27,12 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import faiss
 import numpy as np
@@ -37,6 +40,7 @@ import numpy as np
 from xmodal.indexer.rows import ShardFile, StoredRows, mapped_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PIECE_ROWS = 500_000  # rows a worker fills at a time: its piece is this many rows' codes and ids
 ALIGN = 100_000  # piece boundaries fall on the serial add's chunk boundaries (faiss_build.ADD_BLOCK)
@@ -133,10 +137,7 @@ def fill_in_parallel(
         filled = list(fill.map(pieces))  # every piece on disk before the merge: one in memory at a time
         ivf = faiss.extract_index_ivf(index)
         sizes = np.sum([piece_sizes for _, piece_sizes in filled], axis=0)
-        if planned is not None and len(planned) > len(rows):
-            later = _transform(index, planned.block(len(rows), len(planned)))
-            sizes += np.bincount(ivf.quantizer.search(later, 1)[1][:, 0], minlength=ivf.nlist)
-        _reserve(ivf, sizes)
+        reserve(ivf, sizes + later_list_sizes(index, planned if planned is not None else rows, len(rows)))
         for path, _ in filled:
             faiss.merge_into(index, faiss.read_index(path), False)  # appends each list; ids kept as they are
             os.remove(path)
@@ -163,26 +164,70 @@ def fill_piece(piece: Piece) -> tuple[str, np.ndarray]:
     # the serial add's chunks (cut at the piece's ends: only pieces smaller than a chunk, in tests, are)
     ranges = [(max(low, piece.start), high) for low, high in add_ranges(piece.stop, "ivf") if high > piece.start]
     with blas_for_small_batches():
-        assignments = [
-            ivf.quantizer.search(_transform(index, rows.block(low, high)), 1)[1][:, 0] for low, high in ranges
-        ]
+        assignments = [assigned for _, assigned in placements(index, rows, ranges, piece.threads)]
         sizes = (
             np.bincount(np.concatenate(assignments), minlength=ivf.nlist)
             if assignments
             else np.zeros(ivf.nlist, np.int64)
         )
-        _reserve(ivf, sizes)
-        for (low, high), assigned in zip(ranges, assignments):
-            block = _transform(index, rows.block(low, high))
+        reserve(ivf, sizes)
+        for (low, high), (block, assigned) in zip(ranges, placements(index, rows, ranges, piece.threads, assignments)):
             ids = np.arange(low, high, dtype=np.int64)
-            assigned = np.ascontiguousarray(assigned, dtype=np.int64)
             ivf.add_core(len(block), faiss.swig_ptr(block), faiss.swig_ptr(ids), faiss.swig_ptr(assigned))
     index.ntotal = ivf.ntotal
     faiss.write_index(index, piece.out)
     return piece.out, sizes
 
 
-def _reserve(ivf: faiss.IndexIVF, sizes: np.ndarray) -> None:
+def placements(
+    index: faiss.Index,
+    rows: StoredRows,
+    ranges: list[tuple[int, int]],
+    threads: int,
+    assignments: list[np.ndarray] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per range of rows, in order: the rows as the IVF inside `index` sees them (transformed) and the
+    list each goes to (the coarse quantizer's nearest centroid; `assignments`, when given, instead of
+    searching again). Each range is computed on one BLAS thread, `threads` ranges at a time: the
+    results are the same whatever the thread count, so serial and parallel fills agree byte for byte."""
+    ivf = faiss.extract_index_ivf(index)
+
+    def place(number: int) -> tuple[np.ndarray, np.ndarray]:
+        block = transform(index, rows.block(*ranges[number]))
+        assigned = assignments[number] if assignments is not None else assign(ivf, block)
+        return block, np.ascontiguousarray(assigned, dtype=np.int64)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for first in range(0, len(ranges), max(1, threads)):  # a window at a time: bounded memory
+            window = range(first, min(first + max(1, threads), len(ranges)))
+            yield from pool.map(lambda number: _one_blas_thread(lambda: place(number)), window)
+
+
+def assign(index: faiss.Index, transformed: np.ndarray) -> np.ndarray:
+    """Each transformed row's inverted list: its nearest coarse centroid (what IndexIVF.add does)."""
+    return faiss.extract_index_ivf(index).quantizer.search(transformed, 1)[1][:, 0]
+
+
+def _one_blas_thread(work: Callable[[], T]) -> T:
+    """work() with one OpenMP (so BLAS) thread in the calling thread: the setting is per thread."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return work()
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def later_list_sizes(index: faiss.Index, planned: StoredRows, start: int) -> np.ndarray:
+    """How many of the rows of `planned` from `start` on (added later: tuning queries) each list gets."""
+    ivf = faiss.extract_index_ivf(index)
+    if len(planned) <= start:
+        return np.zeros(ivf.nlist, np.int64)
+    later = _one_blas_thread(lambda: assign(index, transform(index, planned.block(start, len(planned)))))
+    return np.bincount(later, minlength=ivf.nlist)
+
+
+def reserve(ivf: faiss.IndexIVF, sizes: np.ndarray) -> None:
     """Give every list the capacity for its final size at once (std::vector keeps it when shrunk back)."""
     if ivf.invlists is None:
         raise ValueError("the IVF index has no inverted lists to size")
@@ -193,7 +238,7 @@ def _reserve(ivf: faiss.IndexIVF, sizes: np.ndarray) -> None:
             lists.resize(list_no, 0)
 
 
-def _transform(index: faiss.Index, block: np.ndarray) -> np.ndarray:
+def transform(index: faiss.Index, block: np.ndarray) -> np.ndarray:
     """Rows as the IVF inside `index` sees them: through the chain (an OPQ rotation) of IndexPreTransform."""
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):  # type: ignore[attr-defined]

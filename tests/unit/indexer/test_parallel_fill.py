@@ -8,8 +8,8 @@ import pytest
 
 from tests.unit.indexer.synthetic import clustered_unit_vectors
 from xmodal.indexer import parallel_fill, store
-from xmodal.indexer.faiss_build import build_vector_index, describe_key, train_and_add
-from xmodal.indexer.parallel_fill import ProcessFill, RayFill, can_fill_in_parallel, piece_ranges
+from xmodal.indexer.faiss_build import add_to_sized_lists, build_vector_index, describe_key, train_and_add
+from xmodal.indexer.parallel_fill import ProcessFill, RayFill, can_fill_in_parallel, fill_in_parallel, piece_ranges
 from xmodal.indexer.rows import StoredRows
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -77,4 +77,25 @@ def test_ray_tasks_fill_the_same_index(rows, monkeypatch):
     train_ids = np.arange(0, N, 3)
     serial, _ = train_and_add(rows, choice, train_ids)
     merged, _ = train_and_add(rows, choice, train_ids, fill=RayFill("local", workers=2))
+    assert np.array_equal(faiss.serialize_index(merged), faiss.serialize_index(serial))
+
+
+def test_the_serial_fill_on_every_thread_equals_workers_on_one(tmp_path, monkeypatch):
+    """BLAS splits a product's sums by its thread count: an OPQ index filled by a 2-thread serial add and
+    by 1-thread workers differed in one code byte at 1M x 512. Both now place rows on one BLAS thread."""
+    monkeypatch.setattr(parallel_fill, "PIECE_ROWS", 100_000)  # pieces on the serial add's 100,000-row blocks
+    n, dim = 210_000, 64
+    vectors = clustered_unit_vectors(n, dim, clusters=300)
+    names = [f"images-{number:05d}.npy" for number in range(3)]
+    for name, start in zip(names, range(0, n, 100_000)):
+        np.save(tmp_path / name, vectors[start : start + 100_000].astype(np.float16))
+    rows = StoredRows(store.map_vectors(tmp_path, names), file_reads=True)
+    trained = faiss.index_factory(dim, "OPQ16_64,IVF64,PQ16", faiss.METRIC_INNER_PRODUCT)
+    trained.train(vectors[::20])
+    serial, merged = faiss.clone_index(trained), faiss.clone_index(trained)
+    faiss.omp_set_num_threads(2)  # the serial fill on every thread of a 2-core machine
+    add_to_sized_lists(serial, rows, rows)
+    faiss.omp_set_num_threads(1)
+    fill_in_parallel(merged, rows, ProcessFill(2))
+    assert merged.ntotal == serial.ntotal == n
     assert np.array_equal(faiss.serialize_index(merged), faiss.serialize_index(serial))
