@@ -34,8 +34,8 @@ Search, on the published (parallel) version:
 
 Prints one table and writes JSON (--out) after every size, keeping other sizes' rows already there.
 `--small` (20,000 x 64, 200 queries) runs the same code in about 30 s for tests/e2e/test_bench_scale.py.
-Run time: 1M, 36 min on the shared 2-core box at load 7-14 (two builds 31 min, 85% of each in tuning);
-10M was not run (docs/benchmarks.md#10m-vectors says why and what it would take).
+Run time on the 2-core box, alone on it: 1M with both builds 10 min; 1M + 10M with --serial-up-to 1000000
+41 min (10M: data 3 min, build 23 min, ground truth 3 min); 14 GB of disk under --data at 10M.
 """
 
 from __future__ import annotations
@@ -417,13 +417,14 @@ def main() -> None:
     model = tiny_model(args.data / f"model-{args.dim}", args.dim)
     kept = json.loads(args.out.read_text())["sizes"] if args.out.is_file() else []
     rows: list[dict] = []
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # a row's run: rows of other runs are kept
     try:
         for n in sizes:
-            rows.append(measure(n, args, model))
+            rows.append({"command": " ".join(sys.argv), "started": started, **measure(n, args, model)})
             others = [r for r in kept if (r["n"], r["dim"]) not in {(x["n"], x["dim"]) for x in rows}]
             everything = sorted(others + rows, key=lambda r: (r["dim"], r["n"]))
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"command": " ".join(sys.argv), "sizes": everything}, indent=2) + "\n")
+            args.out.write_text(json.dumps({"sizes": everything}, indent=2) + "\n")
             print(table(everything), flush=True)
     finally:
         if not args.keep_data:

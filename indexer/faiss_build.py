@@ -50,11 +50,12 @@ def add_ranges(n: int, kind: str) -> list[tuple[int, int]]:
     """Row ranges a build adds at a time: bounded float32 chunks, cut where the index stays the same.
 
     Rows used to be added 100,000 at a time (a float32 copy of all rows existed anyway). An IVF index
-    assigns and encodes every vector on its own (IndexIVF::add_core then works in slices of 65,536), so
-    smaller chunks give the same index byte for byte (checked for IVF-Flat, IVF-PQ and OPQ with chunks of
-    32,768 and 20,000 rows); they restart at every 100,000th row all the same. An HNSW graph depends on
-    its add batches (each is inserted level by level): it keeps 100,000-row chunks, 200 MB of float32 at
-    512-d beside a 2.2 GiB graph.
+    encodes every vector on its own, but the BLAS products before it (an OPQ rotation, the coarse
+    assignment) round a row's sums by the shape of its chunk: at 512-d, rows of a 32,768-row OPQ
+    rotation changed in their last bit when the chunk was cut at row 20,000. So the chunks are fixed
+    (they restart at every 100,000th row) and a parallel fill's pieces cut the same ones
+    (parallel_fill.piece_ranges). An HNSW graph depends on its add batches (each is inserted level by
+    level): it keeps 100,000-row chunks, 200 MB of float32 at 512-d beside a 2.2 GiB graph.
     """
     out = []
     for start in range(0, n, ADD_BLOCK):

@@ -16,7 +16,7 @@ node sees. Once all pieces are on disk the main process sizes the merged lists o
 and merges a piece at a time: its memory is the merged index plus one piece. Flat and HNSW are not
 filled this way (an HNSW graph depends on its insertion order; Flat has nothing to parallelise).
 
-The merged index is built in RAM (720 MB at 10M x PQ64). faiss's merge_ondisk (OnDiskInvertedLists in a
+The merged index is built in RAM (738 MB at 10M x OPQ64 + PQ64). faiss's merge_ondisk (OnDiskInvertedLists in a
 separate .ivfdata file) is not used: the index file names that file by absolute path, which the version
 folder's atomic rename breaks; an index bigger than RAM is served memory-mapped from its one file instead.
 """
