@@ -13,6 +13,7 @@ and writes JSON with the settings, the machine, the training curve and every met
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -57,11 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _overrides(settings: list[str]) -> dict:
     """`field=value` strings as TrainConfig overrides, each value parsed as the recipe's type."""
-    # The recipe's plain (bool, number, text) fields; --steps has its own option.
+    # The recipe's plain (bool, number, text, tuple) fields; --steps has its own option.
     settable = [
         f.name
         for f in dataclasses.fields(WORLD_RECIPE)
-        if f.name not in ("model", "steps") and isinstance(getattr(WORLD_RECIPE, f.name), (bool, int, float, str))
+        if f.name not in ("model", "steps")
+        and isinstance(getattr(WORLD_RECIPE, f.name), (bool, int, float, str, tuple))
     ]
     overrides = {}
     for setting in settings:
@@ -77,6 +79,8 @@ def _parse(text: str, kind: type):
         if text.lower() not in ("true", "false", "1", "0"):
             raise SystemExit(f"--set: {text!r} is not true or false")
         return text.lower() in ("true", "1")
+    if kind is tuple:  # e.g. model_overrides='(("multimodal_cfg.layers", 3),)'
+        return ast.literal_eval(text)
     return kind(text)
 
 

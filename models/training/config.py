@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -44,6 +44,10 @@ class TrainConfig:
     # A model spec: an architecture name starts from random weights; any other spec form
     # (pretrained tag, hf-hub:, local-dir: or a model folder, NAME:/path/ckpt) is fine-tuned.
     model: str = "xmodal-small-coca"
+    # From scratch only: changes to the architecture's config, each a ("tower.field", value) pair such as
+    # ("multimodal_cfg.layers", 3) or ("text_cfg.layers", 3). The trained model's folder records the
+    # changed config, so it loads like any other. A pair of tuples rather than a dict: configs are hashable.
+    model_overrides: tuple[tuple[str, Any], ...] = ()
     pretrained: str | None = None  # a pretrained tag or weights file for a bare `model` name
     # None: the model's own tokenizer (the architecture's, or its folder's). "world" (from scratch on world
     # data): a BPE learnt on the world's text in the data's languages, written into the model folder; the
@@ -76,6 +80,11 @@ class TrainConfig:
     # world is grounded supervision of its own (a question names objects the image holds): with
     # answers only, the recipe's caption exact match fell from 0.78 to 0.17 (recipes.py).
     vqa_answers_only: bool = False
+    # The captioning loss's weight on the answer tokens of a question/answer target ("red" in "question:
+    # what colour is the circle? answer: red"), relative to every other taught token (weight 1). The loss
+    # stays a sum over taught tokens divided by their count, so other tokens' gradients are unchanged: an
+    # image's one answer token is otherwise one of ~40 it teaches (its caption and question words).
+    answer_loss_weight: float = 1.0
     # Decoder texts per image and step, sharing one image forward. With more than one, the first
     # is a caption and each other a question/answer text with probability vqa_fraction.
     decoder_targets: int = 1
@@ -125,6 +134,11 @@ class TrainConfig:
             raise ValueError("warmup_steps must be between 0 and steps")
         if not 0.0 <= self.vqa_fraction <= 1.0:
             raise ValueError("vqa_fraction must be between 0 and 1")
+        if self.answer_loss_weight < 0:
+            raise ValueError("answer_loss_weight must be 0 or more")
+        for key, _ in self.model_overrides:
+            if key.count(".") != 1:
+                raise ValueError(f"model_overrides keys are 'tower.field' (e.g. 'text_cfg.layers'), got {key!r}")
         if self.decoder_lr_scale <= 0:
             raise ValueError("decoder_lr_scale must be positive")
         if min(self.hard_negatives, self.swap_negatives, self.qa_targets) < 0:

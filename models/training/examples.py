@@ -50,6 +50,9 @@ class Example(NamedTuple):
     queries: tuple[Query, ...] | None  # what each text asks of a scene (world data only)
     graph: SceneGraph | None  # what the image holds (world data only)
     captions: tuple[str, ...]  # every caption of the image (a user's CSV: the texts that describe it)
+    # Per target, the text its answer follows when it is a question/answer text ("question: ...
+    # answer:"), else "": the tokens after it, up to the end token, are the answer (answer_loss_weight).
+    answer_prompts: tuple[str, ...] = ()
 
 
 class Batch(NamedTuple):
@@ -59,6 +62,7 @@ class Batch(NamedTuple):
     positives: torch.Tensor  # (texts, images) bool: text j describes image i
     complete: torch.Tensor  # (texts,) bool: the text is a whole caption, not a partial query
     taught: torch.Tensor  # like targets, bool: the decoder learns to predict this token (not a prompt's)
+    answers: torch.Tensor  # like targets, bool: an answer token of a question/answer target
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -126,10 +130,9 @@ class ExampleDataset(torch.utils.data.Dataset):
                 other = swap_attribute(texts.graph, rng) or near_miss(texts.graph, rng)
                 queries.append(scene_query(other))
                 captions.append(grammar(texts.language).canonical_caption(other))
-        texts_and_prompts = self._targets(texts, rng)
-        texts_and_prompts += [self._typed_question(texts, rng) for _ in range(self.qa_targets)]
-        targets = tuple(text for text, _ in texts_and_prompts)
-        prompts = tuple(prompt for _, prompt in texts_and_prompts)
+        drawn = self._targets(texts, rng)
+        drawn += [self._typed_question(texts, rng) for _ in range(self.qa_targets)]
+        targets, prompts, answer_prompts = (tuple(column) for column in zip(*drawn))
         return Example(
             self.preprocess(image),
             tuple(captions),
@@ -138,17 +141,19 @@ class ExampleDataset(torch.utils.data.Dataset):
             tuple(queries) if queries else None,
             texts.graph,
             texts.captions,
+            answer_prompts,
         )
 
-    def _targets(self, texts: ImageTexts, rng: random.Random) -> list[tuple[str, str]]:
-        """(decoder text, its prompt) pairs. A caption in another language than English follows its
-        language's prefix ("中文："), given, not taught: the decoder learns which language to write."""
+    def _targets(self, texts: ImageTexts, rng: random.Random) -> list[tuple[str, str, str]]:
+        """(decoder text, its prompt, its answer's prompt) triples (see _question). A caption in another
+        language than English follows its language's prefix ("中文："), given, not taught: the decoder
+        learns which language to write."""
         prompts = language_prompts(texts.language)
 
-        def caption() -> tuple[str, str]:
-            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix
+        def caption() -> tuple[str, str, str]:
+            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, ""
 
-        def question() -> tuple[str, str]:
+        def question() -> tuple[str, str, str]:
             return self._question(*rng.choice(texts.questions), prompts.vqa_prompt)
 
         if self.decoder_targets == 1:
@@ -160,27 +165,29 @@ class ExampleDataset(torch.utils.data.Dataset):
             targets.append(question() if texts.questions and rng.random() < self.vqa_fraction else caption())
         return targets
 
-    def _typed_question(self, texts: ImageTexts, rng: random.Random) -> tuple[str, str]:
+    def _typed_question(self, texts: ImageTexts, rng: random.Random) -> tuple[str, str, str]:
         """A question/answer target whose type is drawn uniformly from the image's question types,
         so every type is taught equally often (the world has 3 to 9 colour questions per scene but
         1 to 2 presence ones); a caption when the image has no questions."""
         prompts = language_prompts(texts.language)
         if not texts.questions:
-            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix
+            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, ""
         types = texts.question_types or ("",) * len(texts.questions)
         kind = rng.choice(sorted(set(types)))
         asked, answer = rng.choice([qa for qa, t in zip(texts.questions, types) if t == kind])
         return self._question(asked, answer, prompts.vqa_prompt)
 
-    def _question(self, asked: str, answer: str, template: str) -> tuple[str, str]:
-        """A question/answer target in `template` (the language's VQA prompt) and its prompt: the text
+    def _question(self, asked: str, answer: str, template: str) -> tuple[str, str, str]:
+        """A question/answer target in `template` (the language's VQA prompt), its prompt and the text its
+        answer follows ("question: ... answer:", for answer_loss_weight). The prompt is the text
         up to the answer with answers_only (as models.prompts.vqa_prompt decodes from), else only the
         template's leading word ("question:", "问题："). That word is never taught, so however many
         targets are questions, a caption is what the decoder writes without a prompt: with one question
         per caption and "question" taught, greedy captions began "question: ..." (caption exact 0.00 at
         step 400)."""
         lead = template.split("{question}")[0].strip()
-        return vqa_text(asked, answer, template), vqa_text(asked, "", template) if self.answers_only else lead
+        asking = vqa_text(asked, "", template)
+        return vqa_text(asked, answer, template), asking if self.answers_only else lead, asking
 
 
 class Collate:
@@ -200,6 +207,9 @@ class Collate:
         texts = self._tokenize([t for e in batch for t in e.texts])
         targets = self._tokenize([t for e in batch for t in e.targets])
         taught = self._taught(targets, [p for e in batch for p in e.prompts])
+        answer_prompts = [p for e in batch for p in (e.answer_prompts or ("",) * len(e.targets))]
+        answers = self._taught(targets, answer_prompts, only_prompted=True)
+        answers[torch.arange(len(targets)), (targets != PAD_ID).sum(dim=1) - 1] = False  # the end token
         scenes = [(e.queries, e.graph) for e in batch if e.queries is not None and e.graph is not None]
         if len(scenes) == len(batch):
             # Ground truth: a text describes every image that satisfies its query. A caption's query
@@ -218,14 +228,18 @@ class Collate:
             captions = [set(e.captions) | set(e.texts) for e in batch]
             rows = [[t in c for c in captions] for e in batch for t in e.texts]
             complete = [True] * len(rows)
-        return Batch(images, texts, targets, torch.tensor(rows, dtype=torch.bool), torch.tensor(complete), taught)
+        positives = torch.tensor(rows, dtype=torch.bool)
+        return Batch(images, texts, targets, positives, torch.tensor(complete), taught, answers)
 
-    def _taught(self, targets: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Tokens after each target's prompt (the start token is never predicted anyway). A prompt
-        tokenises to the same tokens as the start of its target: the tokenizer splits words and
-        punctuation before its byte-pair merges."""
+    def _taught(self, targets: torch.Tensor, prompts: list[str], only_prompted: bool = False) -> torch.Tensor:
+        """Tokens after each target's prompt (the start token is never predicted anyway); with
+        `only_prompted`, none of a target whose prompt is "". A prompt tokenises to the same tokens
+        as the start of its target: the tokenizer splits words and punctuation before its byte-pair
+        merges."""
         prompted = [i for i, p in enumerate(prompts) if p]
         given = torch.ones(len(prompts), dtype=torch.long)  # the start token
+        if only_prompted:
+            given[:] = targets.shape[1]
         if prompted:
             # The prompt's own tokens count, not its end token.
             given[prompted] = (self._tokenize([prompts[i] for i in prompted]) != PAD_ID).sum(dim=1) - 1

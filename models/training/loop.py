@@ -79,7 +79,12 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     _seed_everything(config.seed)
 
     start = load_starting_model(
-        config.model, config.pretrained, device, config.vision_position_std, config_tokenizer(config)
+        config.model,
+        config.pretrained,
+        device,
+        config.vision_position_std,
+        config_tokenizer(config),
+        config.model_overrides,
     )
     model = start.model
     model.train()
@@ -106,6 +111,7 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         config.caption_loss_weight,
         start.tokenizer,
         sparse_gradients=vocab_size is not None and device.type == "cpu",
+        answer_weight=config.answer_loss_weight,
     )
     optimizer = build_optimizer(model, config, vocab_size)
     schedule = build_schedule(optimizer, config)
@@ -131,7 +137,7 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
     eval_seconds = 0.0
     rate = _Rate()
     with tqdm(total=config.steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True) as bar:
-        for images, texts, targets, positives, complete, taught in loader:
+        for batch in loader:
             state.step += 1
             lr = schedule.get_last_lr()[0]
             losses = _train_step(
@@ -141,12 +147,13 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
                 scaler,
                 autocast,
                 config.grad_clip_norm,
-                images.to(device, non_blocking=True),
-                texts.to(device),
-                targets.to(device),
-                positives.to(device),
-                complete.to(device),
-                taught.to(device),
+                batch.images.to(device, non_blocking=True),
+                batch.texts.to(device),
+                batch.targets.to(device),
+                batch.positives.to(device),
+                batch.complete.to(device),
+                batch.taught.to(device),
+                batch.answers.to(device),
             )
             schedule.step()
             state.history.append({"step": state.step, **losses, "lr": lr})
@@ -205,10 +212,11 @@ def _train_step(
     positives=None,
     complete=None,
     taught=None,
+    answers=None,
 ) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        losses = objective(model, images, texts, targets, positives, complete, taught)
+        losses = objective(model, images, texts, targets, positives, complete, taught, answers)
     scaler.scale(losses["loss"]).backward()
     if clip_norm is not None:
         scaler.unscale_(optimizer)

@@ -55,13 +55,17 @@ class Objective:
         caption_weight: float,
         tokenizer=None,
         sparse_gradients: bool = False,
+        answer_weight: float = 1.0,
     ):
         """`tokenizer`: the model's; contrastive texts are cut to their length when `can_trim_padding`
         allows it (open_clip's own tokenizer), and run at full length otherwise. `sparse_gradients`:
         the token embedding (switched to `sparse=True`; the model's only nn.Embedding) and CoCa's
         vocabulary projection get sparse gradients, holding only the rows (columns) a batch uses;
-        VocabAdamW takes them, torch's own AdamW does not."""
+        VocabAdamW takes them, torch's own AdamW does not. `answer_weight`: the captioning loss's
+        weight on the answer tokens a call marks (`answers`), every other taught token weighing 1
+        (TrainConfig.answer_loss_weight)."""
         self.coca = is_coca(model)
+        self.answer_weight = answer_weight
         self.trims_texts = tokenizer is not None and can_trim_padding(model, tokenizer)
         self.sparse_gradients = sparse_gradients
         if sparse_gradients:
@@ -87,13 +91,16 @@ class Objective:
         positives: torch.Tensor | None = None,
         complete: torch.Tensor | None = None,
         taught: torch.Tensor | None = None,
+        answers: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch. `texts` (contrastive) and `targets` (the decoder's, ignored by plain
         CLIP) are whole multiples of the images, image i's in consecutive rows; `positives[j, i]`
         marks text j as describing image i (None: each text describes its own image only);
         `complete` marks the texts image → text matching ranks (default: all); `taught` marks the
         target tokens the captioning loss covers (default: every non-padding one; a prompt's
-        tokens are context, not taught)."""
+        tokens are context, not taught); `answers` marks the answer tokens of question/answer
+        targets, weighted by `answer_weight` in the captioning loss (a sum over taught tokens divided
+        by their count)."""
         if positives is None and len(texts) != len(images):
             raise ValueError("several contrastive texts per image need `positives`")
         if not self.coca:
@@ -118,15 +125,24 @@ class Objective:
             _, token_embs = model.text(cut)
             return _decoder_states(model.text_decoder, image_embs[rows // per_image], token_embs[:, :-1])
 
-        hidden, labels = _by_length(targets, extra=0, run=decode, labels=True, taught=taught)
+        weights = None
+        if answers is not None and self.answer_weight != 1.0:
+            weights = 1.0 + (self.answer_weight - 1.0) * answers.float()
+        hidden, labels, weights = _by_length(targets, extra=0, run=decode, labels=True, taught=taught, weights=weights)
         logits, labels = _caption_logits(model.text_decoder, hidden, labels, self.sparse_gradients)
         image_features, text_features = F.normalize(image_latent, dim=-1), F.normalize(text_latent, dim=-1)
-        if positives is None:
+        if positives is None and weights is None:
             contrastive, caption = self.loss(
                 image_features, text_features, logits.unsqueeze(0), labels.unsqueeze(0), model.logit_scale.exp()
             )
         else:
-            caption = self.loss.caption_loss_weight * F.cross_entropy(logits, labels)
+            if weights is None:
+                caption = F.cross_entropy(logits, labels)
+            else:
+                caption = (F.cross_entropy(logits, labels, reduction="none") * weights).sum() / len(labels)
+            caption = self.loss.caption_loss_weight * caption
+            if positives is None:  # each text describes its own image: open_clip's ClipLoss
+                positives = torch.eye(len(images), dtype=torch.bool, device=image_features.device)
             contrastive = self.loss.clip_loss_weight * multi_positive_clip_loss(
                 image_features, text_features, model.logit_scale.exp(), positives, complete
             )
@@ -217,18 +233,25 @@ def _decoder_states(decoder: MultimodalTransformer, image_embs: torch.Tensor, te
     return x
 
 
-def _by_length(tokens: torch.Tensor, extra: int, run, labels: bool = False, taught: torch.Tensor | None = None):
+def _by_length(
+    tokens: torch.Tensor,
+    extra: int,
+    run,
+    labels: bool = False,
+    taught: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+):
     """`run(rows, cut)` over groups of rows of similar length, each `cut` to its longest text
     plus `extra` columns, reassembled in the order of `tokens`.
 
     Without `labels`: `run` returns one row per text, and the result is those rows in order.
     With `labels` (decoder texts): `run` returns the states at every position, and the result is
-    the states that predict a non-padding next token (a `taught` one, when given), and those
-    tokens (grouped, not in order).
+    the states that predict a non-padding next token (a `taught` one, when given), those tokens
+    (grouped, not in order), and their `weights` (a float tensor like `tokens`; None without).
     """
     lengths = (tokens != PAD_ID).sum(dim=1)
     order = torch.argsort(lengths, stable=True)
-    parts, part_labels = [], []
+    parts, part_labels, part_weights = [], [], []
     for start, stop, longest in _length_groups(lengths[order].tolist(), extra):
         rows = order[start:stop]
         cut = tokens[rows, : min(longest + extra, tokens.shape[1])]
@@ -240,9 +263,11 @@ def _by_length(tokens: torch.Tensor, extra: int, run, labels: bool = False, taug
                 keep &= taught[rows, 1 : cut.shape[1]]
             out = out[keep]
             part_labels.append(next_tokens[keep])
+            if weights is not None:
+                part_weights.append(weights[rows, 1 : cut.shape[1]][keep])
         parts.append(out)
     if labels:  # the loss is a mean over tokens: their order does not matter
-        return torch.cat(parts), torch.cat(part_labels)
+        return torch.cat(parts), torch.cat(part_labels), torch.cat(part_weights) if weights is not None else None
     return torch.cat(parts)[torch.argsort(order)]
 
 

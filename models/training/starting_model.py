@@ -21,6 +21,7 @@ from xmodal.models.loading import ModelSpecError, create_open_clip_model, load_m
 from xmodal.models.registry import architecture_cfg, register_configs
 from xmodal.models.specs import SpecKind, parse_spec
 from xmodal.models.text_tokenizer import TrainedTokenizer
+from xmodal.models.vision_stem import STEM_KEY
 
 LOCAL_DIR = "local-dir:"
 
@@ -40,15 +41,20 @@ def load_starting_model(
     device: torch.device,
     vision_position_std: float | None = None,
     tokenizer: TrainedTokenizer | None = None,
+    model_overrides: tuple[tuple[str, Any], ...] = (),
 ) -> StartingModel:
     """`model` is a model spec; `pretrained` (a tag or weights file) applies to bare names only.
     `vision_position_std`: from scratch only, the ViT's position embeddings start at this
     standard deviation instead of open_clip's (see TrainConfig.vision_position_std).
-    `tokenizer`: from scratch only, a learnt tokenizer the text and decoder vocabularies are sized to."""
+    `tokenizer`: from scratch only, a learnt tokenizer the text and decoder vocabularies are sized to.
+    `model_overrides`: from scratch only, ("tower.field", value) changes to the architecture's config
+    (see TrainConfig.model_overrides); the returned model_cfg holds them."""
     register_configs()
     spec = parse_spec(_spec_text(model, pretrained))
     if tokenizer is not None and spec.kind is not SpecKind.RANDOM:
         raise ValueError(f"a learnt tokenizer needs a model trained from scratch; {model} has its own vocabulary")
+    if model_overrides and spec.kind is not SpecKind.RANDOM:
+        raise ValueError(f"model_overrides change an architecture trained from scratch; {model} has its weights")
     if spec.kind is not SpecKind.RANDOM:
         # load_model sets torch's CPU threads; keep the ones the trainer chose.
         loaded = load_model(spec, "cpu", threads=torch.get_num_threads())
@@ -61,14 +67,12 @@ def load_starting_model(
             f"unknown model {model!r}: not an open_clip architecture, model directory or model spec "
             f"(the project's own architectures: {', '.join(register_configs())})"
         )
-    towers: dict[str, dict] = {}
+    changes = list(model_overrides)
     if tokenizer is not None:
-        towers = {
-            k: {**model_cfg[k], "vocab_size": tokenizer.vocab_size}
-            for k in ("text_cfg", "multimodal_cfg")
-            if k in model_cfg
-        }
-        model_cfg = {**model_cfg, **towers}
+        changes += [(f"{k}.vocab_size", tokenizer.vocab_size) for k in ("text_cfg", "multimodal_cfg") if k in model_cfg]
+    towers = _changed_towers(model_cfg, changes, spec.arch)
+    model_cfg = {**model_cfg, **towers}
+    if tokenizer is not None:
         tokenizer.context_length = int(model_cfg["text_cfg"].get("context_length", tokenizer.context_length))
     # Random weights from the global RNG, which train() has seeded with the config's seed.
     net = create_open_clip_model(spec.arch, device=device, **towers)
@@ -82,6 +86,18 @@ def load_starting_model(
         tokenizer=tokenizer or open_clip.get_tokenizer(spec.arch),
         from_scratch=True,
     )
+
+
+def _changed_towers(model_cfg: dict[str, Any], changes: list[tuple[str, Any]], arch: str) -> dict[str, dict]:
+    """The towers of `model_cfg` that ("tower.field", value) `changes` touch, each a changed copy."""
+    towers: dict[str, dict] = {}
+    for key, value in changes:
+        tower, _, name = key.partition(".")
+        if tower == STEM_KEY or not isinstance(model_cfg.get(tower), dict):
+            known = ", ".join(k for k, v in model_cfg.items() if isinstance(v, dict) and k != STEM_KEY)
+            raise ValueError(f"model_overrides: {arch} has no {tower!r} (its towers: {known})")
+        towers.setdefault(tower, dict(model_cfg[tower]))[name] = value
+    return towers
 
 
 def _spec_text(model: str, pretrained: str | None) -> str:

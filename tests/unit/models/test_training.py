@@ -282,6 +282,10 @@ def test_config_rejects_nonsense(tmp_path):
         tiny_config(tmp_path, batch_size=1)
     with pytest.raises(ValueError):
         tiny_config(tmp_path, warmup_steps=100)
+    with pytest.raises(ValueError):
+        tiny_config(tmp_path, answer_loss_weight=-1.0)
+    with pytest.raises(ValueError):
+        tiny_config(tmp_path, model_overrides=(("layers", 3),))  # not "tower.field"
 
 
 def test_multi_positive_loss_is_clip_loss_on_the_diagonal_and_forgives_duplicates():
@@ -360,12 +364,16 @@ def test_question_targets_teach_only_their_answer(answers_only):
     batch = Collate(tokenizer)(examples)
     targets = [t for e in examples for t in e.targets]
     assert any(t.startswith("question: ") for t in targets) and any(not t.startswith("question: ") for t in targets)
-    for text, tokens, taught in zip(targets, batch.targets, batch.taught):
+    for text, tokens, taught, answer_marks in zip(targets, batch.targets, batch.taught, batch.answers):
         length = int((tokens != 0).sum())
         assert not taught[0] and not taught[length:].any()  # the start token and padding
-        if text.startswith("question: ") and answers_only:
+        if text.startswith("question: "):  # answer_loss_weight applies to the answer's tokens alone
             answer = text.rsplit(" answer: ", 1)[1]
             answer_tokens = len(tokenizer([answer])[0].nonzero()) - 2  # without start and end
+            assert answer_marks.nonzero().squeeze(1).tolist() == list(range(length - answer_tokens - 1, length - 1))
+        else:
+            assert not answer_marks.any()
+        if text.startswith("question: ") and answers_only:
             assert taught.nonzero().squeeze(1).tolist() == list(range(length - answer_tokens - 1, length))
         elif text.startswith("question: "):  # all but the leading "question:", which is never taught
             assert not taught[1:3].any() and taught[3:length].all()
@@ -386,6 +394,34 @@ def test_untaught_target_tokens_leave_the_captioning_loss():
         out["image_features"], out["text_features"], out["logits"], labels, out["logit_scale"]
     )
     assert torch.allclose(losses["caption_loss"], caption, atol=1e-5)
+
+
+def test_answer_weight_scales_the_loss_of_the_marked_tokens_only():
+    model, images, texts, tokenizer = _tiny_coca_batch()
+    with torch.no_grad():
+        model.text_decoder.text_projection.normal_(std=0.2)
+    taught = texts != 0
+    none, every = torch.zeros_like(taught), taught.clone()
+
+    def caption_loss(weight: float, answers: torch.Tensor) -> torch.Tensor:
+        objective = Objective(model, 1.0, 2.0, tokenizer, answer_weight=weight)
+        return objective(model, images, texts, texts, taught=taught, answers=answers)["caption_loss"]
+
+    plain = caption_loss(1.0, every)
+    assert torch.allclose(caption_loss(3.0, none), plain, atol=1e-6)  # no answer tokens: unchanged
+    assert torch.allclose(caption_loss(3.0, every), 3 * plain, atol=1e-5)  # every taught token weighs 3
+
+
+def test_model_overrides_change_the_architecture_trained_from_scratch():
+    from xmodal.models.training.starting_model import load_starting_model
+
+    register_configs()
+    start = load_starting_model(
+        "xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("multimodal_cfg.layers", 3),)
+    )
+    assert len(start.model.text_decoder.resblocks) == 3 and start.model_cfg["multimodal_cfg"]["layers"] == 3
+    with pytest.raises(ValueError, match="no 'vision'"):
+        load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("vision.layers", 1),))
 
 
 def test_from_scratch_vision_positions_start_at_the_configured_scale():
