@@ -17,14 +17,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from xmodal.indexer.parallel_fill import (
-    Fill,
-    can_fill_in_parallel,
-    fill_in_parallel,
-    later_list_sizes,
-    placements,
-    reserve,
-)
+from xmodal.indexer.parallel_fill import Fill, add_placed, can_fill_in_parallel, fill_in_parallel, later_list_sizes
 from xmodal.indexer.recall import K
 from xmodal.indexer.rows import StoredRows, as_rows
 from xmodal.indexer.searcher import is_ivf
@@ -250,20 +243,11 @@ def add_to_sized_lists(index: faiss.Index, rows: StoredRows, planned: StoredRows
     centroid, exactly what add does; 8 bytes a row), every list reserved once at its final size, and the
     rows added with those assignments (IndexIVF.add_core), so the lists never regrow. The index is the
     same byte for byte. Rows of `planned` past `rows` (the tuning queries) are added later with a plain
-    add and fit the room left for them. Rows are transformed and assigned as a parallel fill's workers
-    do (parallel_fill.placements), so both fills give the same index.
+    add and fit the room left for them. The workers of a parallel fill add their pieces the same way
+    (parallel_fill.add_placed), so both fills give the same index.
     """
-    ivf = faiss.extract_index_ivf(index)
-    threads = faiss.omp_get_max_threads()
     ranges = add_ranges(len(rows), "ivf")
-    assignments = [assigned for _, assigned in placements(index, rows, ranges, threads)]
-    sizes = (
-        np.bincount(np.concatenate(assignments), minlength=ivf.nlist) if assignments else np.zeros(ivf.nlist, np.int64)
-    )
-    reserve(ivf, sizes + later_list_sizes(index, planned, len(rows)))
-    for block, assigned in placements(index, rows, ranges, threads, assignments):
-        ivf.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(assigned))
-    index.ntotal = ivf.ntotal
+    add_placed(index, rows, ranges, faiss.omp_get_max_threads(), later_list_sizes(index, planned, len(rows)))
 
 
 @contextmanager

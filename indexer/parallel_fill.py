@@ -159,24 +159,30 @@ def fill_piece(piece: Piece) -> tuple[str, np.ndarray]:
 
     faiss.omp_set_num_threads(piece.threads)
     index = faiss.read_index(piece.trained)
-    ivf = faiss.extract_index_ivf(index)
     rows = _open_rows(piece.shards)
     # the serial add's chunks (cut at the piece's ends: only pieces smaller than a chunk, in tests, are)
     ranges = [(max(low, piece.start), high) for low, high in add_ranges(piece.stop, "ivf") if high > piece.start]
     with blas_for_small_batches():
-        assignments = [assigned for _, assigned in placements(index, rows, ranges, piece.threads)]
-        sizes = (
-            np.bincount(np.concatenate(assignments), minlength=ivf.nlist)
-            if assignments
-            else np.zeros(ivf.nlist, np.int64)
-        )
-        reserve(ivf, sizes)
-        for (low, high), (block, assigned) in zip(ranges, placements(index, rows, ranges, piece.threads, assignments)):
-            ids = np.arange(low, high, dtype=np.int64)
-            ivf.add_core(len(block), faiss.swig_ptr(block), faiss.swig_ptr(ids), faiss.swig_ptr(assigned))
-    index.ntotal = ivf.ntotal
+        sizes = add_placed(index, rows, ranges, piece.threads)
     faiss.write_index(index, piece.out)
     return piece.out, sizes
+
+
+def add_placed(
+    index: faiss.Index, rows: StoredRows, ranges: list[tuple[int, int]], threads: int, later: np.ndarray | None = None
+) -> np.ndarray:
+    """Add the `ranges` of `rows` (ids = row numbers) to the trained IVF inside `index`, every list
+    sized once for its final length (plus `later` rows per list, added afterwards); the serial build
+    and a parallel fill's workers both add this way. Returns how many of the rows each list got."""
+    ivf = faiss.extract_index_ivf(index)
+    assignments = [assigned for _, assigned in placements(index, rows, ranges, threads)]
+    sizes = np.bincount(np.concatenate(assignments), minlength=ivf.nlist) if assignments else np.zeros(ivf.nlist, int)
+    reserve(ivf, sizes if later is None else sizes + later)
+    for (low, high), (block, assigned) in zip(ranges, placements(index, rows, ranges, threads, assignments)):
+        ids = np.arange(low, high, dtype=np.int64)
+        ivf.add_core(len(block), faiss.swig_ptr(block), faiss.swig_ptr(ids), faiss.swig_ptr(assigned))
+    index.ntotal = ivf.ntotal
+    return sizes
 
 
 def placements(
@@ -197,9 +203,10 @@ def placements(
         assigned = assignments[number] if assignments is not None else assign(ivf, block)
         return block, np.ascontiguousarray(assigned, dtype=np.int64)
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for first in range(0, len(ranges), max(1, threads)):  # a window at a time: bounded memory
-            window = range(first, min(first + max(1, threads), len(ranges)))
+    at_once = max(1, threads)
+    with ThreadPoolExecutor(at_once) as pool:
+        for first in range(0, len(ranges), at_once):  # a window at a time: bounded memory
+            window = range(first, min(first + at_once, len(ranges)))
             yield from pool.map(lambda number: _one_blas_thread(lambda: place(number)), window)
 
 

@@ -46,7 +46,7 @@ class TrainConfig:
     model: str = "xmodal-small-coca"
     # From scratch only: changes to the architecture's config, each a ("tower.field", value) pair such as
     # ("multimodal_cfg.layers", 3) or ("text_cfg.layers", 3). The trained model's folder records the
-    # changed config, so it loads like any other. A pair of tuples rather than a dict: configs are hashable.
+    # changed config, so it loads like any other. Pairs in a tuple rather than a dict: configs are hashable.
     model_overrides: tuple[tuple[str, Any], ...] = ()
     pretrained: str | None = None  # a pretrained tag or weights file for a bare `model` name
     # None: the model's own tokenizer (the architecture's, or its folder's). "world" (from scratch on world

@@ -237,9 +237,8 @@ class Collate:
         as the start of its target: the tokenizer splits words and punctuation before its byte-pair
         merges."""
         prompted = [i for i, p in enumerate(prompts) if p]
-        given = torch.ones(len(prompts), dtype=torch.long)  # the start token
-        if only_prompted:
-            given[:] = targets.shape[1]
+        # the start token; with only_prompted, every token of an unprompted target
+        given = torch.full((len(prompts),), targets.shape[1] if only_prompted else 1, dtype=torch.long)
         if prompted:
             # The prompt's own tokens count, not its end token.
             given[prompted] = (self._tokenize([prompts[i] for i in prompted]) != PAD_ID).sum(dim=1) - 1

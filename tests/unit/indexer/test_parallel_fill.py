@@ -19,12 +19,15 @@ N, DIM = 6_000, 32
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
     """N rows in float16 shards of 2,500 (pieces of 1,000 rows straddle them), read as a build reads them."""
-    folder = tmp_path_factory.mktemp("shards")
-    vectors = clustered_unit_vectors(N, DIM, clusters=60)
+    return _stored(tmp_path_factory.mktemp("shards"), clustered_unit_vectors(N, DIM, clusters=60), 2_500)
+
+
+def _stored(folder, vectors: np.ndarray, shard_rows: int) -> StoredRows:
+    """`vectors` in float16 shard files of `shard_rows`, read as a build reads them."""
     names = []
-    for number, start in enumerate(range(0, N, 2_500)):
+    for number, start in enumerate(range(0, len(vectors), shard_rows)):
         names.append(f"images-{number:05d}.npy")
-        np.save(folder / names[-1], vectors[start : start + 2_500].astype(np.float16))
+        np.save(folder / names[-1], vectors[start : start + shard_rows].astype(np.float16))
     return StoredRows(store.map_vectors(folder, names), file_reads=True)
 
 
@@ -86,10 +89,7 @@ def test_the_serial_fill_on_every_thread_equals_workers_on_one(tmp_path, monkeyp
     monkeypatch.setattr(parallel_fill, "PIECE_ROWS", 100_000)  # pieces on the serial add's 100,000-row blocks
     n, dim = 210_000, 64
     vectors = clustered_unit_vectors(n, dim, clusters=300)
-    names = [f"images-{number:05d}.npy" for number in range(3)]
-    for name, start in zip(names, range(0, n, 100_000)):
-        np.save(tmp_path / name, vectors[start : start + 100_000].astype(np.float16))
-    rows = StoredRows(store.map_vectors(tmp_path, names), file_reads=True)
+    rows = _stored(tmp_path, vectors, 100_000)
     trained = faiss.index_factory(dim, "OPQ16_64,IVF64,PQ16", faiss.METRIC_INNER_PRODUCT)
     trained.train(vectors[::20])
     serial, merged = faiss.clone_index(trained), faiss.clone_index(trained)
