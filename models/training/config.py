@@ -45,7 +45,8 @@ class TrainConfig:
     # (pretrained tag, hf-hub:, local-dir: or a model folder, NAME:/path/ckpt) is fine-tuned.
     model: str = "xmodal-small-coca"
     # From scratch only: changes to the architecture's config, each a ("tower.field", value) pair such as
-    # ("multimodal_cfg.layers", 3) or ("text_cfg.layers", 3). The trained model's folder records the
+    # ("multimodal_cfg.layers", 3), or ("field", value) for a top-level one such as ("init_logit_scale", 3.4)
+    # (open_clip starts the contrastive temperature at log(1 / 0.07)). The trained model's folder records the
     # changed config, so it loads like any other. Pairs in a tuple rather than a dict: configs are hashable.
     model_overrides: tuple[tuple[str, Any], ...] = ()
     pretrained: str | None = None  # a pretrained tag or weights file for a bare `model` name
@@ -137,8 +138,11 @@ class TrainConfig:
         if self.answer_loss_weight < 0:
             raise ValueError("answer_loss_weight must be 0 or more")
         for key, _ in self.model_overrides:
-            if key.count(".") != 1:
-                raise ValueError(f"model_overrides keys are 'tower.field' (e.g. 'text_cfg.layers'), got {key!r}")
+            if key.count(".") > 1 or not all(key.split(".")):
+                raise ValueError(
+                    f"model_overrides keys are 'tower.field' (e.g. 'text_cfg.layers') or a top-level 'field' "
+                    f"(e.g. 'init_logit_scale'), got {key!r}"
+                )
         if self.decoder_lr_scale <= 0:
             raise ValueError("decoder_lr_scale must be positive")
         if min(self.hard_negatives, self.swap_negatives, self.qa_targets) < 0:

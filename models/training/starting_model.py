@@ -47,8 +47,8 @@ def load_starting_model(
     `vision_position_std`: from scratch only, the ViT's position embeddings start at this
     standard deviation instead of open_clip's (see TrainConfig.vision_position_std).
     `tokenizer`: from scratch only, a learnt tokenizer the text and decoder vocabularies are sized to.
-    `model_overrides`: from scratch only, ("tower.field", value) changes to the architecture's config
-    (see TrainConfig.model_overrides); the returned model_cfg holds them."""
+    `model_overrides`: from scratch only, ("tower.field", value) or ("field", value) changes to the
+    architecture's config (see TrainConfig.model_overrides); the returned model_cfg holds them."""
     register_configs()
     spec = parse_spec(_spec_text(model, pretrained))
     if tokenizer is not None and spec.kind is not SpecKind.RANDOM:
@@ -70,12 +70,15 @@ def load_starting_model(
     changes = list(model_overrides)
     if tokenizer is not None:
         changes += [(f"{k}.vocab_size", tokenizer.vocab_size) for k in ("text_cfg", "multimodal_cfg") if k in model_cfg]
-    towers = _changed_towers(model_cfg, changes, spec.arch)
-    model_cfg = {**model_cfg, **towers}
+    changed = _changed_config(model_cfg, changes, spec.arch)
+    model_cfg = {**model_cfg, **changed}
     if tokenizer is not None:
         tokenizer.context_length = int(model_cfg["text_cfg"].get("context_length", tokenizer.context_length))
     # Random weights from the global RNG, which train() has seeded with the config's seed.
-    net = create_open_clip_model(spec.arch, device=device, **towers)
+    try:
+        net = create_open_clip_model(spec.arch, device=device, **changed)
+    except TypeError as error:  # a top-level field the model class does not take
+        raise ValueError(f"model_overrides: {spec.arch} does not take {error}") from error
     _initialise_decoder_projection(net)
     if vision_position_std is not None:
         _initialise_vision_positions(net, vision_position_std)
@@ -88,16 +91,22 @@ def load_starting_model(
     )
 
 
-def _changed_towers(model_cfg: dict[str, Any], changes: list[tuple[str, Any]], arch: str) -> dict[str, dict]:
-    """The towers of `model_cfg` that ("tower.field", value) `changes` touch, each a changed copy."""
-    towers: dict[str, dict] = {}
+def _changed_config(model_cfg: dict[str, Any], changes: list[tuple[str, Any]], arch: str) -> dict[str, Any]:
+    """The entries of `model_cfg` that `changes` touch: ("tower.field", value) gives a changed copy of
+    the tower, ("field", value) a top-level value open_clip's model takes (embed_dim, init_logit_scale)."""
+    changed: dict[str, Any] = {}
+    known = ", ".join(k for k, v in model_cfg.items() if isinstance(v, dict) and k != STEM_KEY)
     for key, value in changes:
-        tower, _, name = key.partition(".")
+        tower, dot, name = key.partition(".")
+        if not dot:
+            if isinstance(model_cfg.get(key), dict) or key == STEM_KEY:
+                raise ValueError(f"model_overrides: {key!r} is a tower; change its fields ('{key}.layers')")
+            changed[key] = value
+            continue
         if tower == STEM_KEY or not isinstance(model_cfg.get(tower), dict):
-            known = ", ".join(k for k, v in model_cfg.items() if isinstance(v, dict) and k != STEM_KEY)
             raise ValueError(f"model_overrides: {arch} has no {tower!r} (its towers: {known})")
-        towers.setdefault(tower, dict(model_cfg[tower]))[name] = value
-    return towers
+        changed.setdefault(tower, dict(model_cfg[tower]))[name] = value
+    return changed
 
 
 def _spec_text(model: str, pretrained: str | None) -> str:

@@ -285,7 +285,7 @@ def test_config_rejects_nonsense(tmp_path):
     with pytest.raises(ValueError):
         tiny_config(tmp_path, answer_loss_weight=-1.0)
     with pytest.raises(ValueError):
-        tiny_config(tmp_path, model_overrides=(("layers", 3),))  # not "tower.field"
+        tiny_config(tmp_path, model_overrides=(("text_cfg.layers.depth", 3),))  # neither "tower.field" nor "field"
 
 
 def test_multi_positive_loss_is_clip_loss_on_the_diagonal_and_forgives_duplicates():
@@ -422,6 +422,13 @@ def test_model_overrides_change_the_architecture_trained_from_scratch():
     assert len(start.model.text_decoder.resblocks) == 3 and start.model_cfg["multimodal_cfg"]["layers"] == 3
     with pytest.raises(ValueError, match="no 'vision'"):
         load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("vision.layers", 1),))
+    # A top-level field: the contrastive temperature's starting value.
+    start = load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("init_logit_scale", 3.4),))
+    assert start.model.logit_scale.item() == pytest.approx(3.4) and start.model_cfg["init_logit_scale"] == 3.4
+    with pytest.raises(ValueError, match="does not take"):
+        load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("layers", 3),))
+    with pytest.raises(ValueError, match="is a tower"):
+        load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("text_cfg", 3),))
 
 
 def test_from_scratch_vision_positions_start_at_the_configured_scale():
