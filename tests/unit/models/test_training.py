@@ -423,7 +423,9 @@ def test_model_overrides_change_the_architecture_trained_from_scratch():
     with pytest.raises(ValueError, match="no 'vision'"):
         load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("vision.layers", 1),))
     # A top-level field: the contrastive temperature's starting value.
-    start = load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("init_logit_scale", 3.4),))
+    start = load_starting_model(
+        "xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("init_logit_scale", 3.4),)
+    )
     assert start.model.logit_scale.item() == pytest.approx(3.4) and start.model_cfg["init_logit_scale"] == 3.4
     with pytest.raises(ValueError, match="does not take"):
         load_starting_model("xmodal-tiny-coca", None, torch.device("cpu"), model_overrides=(("layers", 3),))
