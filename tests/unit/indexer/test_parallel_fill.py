@@ -50,8 +50,13 @@ def test_parallel_fill_and_merge_equals_the_serial_build(rows, key, monkeypatch)
 def test_build_with_a_fill_gives_the_same_tuned_index(rows):
     serial = build_vector_index(rows, key="IVF32,PQ8", recall=0.9, tune_queries=300)
     merged = build_vector_index(rows, key="IVF32,PQ8", recall=0.9, tune_queries=300, fill=ProcessFill(2))
-    assert merged.search_params == serial.search_params and merged.measured_recall_at_10 >= 0.9
     assert np.array_equal(faiss.serialize_index(merged.index), faiss.serialize_index(serial.index))
+    # Every setting tried measures the same recall on the same index. The pick among those that reach the
+    # target is the fastest query, a timing, so it may differ between the builds (nprobe=12,rerank=4 vs
+    # nprobe=6,rerank=8 in one run of make test); both reach the target.
+    assert merged.tried == serial.tried
+    reaching = {params for params, _, lower_bound in serial.tried if lower_bound >= 0.9}  # the tuner's test
+    assert {merged.search_params, serial.search_params} <= reaching and merged.measured_recall_at_10 >= 0.9
 
 
 def test_pieces_cover_the_rows_on_chunk_boundaries_and_only_stored_ivf_rows_fill_in_parallel(rows):
