@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from xmodal.models.loading import load_model
 from xmodal.models.prompts import vqa_text
 from xmodal.models.registry import register_plain
-from xmodal.models.training.objective import _decoder_states
+from xmodal.models.training.objective import PAD_ID, decoder_states
+from xmodal.models.training.world_evaluation import WorldEvalConfig
 from xmodal.models.vision_stem import split_model_cfg
 from xmodal.models.world import COLOURS, QUESTION_TYPES, SHAPES, World
 from xmodal.models.world.scene import POSITION_CENTRES
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "vqa_learnability.json"
+IMAGE_SIZE = WorldEvalConfig().image_size  # rendered as the evaluation renders them; preprocessing resizes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,7 +111,7 @@ def _probe(features: torch.Tensor, labels: list[int]) -> float:
 @torch.no_grad()
 def _patch_probes(loaded, scenes) -> dict[str, float]:
     model = loaded.model
-    _, tokens = model.visual(torch.stack([loaded.preprocess(s.image(64)) for s in scenes]))
+    _, tokens = model.visual(torch.stack([loaded.preprocess(s.image(IMAGE_SIZE)) for s in scenes]))
     tokens = model.text_decoder.cross_attn[-1].ln_1_kv(tokens)  # what the decoder's keys are made from
     grid = int(round(tokens.shape[1] ** 0.5))
     at = [(i, o) for i, s in enumerate(scenes) for o in s.graph.objects]
@@ -138,8 +140,8 @@ def _question_probes(loaded, scenes) -> dict[str, float]:
 
 
 def _answer_positions(texts: torch.Tensor) -> torch.Tensor:
-    # Every world answer is one token: it sits just before the end token.
-    return (texts != 0).sum(dim=1) - 2
+    # Every world answer is one token (_learn checks): it sits just before the end token.
+    return (texts != PAD_ID).sum(dim=1) - 2
 
 
 def _learn(model, loaded, kind: str, train_scenes, heldout, args) -> list[dict]:
@@ -148,19 +150,22 @@ def _learn(model, loaded, kind: str, train_scenes, heldout, args) -> list[dict]:
     items = [(s, qa) for s in train_scenes for qa in s.questions if qa.type == kind]
     random.Random(0).shuffle(items)
     test = _asked(kind, heldout)
+    answers = sorted({qa.answer for _, qa in items + test})
+    if ((loaded.tokenizer(answers) != PAD_ID).sum(dim=1) != 3).any():  # start, the answer, end
+        raise SystemExit(f"{kind}: an answer is more than one token for this tokenizer; the bench scores one")
     image_tokens: dict[str, torch.Tensor] = {}  # the frozen tower's output, computed once per scene
 
     def batch(chosen):
         new = list({scene.id: scene for scene, _ in chosen if scene.id not in image_tokens}.values())
         if new:
             with torch.no_grad():
-                _, tokens = model.visual(torch.stack([loaded.preprocess(scene.image(64)) for scene in new]))
+                _, tokens = model.visual(torch.stack([loaded.preprocess(scene.image(IMAGE_SIZE)) for scene in new]))
             image_tokens.update(zip((scene.id for scene in new), tokens))
         texts = loaded.tokenizer([vqa_text(qa.question, qa.answer) for _, qa in chosen])
         answer = _answer_positions(texts)
         rows = torch.arange(len(texts))
         # CoCa's teacher-forced forward, projected to the vocabulary at the answer only.
-        states = _decoder_states(
+        states = decoder_states(
             model.text_decoder, torch.stack([image_tokens[s.id] for s, _ in chosen]), model.text(texts)[1][:, :-1]
         )
         logits = model.text_decoder.ln_final(states[rows, answer - 1]) @ model.text_decoder.text_projection

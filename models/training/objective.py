@@ -123,7 +123,7 @@ class Objective:
         # every kept position unchanged (only the unused class token moves).
         def decode(rows: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
             _, token_embs = model.text(cut)
-            return _decoder_states(model.text_decoder, image_embs[rows // per_image], token_embs[:, :-1])
+            return decoder_states(model.text_decoder, image_embs[rows // per_image], token_embs[:, :-1])
 
         weights = None
         if answers is not None and self.answer_weight != 1.0:
@@ -221,7 +221,7 @@ class _SparseColumns(torch.autograd.Function):
         return sparse, None
 
 
-def _decoder_states(decoder: MultimodalTransformer, image_embs: torch.Tensor, text_embs: torch.Tensor) -> torch.Tensor:
+def decoder_states(decoder: MultimodalTransformer, image_embs: torch.Tensor, text_embs: torch.Tensor) -> torch.Tensor:
     """MultimodalTransformer.forward without its final norm and vocabulary projection."""
     if not decoder.batch_first:
         raise NotImplementedError("the text decoder must run batch-first")

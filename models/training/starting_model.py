@@ -77,7 +77,10 @@ def load_starting_model(
     # Random weights from the global RNG, which train() has seeded with the config's seed.
     try:
         net = create_open_clip_model(spec.arch, device=device, **changed)
-    except TypeError as error:  # a top-level field the model class does not take
+    except TypeError as error:
+        if all("." in key for key, _ in changes):
+            raise
+        # A top-level field the model class does not take.
         raise ValueError(f"model_overrides: {spec.arch} does not take {error}") from error
     _initialise_decoder_projection(net)
     if vision_position_std is not None:
