@@ -109,13 +109,6 @@ def train(
         int,
         typer.Option(min=0, help="Extra decoder texts per image that are always question/answer texts, types balanced"),
     ] = WORLD_RECIPE.qa_targets,
-    qa_type_per_step: Annotated[
-        bool,
-        typer.Option(
-            "--qa-type-per-step/--qa-type-per-image",
-            help="World: the --qa-targets questions of a step all have one type (drawn per step), or each image draws its own",
-        ),
-    ] = WORLD_RECIPE.qa_type_per_step,
     answers_only: Annotated[
         bool,
         typer.Option(
@@ -193,7 +186,6 @@ def train(
             swap_negatives=swap_negatives if data == WORLD else 0,
             twin_fraction=twin_fraction if data == WORLD else 0.0,
             qa_targets=qa_targets,
-            qa_type_per_step=qa_type_per_step if data == WORLD else False,
             seed=train_seed,
             vqa_answers_only=answers_only,
             vision_position_std=vision_position_std or None,

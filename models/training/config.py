@@ -111,9 +111,6 @@ class TrainConfig:
     # Decoder targets per image, after the decoder_targets ones, that are always a question/answer
     # text, its question type drawn uniformly from the types the image has questions of.
     qa_targets: int = 0
-    # World data: every image of a step gets a qa_targets question of the same type (the type drawn per
-    # step, uniformly), so a step's answer gradient teaches one kind of lookup instead of six averaged.
-    qa_type_per_step: bool = False
 
     precision: Precision = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU
     device: str | None = None  # default: cuda if available, else cpu

@@ -25,7 +25,6 @@ from xmodal.models.training.batches import TWIN
 from xmodal.models.training.datasets import CsvSource, ImageTexts, WorldSource
 from xmodal.models.training.objective import PAD_ID
 from xmodal.models.world import (
-    QUESTION_TYPES,
     Query,
     SceneGraph,
     grammar,
@@ -81,7 +80,6 @@ class ExampleDataset(torch.utils.data.Dataset):
         answers_only: bool = False,
         swap_negatives: int = 0,
         qa_targets: int = 0,
-        qa_type_per_step: bool = False,
     ):
         """`answers_only`: a question/answer target teaches only its answer; the question is the
         prompt it is answered from, as at inference (see TrainConfig.vqa_answers_only).
@@ -97,7 +95,6 @@ class ExampleDataset(torch.utils.data.Dataset):
         self.hard_negatives = hard_negatives
         self.swap_negatives = swap_negatives
         self.qa_targets = qa_targets
-        self.qa_type_per_step = qa_type_per_step
 
     def __len__(self) -> int:
         return len(self.source)
@@ -134,10 +131,7 @@ class ExampleDataset(torch.utils.data.Dataset):
                 queries.append(scene_query(other))
                 captions.append(grammar(texts.language).canonical_caption(other))
         drawn = self._targets(texts, rng)
-        # With qa_type_per_step, every image of a step draws its n-th question's type from the same
-        # sequence: the step's key (the sample key without the image's place in the batch).
-        type_rng = random.Random(":".join(key.split(":")[:2])) if self.qa_type_per_step else rng
-        drawn += [self._typed_question(texts, rng, type_rng) for _ in range(self.qa_targets)]
+        drawn += [self._typed_question(texts, rng) for _ in range(self.qa_targets)]
         targets, prompts, answer_prompts = (tuple(column) for column in zip(*drawn))
         return Example(
             self.preprocess(image),
@@ -171,22 +165,15 @@ class ExampleDataset(torch.utils.data.Dataset):
             targets.append(question() if texts.questions and rng.random() < self.vqa_fraction else caption())
         return targets
 
-    def _typed_question(self, texts: ImageTexts, rng: random.Random, type_rng: random.Random) -> tuple[str, str, str]:
+    def _typed_question(self, texts: ImageTexts, rng: random.Random) -> tuple[str, str, str]:
         """A question/answer target whose type is drawn uniformly from the image's question types,
         so every type is taught equally often (the world has 3 to 9 colour questions per scene but
-        1 to 2 presence ones); a caption when the image has no questions. With qa_type_per_step the
-        type is drawn by `type_rng`, the same for the whole step, from every world question type;
-        an image without a question of that type draws one of its own."""
+        1 to 2 presence ones); a caption when the image has no questions."""
         prompts = language_prompts(texts.language)
         if not texts.questions:
             return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, ""
         types = texts.question_types or ("",) * len(texts.questions)
-        if self.qa_type_per_step:
-            kind = type_rng.choice(QUESTION_TYPES)
-            if kind not in types:
-                kind = rng.choice(sorted(set(types)))
-        else:
-            kind = rng.choice(sorted(set(types)))
+        kind = rng.choice(sorted(set(types)))
         asked, answer = rng.choice([qa for qa, t in zip(texts.questions, types) if t == kind])
         return self._question(asked, answer, prompts.vqa_prompt)
 

@@ -100,7 +100,6 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         config.vqa_answers_only,
         config.swap_negatives,
         config.qa_targets,
-        config.qa_type_per_step,
     )
     vocab_size = _vocab_size(model)
     # Sparse gradients for the vocabulary-sized parameters (VocabAdamW takes them): on a CPU, dense
