@@ -35,8 +35,8 @@ WORLD_RECIPE = TrainConfig(
     contrastive_loss_weight=1.0,
     vqa_fraction=0.0,  # the decoder's first target is always the caption ...
     # ... and two more always questions, their types drawn uniformly. With a third contrastive text (a second
-    # partial query), two seeds gave P@1 0.653 / 0.669 and VQA 0.703 / 0.693 against 0.581 / 0.578 and
-    # 0.612 / 0.748; either change alone held no gain over seeds (training-recipes.md).
+    # partial query), seeds 0-2 gave P@1 0.653 / 0.669 / 0.631 and VQA 0.703 / 0.693 / 0.723 against 0.581 /
+    # 0.578 / 0.581 and 0.612 / 0.748 / 0.622; either change alone held no gain over seeds (training-recipes.md).
     qa_targets=2,
     decoder_targets=1,
     contrastive_texts=3,
