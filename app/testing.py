@@ -102,6 +102,16 @@ class Server:
             self._log.flush()
         return self.log_path.read_text()
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds `text`: the server writes a request's access line after its response has
+        gone out, so a client that reads the log at once can be ahead of it."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not in the server log after {timeout}s:\n{log}")
+            time.sleep(0.05)
+        return log
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.terminate()
