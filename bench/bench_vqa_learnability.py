@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(args.model, device="cpu").model  # every type starts from the same weights
         if args.fresh_decoder:
             _reset_text_side(model, loaded.model_cfg)
-        curve = _learn(model, loaded, kind, train_scenes, heldout, args)
-        prior = _prior(kind, heldout)
+        test = _asked(kind, heldout)
+        curve = _learn(model, loaded, kind, train_scenes, test, args)
+        prior = _prior(test)
         rows.append({"type": kind, "prior": prior, "curve": curve, "seconds": round(time.perf_counter() - started)})
     summary = {
         "model": str(args.model),
@@ -144,12 +145,12 @@ def _answer_positions(texts: torch.Tensor) -> torch.Tensor:
     return (texts != PAD_ID).sum(dim=1) - 2
 
 
-def _learn(model, loaded, kind: str, train_scenes, heldout, args) -> list[dict]:
+def _learn(model, loaded, kind: str, train_scenes, test, args) -> list[dict]:
+    """Train on `kind`'s questions of the training scenes; the held-out loss and accuracy on `test` as it goes."""
     for parameter in model.visual.parameters():
         parameter.requires_grad = False
     items = [(s, qa) for s in train_scenes for qa in s.questions if qa.type == kind]
     random.Random(0).shuffle(items)
-    test = _asked(kind, heldout)
     answers = sorted({qa.answer for _, qa in items + test})
     if ((loaded.tokenizer(answers) != PAD_ID).sum(dim=1) != 3).any():  # start, the answer, end
         raise SystemExit(f"{kind}: an answer is more than one token for this tokenizer; the bench scores one")
@@ -209,9 +210,9 @@ def _asked(kind: str, heldout) -> list:
     return [(s, qa) for s in heldout for qa in s.questions if qa.type == kind][:200]
 
 
-def _prior(kind: str, heldout) -> float:
+def _prior(test) -> float:
     """The share of the commonest answer among the measured questions: what answering blind reaches."""
-    answers = Counter(qa.answer for _, qa in _asked(kind, heldout))
+    answers = Counter(qa.answer for _, qa in test)
     return round(answers.most_common(1)[0][1] / sum(answers.values()), 3)
 
 

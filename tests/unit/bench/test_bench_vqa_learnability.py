@@ -43,6 +43,7 @@ def test_probes_and_per_type_curves_are_measured_and_written(patch_token_coca, t
     for row in result["types"]:
         assert [p["step"] for p in row["curve"]] == [0, 1, 2]
         assert 0.0 < row["prior"] < 1.0 and all(0.0 <= p["heldout_accuracy"] <= 1.0 for p in row["curve"])
+        assert row["curve"][0]["heldout_loss"] != row["curve"][-1]["heldout_loss"]  # the decoder did train
 
 
 def test_a_model_whose_decoder_reads_pooled_tokens_is_refused(tiny_coca_dir, tmp_path):
