@@ -39,6 +39,7 @@ TARGETS = {"t2i_p@1": 0.95, "i2t_r@1": 0.95, "caption_exact": 0.92, "vqa_generat
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/xmodal-bench-world"), help="model folder (replaced)")
+    parser.add_argument("--model", default=WORLD_RECIPE.model, help="the architecture trained from scratch")
     parser.add_argument("--steps", type=int, default=WORLD_RECIPE.steps)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -94,7 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tokenizer:
         overrides["tokenizer"] = args.tokenizer
     config = world_config(
-        args.out, data=data, steps=args.steps, cpu_threads=args.threads, device=args.device, **overrides
+        args.out,
+        data=data,
+        model=args.model,
+        steps=args.steps,
+        cpu_threads=args.threads,
+        device=args.device,
+        **overrides,
     )
     load_before = os.getloadavg()[0]
     result = train(config, progress=True)
