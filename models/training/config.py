@@ -86,6 +86,14 @@ class TrainConfig:
     # stays a sum over taught tokens divided by their count, so other tokens' gradients are unchanged: an
     # image's one answer token is otherwise one of ~40 it teaches (its caption and question words).
     answer_loss_weight: float = 1.0
+    # Weight of the "where to look" loss: at the position a question target's answer is predicted
+    # from, the first head of the decoder's first cross-attention is taught to attend to the image
+    # patches of the objects the answer is read from (world.QA.where). 0 leaves attention untaught.
+    attention_loss_weight: float = 0.0
+    # Weight of a third contrastive term: each image ranks the batch's partial queries, the ones it
+    # satisfies first (image → query). Text → image alone shows a query only the batch's ~50 images; this
+    # shows each image every query of the batch, near misses among them. 0: partial queries only find images.
+    image_to_query_weight: float = 0.0
     # Decoder texts per image and step, sharing one image forward. With more than one, the first
     # is a caption and each other a question/answer text with probability vqa_fraction.
     decoder_targets: int = 1
@@ -137,6 +145,10 @@ class TrainConfig:
             raise ValueError("vqa_fraction must be between 0 and 1")
         if self.answer_loss_weight < 0:
             raise ValueError("answer_loss_weight must be 0 or more")
+        if self.attention_loss_weight < 0:
+            raise ValueError("attention_loss_weight must be 0 or more")
+        if self.image_to_query_weight < 0:
+            raise ValueError("image_to_query_weight must be 0 or more")
         for key, _ in self.model_overrides:
             if key.count(".") > 1 or not all(key.split(".")):
                 raise ValueError(

@@ -25,6 +25,7 @@ class ImageTexts:
     graph: SceneGraph | None = None  # the generated world's ground truth; None for a user's CSV
     language: str = "en"  # of the texts (world data; a user's CSV is taken as written)
     question_types: tuple[str, ...] = ()  # per question, its type (world data only)
+    question_where: tuple[tuple[str, ...], ...] = ()  # per question, where its answer is (world.QA.where)
 
 
 class WorldSource:
@@ -80,6 +81,7 @@ class WorldSource:
             graph=scene.graph,
             language=scene.language,
             question_types=tuple(qa.type for qa in scene.questions),
+            question_where=tuple(qa.where for qa in scene.questions),
         )
         return scene.image(self.image_size), texts
 

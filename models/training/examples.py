@@ -25,6 +25,8 @@ from xmodal.models.training.batches import TWIN
 from xmodal.models.training.datasets import CsvSource, ImageTexts, WorldSource
 from xmodal.models.training.objective import PAD_ID
 from xmodal.models.world import (
+    NOWHERE,
+    POSITIONS,
     Query,
     SceneGraph,
     grammar,
@@ -40,6 +42,10 @@ from xmodal.models.world import (
 QUESTION_MARK = DEFAULT_VQA_PROMPT.split("{question}")[0].strip()
 
 
+# The columns of Batch.where: the world's positions, then "no object" (the background).
+PLACES = (*POSITIONS, NOWHERE)
+
+
 class Example(NamedTuple):
     image: torch.Tensor
     texts: tuple[str, ...]  # contrastive texts
@@ -53,6 +59,9 @@ class Example(NamedTuple):
     # Per target, the text its answer follows when it is a question/answer text ("question: ...
     # answer:"), else "": the tokens after it, up to the end token, are the answer (answer_loss_weight).
     answer_prompts: tuple[str, ...] = ()
+    # Per target, the positions of the objects its answer is read from (world.QA.where); () for a
+    # caption, a user's question, or a question with no single place to look.
+    where: tuple[tuple[str, ...], ...] = ()
 
 
 class Batch(NamedTuple):
@@ -63,6 +72,8 @@ class Batch(NamedTuple):
     complete: torch.Tensor  # (texts,) bool: the text is a whole caption, not a partial query
     taught: torch.Tensor  # like targets, bool: the decoder learns to predict this token (not a prompt's)
     answers: torch.Tensor  # like targets, bool: an answer token of a question/answer target
+    # (targets, len(PLACES)) bool: where a question target's answer is read from (world.QA.where)
+    where: torch.Tensor | None = None
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -132,7 +143,7 @@ class ExampleDataset(torch.utils.data.Dataset):
                 captions.append(grammar(texts.language).canonical_caption(other))
         drawn = self._targets(texts, rng)
         drawn += [self._typed_question(texts, rng) for _ in range(self.qa_targets)]
-        targets, prompts, answer_prompts = (tuple(column) for column in zip(*drawn))
+        targets, prompts, answer_prompts, where = (tuple(column) for column in zip(*drawn))
         return Example(
             self.preprocess(image),
             tuple(captions),
@@ -142,19 +153,22 @@ class ExampleDataset(torch.utils.data.Dataset):
             texts.graph,
             texts.captions,
             answer_prompts,
+            where,
         )
 
-    def _targets(self, texts: ImageTexts, rng: random.Random) -> list[tuple[str, str, str]]:
-        """(decoder text, its prompt, its answer's prompt) triples (see _question). A caption in another
+    def _targets(self, texts: ImageTexts, rng: random.Random) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """(decoder text, its prompt, its answer's prompt, where its answer is) (see _question). A caption in another
         language than English follows its language's prefix ("中文："), given, not taught: the decoder
         learns which language to write."""
         prompts = language_prompts(texts.language)
 
-        def caption() -> tuple[str, str, str]:
-            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, ""
+        def caption() -> tuple[str, str, str, tuple[str, ...]]:
+            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, "", ()
 
-        def question() -> tuple[str, str, str]:
-            return self._question(*rng.choice(texts.questions), prompts.vqa_prompt)
+        def question() -> tuple[str, str, str, tuple[str, ...]]:
+            i = rng.choice(range(len(texts.questions)))  # the draw rng.choice(texts.questions) makes
+            where = texts.question_where[i] if texts.question_where else ()
+            return self._question(*texts.questions[i], prompts.vqa_prompt, where)
 
         if self.decoder_targets == 1:
             return [question() if texts.questions and rng.random() < self.vqa_fraction else caption()]
@@ -165,19 +179,22 @@ class ExampleDataset(torch.utils.data.Dataset):
             targets.append(question() if texts.questions and rng.random() < self.vqa_fraction else caption())
         return targets
 
-    def _typed_question(self, texts: ImageTexts, rng: random.Random) -> tuple[str, str, str]:
+    def _typed_question(self, texts: ImageTexts, rng: random.Random) -> tuple[str, str, str, tuple[str, ...]]:
         """A question/answer target whose type is drawn uniformly from the image's question types,
         so every type is taught equally often (the world has 3 to 9 colour questions per scene but
         1 to 2 presence ones); a caption when the image has no questions."""
         prompts = language_prompts(texts.language)
         if not texts.questions:
-            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, ""
+            return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, "", ()
         types = texts.question_types or ("",) * len(texts.questions)
+        where = texts.question_where or ((),) * len(texts.questions)
         kind = rng.choice(sorted(set(types)))
-        asked, answer = rng.choice([qa for qa, t in zip(texts.questions, types) if t == kind])
-        return self._question(asked, answer, prompts.vqa_prompt)
+        (asked, answer), here = rng.choice([(qa, w) for qa, t, w in zip(texts.questions, types, where) if t == kind])
+        return self._question(asked, answer, prompts.vqa_prompt, here)
 
-    def _question(self, asked: str, answer: str, template: str) -> tuple[str, str, str]:
+    def _question(
+        self, asked: str, answer: str, template: str, where: tuple[str, ...] = ()
+    ) -> tuple[str, str, str, tuple[str, ...]]:
         """A question/answer target in `template` (the language's VQA prompt), its prompt and the text its
         answer follows ("question: ... answer:", for answer_loss_weight). The prompt is the text
         up to the answer with answers_only (as models.prompts.vqa_prompt decodes from), else only the
@@ -187,7 +204,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         step 400)."""
         lead = template.split("{question}")[0].strip()
         asking = vqa_text(asked, "", template)
-        return vqa_text(asked, answer, template), asking if self.answers_only else lead, asking
+        return vqa_text(asked, answer, template), asking if self.answers_only else lead, asking, where
 
 
 class Collate:
@@ -229,7 +246,11 @@ class Collate:
             rows = [[t in c for c in captions] for e in batch for t in e.texts]
             complete = [True] * len(rows)
         positives = torch.tensor(rows, dtype=torch.bool)
-        return Batch(images, texts, targets, positives, torch.tensor(complete), taught, answers)
+        where = torch.tensor(
+            [[p in places for p in PLACES] for e in batch for places in (e.where or ((),) * len(e.targets))],
+            dtype=torch.bool,
+        )
+        return Batch(images, texts, targets, positives, torch.tensor(complete), taught, answers, where)
 
     def _taught(self, targets: torch.Tensor, prompts: list[str], only_prompted: bool = False) -> torch.Tensor:
         """Tokens after each target's prompt (the start token is never predicted anyway); with

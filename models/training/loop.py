@@ -112,6 +112,8 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         start.tokenizer,
         sparse_gradients=vocab_size is not None and device.type == "cpu",
         answer_weight=config.answer_loss_weight,
+        attention_weight=config.attention_loss_weight,
+        query_weight=config.image_to_query_weight,
     )
     optimizer = build_optimizer(model, config, vocab_size)
     schedule = build_schedule(optimizer, config)
@@ -154,6 +156,7 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
                 batch.complete.to(device),
                 batch.taught.to(device),
                 batch.answers.to(device),
+                None if batch.where is None else batch.where.to(device),
             )
             schedule.step()
             state.history.append({"step": state.step, **losses, "lr": lr})
@@ -213,10 +216,11 @@ def _train_step(
     complete=None,
     taught=None,
     answers=None,
+    where=None,
 ) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        losses = objective(model, images, texts, targets, positives, complete, taught, answers)
+        losses = objective(model, images, texts, targets, positives, complete, taught, answers, where)
     scaler.scale(losses["loss"]).backward()
     if clip_norm is not None:
         scaler.unscale_(optimizer)

@@ -10,7 +10,7 @@ satisfies(scene.graph, Query(objects=(ObjectQuery(shape="circle", colour="red"),
 
 from xmodal.models.world.generate import Scene, Split, World, split_of
 from xmodal.models.world.grammar import LANGUAGES, grammar, query_text
-from xmodal.models.world.language import ANSWERS, QA, QUESTION_TYPES, canonical_caption
+from xmodal.models.world.language import ANSWERS, NOWHERE, QA, QUESTION_TYPES, canonical_caption
 from xmodal.models.world.query import (
     ObjectQuery,
     Query,
@@ -30,6 +30,7 @@ __all__ = [
     "COLOURS",
     "DEFAULT_IMAGE_SIZE",
     "LANGUAGES",
+    "NOWHERE",
     "POSITIONS",
     "QA",
     "QUESTION_TYPES",

@@ -20,6 +20,8 @@ POSITION_PHRASES = {
     "bottom": "at the bottom",
 }
 NUMBER_WORDS = ("zero", "one", "two", "three")
+# The place of an answer about no object: the background, where no object ever is.
+NOWHERE = "nowhere"
 QUESTION_TYPES = ("colour", "shape", "size", "position", "count", "presence")
 # Every answer is one word from this closed set.
 ANSWERS = frozenset((*SHAPES, *COLOURS, *SIZES, *POSITIONS, "yes", "no", "0", "1", "2", "3"))
@@ -30,6 +32,9 @@ class QA:
     question: str
     answer: str
     type: str  # one of QUESTION_TYPES
+    # Where the answer is read from (a "where to look" for training): the positions of the objects it
+    # is about, or (NOWHERE,) when no object is (an absent one, a count of 0).
+    where: tuple[str, ...] = ()
 
 
 def object_phrase(obj: SceneObject) -> str:
@@ -63,26 +68,35 @@ def questions(graph: SceneGraph, rng: random.Random) -> tuple[QA, ...]:
     qas: list[QA] = []
     for obj in graph.objects:
         ref = _reference(graph, obj, omit="colour")
-        qas.append(QA(f"what colour is {ref}?", obj.colour, "colour"))
-        qas.append(QA(f"what shape is {POSITION_PHRASES[obj.position]}?", obj.shape, "shape"))
+        here = (obj.position,)
+        qas.append(QA(f"what colour is {ref}?", obj.colour, "colour", here))
+        qas.append(QA(f"what shape is {POSITION_PHRASES[obj.position]}?", obj.shape, "shape", here))
         ref = _reference(graph, obj, omit="size")
-        qas.append(QA(f"what size is {ref}?", obj.size, "size"))
+        qas.append(QA(f"what size is {ref}?", obj.size, "size", here))
         ref = _reference(graph, obj, omit="position")
         if ref is not None:  # two identical objects: "where is the ..." has no single answer
-            qas.append(QA(f"where is {ref}?", obj.position, "position"))
+            qas.append(QA(f"where is {ref}?", obj.position, "position", here))
 
     shape = rng.choice(SHAPES)
-    qas.append(QA(f"how many {shape}s are there?", str(graph.count(shape=shape)), "count"))
+    qas.append(QA(f"how many {shape}s are there?", str(graph.count(shape=shape)), "count", places(graph, shape)))
     colour = rng.choice(tuple(COLOURS))
-    qas.append(QA(f"how many {colour} shapes are there?", str(graph.count(colour=colour)), "count"))
-    qas.append(QA("how many shapes are there?", str(len(graph.objects)), "count"))
+    counted = places(graph, colour=colour)
+    qas.append(QA(f"how many {colour} shapes are there?", str(graph.count(colour=colour)), "count", counted))
+    qas.append(QA("how many shapes are there?", str(len(graph.objects)), "count", places(graph)))
 
     present = rng.choice(graph.objects)
-    qas.append(QA(f"is there a {present.colour} {present.shape}?", "yes", "presence"))
+    found = places(graph, present.shape, present.colour)
+    qas.append(QA(f"is there a {present.colour} {present.shape}?", "yes", "presence", found))
     absent = _absent_colour_shape(graph, rng)
     if absent is not None:
-        qas.append(QA(f"is there a {absent[0]} {absent[1]}?", "no", "presence"))
+        qas.append(QA(f"is there a {absent[0]} {absent[1]}?", "no", "presence", (NOWHERE,)))
     return tuple(qas)
+
+
+def places(graph: SceneGraph, shape: str | None = None, colour: str | None = None) -> tuple[str, ...]:
+    """The positions of the objects of this shape and colour (None: any), or (NOWHERE,) when none is."""
+    found = tuple(o.position for o in graph.objects if shape in (None, o.shape) and colour in (None, o.colour))
+    return found or (NOWHERE,)
 
 
 # Referring expressions, shortest first; the position form always succeeds (positions are unique).

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from xmodal.models.world.language import QA, _absent_colour_shape, _matching_fields
+from xmodal.models.world.language import NOWHERE, QA, _absent_colour_shape, _matching_fields, places
 from xmodal.models.world.scene import COLOURS, SHAPES, SceneGraph, SceneObject
 
 COLOURS_ZH = {"red": "红色", "orange": "橙色", "yellow": "黄色", "green": "绿色", "blue": "蓝色", "purple": "紫色"}
@@ -80,25 +80,28 @@ def questions_zh(graph: SceneGraph, rng: random.Random) -> tuple[QA, ...]:
     qas: list[QA] = []
     for obj in graph.objects:
         ref = _reference_zh(graph, obj, omit="colour")
-        qas.append(QA(f"{ref}是什么颜色？", COLOURS_ZH[obj.colour], "colour"))
-        qas.append(QA(f"{POSITIONS_ZH[obj.position]}是什么形状？", SHAPES_ZH[obj.shape], "shape"))
+        here = (obj.position,)
+        qas.append(QA(f"{ref}是什么颜色？", COLOURS_ZH[obj.colour], "colour", here))
+        qas.append(QA(f"{POSITIONS_ZH[obj.position]}是什么形状？", SHAPES_ZH[obj.shape], "shape", here))
         ref = _reference_zh(graph, obj, omit="size")
-        qas.append(QA(f"{ref}是大还是小？", SIZES_ZH[obj.size], "size"))
+        qas.append(QA(f"{ref}是大还是小？", SIZES_ZH[obj.size], "size", here))
         ref = _reference_zh(graph, obj, omit="position")
         if ref is not None:
-            qas.append(QA(f"{ref}在哪里？", POSITIONS_ZH[obj.position], "position"))
+            qas.append(QA(f"{ref}在哪里？", POSITIONS_ZH[obj.position], "position", here))
 
     shape = rng.choice(SHAPES)
-    qas.append(QA(f"有几个{SHAPES_ZH[shape]}？", COUNTS_ZH[graph.count(shape=shape)], "count"))
+    qas.append(QA(f"有几个{SHAPES_ZH[shape]}？", COUNTS_ZH[graph.count(shape=shape)], "count", places(graph, shape)))
     colour = rng.choice(tuple(COLOURS))
-    qas.append(QA(f"有几个{COLOURS_ZH[colour]}的图形？", COUNTS_ZH[graph.count(colour=colour)], "count"))
-    qas.append(QA("一共有几个图形？", COUNTS_ZH[len(graph.objects)], "count"))
+    counted = places(graph, colour=colour)
+    qas.append(QA(f"有几个{COLOURS_ZH[colour]}的图形？", COUNTS_ZH[graph.count(colour=colour)], "count", counted))
+    qas.append(QA("一共有几个图形？", COUNTS_ZH[len(graph.objects)], "count", places(graph)))
 
     present = rng.choice(graph.objects)
-    qas.append(QA(f"有{COLOURS_ZH[present.colour]}的{SHAPES_ZH[present.shape]}吗？", "有", "presence"))
+    found = places(graph, present.shape, present.colour)
+    qas.append(QA(f"有{COLOURS_ZH[present.colour]}的{SHAPES_ZH[present.shape]}吗？", "有", "presence", found))
     absent = _absent_colour_shape(graph, rng)
     if absent is not None:
-        qas.append(QA(f"有{COLOURS_ZH[absent[0]]}的{SHAPES_ZH[absent[1]]}吗？", "没有", "presence"))
+        qas.append(QA(f"有{COLOURS_ZH[absent[0]]}的{SHAPES_ZH[absent[1]]}吗？", "没有", "presence", (NOWHERE,)))
     return tuple(qas)
 
 

@@ -285,6 +285,10 @@ def test_config_rejects_nonsense(tmp_path):
     with pytest.raises(ValueError):
         tiny_config(tmp_path, answer_loss_weight=-1.0)
     with pytest.raises(ValueError):
+        tiny_config(tmp_path, attention_loss_weight=-1.0)
+    with pytest.raises(ValueError):
+        tiny_config(tmp_path, image_to_query_weight=-1.0)
+    with pytest.raises(ValueError):
         tiny_config(tmp_path, model_overrides=(("text_cfg.layers.depth", 3),))  # neither "tower.field" nor "field"
 
 
@@ -312,6 +316,28 @@ def test_multi_positive_loss_is_clip_loss_on_the_diagonal_and_forgives_duplicate
 
     assert loss(apart, marked) > loss(a, marked)
     assert loss(apart, identity[:3, :3]) < loss(a, identity[:3, :3])
+
+
+def test_images_rank_the_partial_queries_they_satisfy_first_with_a_query_weight():
+    from xmodal.models.training.objective import multi_positive_clip_loss
+
+    torch.manual_seed(0)
+    images = nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    texts = nn.functional.normalize(torch.randn(7, 8), dim=-1)  # 3 captions, then 4 partial queries
+    scale = torch.tensor(10.0)
+    complete = torch.tensor([True] * 3 + [False] * 4)
+    positives = torch.zeros(7, 3, dtype=torch.bool)
+    positives[torch.arange(3), torch.arange(3)] = True
+    positives[3, 0] = positives[4, 1] = positives[5, 2] = True
+    positives[6, :2] = True  # a query images 0 and 1 satisfy
+    plain = multi_positive_clip_loss(images, texts, scale, positives, complete)
+    assert torch.equal(multi_positive_clip_loss(images, texts, scale, positives, complete, 0.0), plain)
+    # Each image's softmax over the 4 queries alone, its target spread over those it satisfies.
+    logits = (scale * images @ texts[3:].T).log_softmax(dim=1)
+    wanted = positives[3:].T.float()
+    term = (-(wanted * logits).sum(1) / wanted.sum(1)).mean()
+    weighted = multi_positive_clip_loss(images, texts, scale, positives, complete, 0.5)
+    assert torch.allclose(weighted, plain + 0.5 * term / 2)
 
 
 def test_world_batches_mark_every_image_a_text_describes():
@@ -410,6 +436,51 @@ def test_answer_weight_scales_the_loss_of_the_marked_tokens_only():
     plain = caption_loss(1.0, every)
     assert torch.allclose(caption_loss(3.0, none), plain, atol=1e-6)  # no answer tokens: unchanged
     assert torch.allclose(caption_loss(3.0, every), 3 * plain, atol=1e-5)  # every taught token weighs 3
+
+
+def test_the_attention_loss_teaches_the_first_head_where_to_look():
+    from xmodal.models.registry import register_plain
+    from xmodal.models.training.examples import PLACES
+    from xmodal.models.training.objective import decoder_states, position_patches
+
+    _, images, texts, tokenizer = _tiny_coca_batch()
+    config = open_clip.get_model_config("xmodal-tiny-coca")
+    # Without the attentional pooler, as xmodal-small-coca: the decoder attends to the 4 x 4 patches.
+    config = {**config, "vision_cfg": {**config["vision_cfg"], "attentional_pool": False}}
+    model = open_clip.create_model(register_plain(config))
+    # One patch per world position on a 3 x 3 grid, each its own (top, left, centre, right, bottom), and
+    # the corners, where no object is, for an answer about none.
+    patches = position_patches(9)
+    assert patches[:-1].argmax(dim=1).tolist() == [1, 3, 4, 5, 7] and patches[-1].nonzero().flatten().tolist() == [
+        0,
+        2,
+        6,
+        8,
+    ]
+    taught = texts != 0
+    answers = torch.zeros_like(taught)
+    answers[:, 3] = True  # the answer is token 3, predicted from position 2
+    where = torch.zeros(len(texts), len(PLACES), dtype=torch.bool)
+    where[0, PLACES.index("centre")] = True  # the first target has one place to look, the others none
+
+    plain = Objective(model, 1.0, 2.0, tokenizer)(model, images, texts, texts, taught=taught, answers=answers)
+    looking = Objective(model, 1.0, 2.0, tokenizer, attention_weight=0.5)
+    losses = looking(model, images, texts, texts, taught=taught, answers=answers, where=where)
+    assert "attention_loss" not in plain and torch.allclose(losses["caption_loss"], plain["caption_loss"])
+
+    # The loss is -log of the first head's attention on the looked-at patch, at the answer's position.
+    _, image_embs = model.visual(images)
+    _, token_embs = model.text(texts)
+    states, weights = decoder_states(
+        model.text_decoder, image_embs[:1], token_embs[:1, :-1], (torch.tensor([0]), torch.tensor([2]))
+    )
+    assert torch.allclose(states, decoder_states(model.text_decoder, image_embs[:1], token_embs[:1, :-1]))
+    grid = image_embs.shape[1]
+    centre = int(position_patches(grid)[PLACES.index("centre")].argmax())
+    assert torch.allclose(losses["attention_loss"], -0.5 * weights[0, 0, centre].log(), atol=1e-5)
+    losses["attention_loss"].backward()
+    first = model.text_decoder.cross_attn[0].attn.in_proj_weight.grad
+    assert first is not None and first.abs().sum() > 0
 
 
 def test_model_overrides_change_the_architecture_trained_from_scratch():

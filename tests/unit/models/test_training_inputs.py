@@ -1,4 +1,4 @@
-"""What the world's training batches teach: binding negatives and twins, balanced questions, the vision stem."""
+"""What world training batches teach: binding negatives and twins, balanced questions, where to look; the stem."""
 
 from __future__ import annotations
 
@@ -122,6 +122,29 @@ def test_question_targets_come_in_every_type_equally_often():
     # 256 draws over 6 types (43 each on average); by frequency in the scenes' question lists,
     # colour would get about 7 times as many as presence.
     assert max(kinds.values()) < 2 * min(kinds.values())
+
+
+def test_question_targets_say_where_their_answer_is():
+    from xmodal.models.training.examples import PLACES, Collate
+    from xmodal.models.world import NOWHERE
+
+    dataset = _dataset(scenes=24, vqa_fraction=0.0, qa_targets=2)
+    examples = [dataset[(i, f"0:1:{i}")] for i in range(24)]
+    batch = Collate(open_clip.get_tokenizer("xmodal-small-coca"))(examples)
+    rows = [(e, target, where) for e in examples for target, where in zip(e.targets, e.where)]
+    assert batch.where is not None and batch.where.shape == (len(rows), len(PLACES))
+    nowhere = 0
+    for (example, target, where), marked in zip(rows, batch.where):
+        assert [p for p, m in zip(PLACES, marked.tolist()) if m] == sorted(where, key=PLACES.index)
+        if not target.startswith("question:"):
+            assert where == ()  # a caption has no one place to look
+        elif where == (NOWHERE,):
+            nowhere += 1
+            assert target.endswith(("answer: no", "answer: 0")), target
+        else:
+            # Every place named holds an object of the scene the question is about.
+            assert where and set(where) <= {o.position for o in example.graph.objects}, target
+    assert nowhere > 0
 
 
 @pytest.mark.parametrize("channels", [[8], [8, 16]])

@@ -12,6 +12,7 @@ from PIL import Image
 from xmodal.models.world import (
     ANSWERS,
     COLOURS,
+    NOWHERE,
     POSITIONS,
     QUESTION_TYPES,
     SHAPES,
@@ -114,19 +115,27 @@ def test_answers_agree_with_the_scene_graph(scenes):
                 shapes, colours = _named(qa.question, SHAPES), _named(qa.question, COLOURS)
                 expected = graph.count(shape=shapes[0] if shapes else None, colour=colours[0] if colours else None)
                 assert qa.answer == str(expected), qa
-            elif qa.type == "presence":
-                present = any(
-                    o.colour in qa.question.split() and o.shape in qa.question.rstrip("?").split()
+                counted = [
+                    o.position
                     for o in graph.objects
-                )
-                assert qa.answer == ("yes" if present else "no"), qa
+                    if (not shapes or o.shape == shapes[0]) and (not colours or o.colour == colours[0])
+                ]
+                assert qa.where == (tuple(counted) or (NOWHERE,)), qa
+            elif qa.type == "presence":
+                named = [
+                    o
+                    for o in graph.objects
+                    if o.colour in qa.question.split() and o.shape in qa.question.rstrip("?").split()
+                ]
+                assert qa.answer == ("yes" if named else "no"), qa
+                assert qa.where == (tuple(o.position for o in named) or (NOWHERE,)), qa
             elif qa.type == "shape":
                 (obj,) = _objects_named(graph, qa.question)
-                assert qa.answer == obj.shape, qa
+                assert qa.answer == obj.shape and qa.where == (obj.position,), qa
             else:
                 # colour, size, position: the question names exactly one object
                 (obj,) = _objects_named(graph, qa.question)
-                assert qa.answer == getattr(obj, qa.type), qa
+                assert qa.answer == getattr(obj, qa.type) and qa.where == (obj.position,), qa
     assert seen_types == set(QUESTION_TYPES)
 
 

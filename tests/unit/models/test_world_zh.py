@@ -21,6 +21,7 @@ def test_twins_share_graph_split_and_text_counts(twins):
         assert (zh.graph, zh.split, zh.id, zh.language) == (en.graph, en.split, en.id, "zh")
         assert len(zh.captions) == len(en.captions)
         assert [q.type for q in zh.questions] == [q.type for q in en.questions]
+        assert [q.where for q in zh.questions] == [q.where for q in en.questions]
 
 
 def test_answers_agree_through_the_mapping(twins):
