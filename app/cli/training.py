@@ -109,6 +109,17 @@ def train(
         int,
         typer.Option(min=0, help="Extra decoder texts per image that are always question/answer texts, types balanced"),
     ] = WORLD_RECIPE.qa_targets,
+    attention_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="World: weight of the loss teaching the decoder where a question's answer is in the image (0: off)",
+        ),
+    ] = WORLD_RECIPE.attention_loss_weight,
+    image_to_query_weight: Annotated[
+        float,
+        typer.Option(min=0.0, help="World: weight of each image ranking the batch's partial queries (0: off)"),
+    ] = WORLD_RECIPE.image_to_query_weight,
     answers_only: Annotated[
         bool,
         typer.Option(
@@ -186,6 +197,8 @@ def train(
             swap_negatives=swap_negatives if data == WORLD else 0,
             twin_fraction=twin_fraction if data == WORLD else 0.0,
             qa_targets=qa_targets,
+            attention_loss_weight=attention_weight if data == WORLD else 0.0,
+            image_to_query_weight=image_to_query_weight if data == WORLD else 0.0,
             seed=train_seed,
             vqa_answers_only=answers_only,
             vision_position_std=vision_position_std or None,

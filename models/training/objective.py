@@ -1,5 +1,10 @@
 """Training losses: open_clip's CoCaLoss (contrastive + captioning), or ClipLoss alone.
 
+On world data two more terms can join: each image ranking the batch's partial queries (a third
+contrastive softmax), and a where-to-look loss that teaches the decoder's first cross-attention head
+which image patches a question's answer is in. The world knows both; without the second the decoder
+found the object a question names only after a plateau of varying length (training-recipes.md).
+
 A small CoCa's training step on a CPU goes to its text tower and decoder, and to anything
 vocabulary-sized (49,408 rows). Four savings, none of which changes the loss value:
 - texts run through the text tower and the decoder in groups of similar length, each group cut
