@@ -59,8 +59,8 @@ class Example(NamedTuple):
     # Per target, the text its answer follows when it is a question/answer text ("question: ...
     # answer:"), else "": the tokens after it, up to the end token, are the answer (answer_loss_weight).
     answer_prompts: tuple[str, ...] = ()
-    # Per target, the positions of the objects its answer is read from (world.QA.where); () for a
-    # caption, a user's question, or a question with no single place to look.
+    # Per target, where its answer is read from (world.QA.where: positions, or NOWHERE); () for a
+    # caption or a user's question.
     where: tuple[tuple[str, ...], ...] = ()
 
 

@@ -113,7 +113,8 @@ class Objective:
         target tokens the captioning loss covers (default: every non-padding one; a prompt's
         tokens are context, not taught); `answers` marks the answer tokens of question/answer
         targets, weighted by `answer_weight` in the captioning loss (a sum over taught tokens divided
-        by their count)."""
+        by their count); `where` (targets, examples.PLACES) marks where each question target's answer
+        is, for the where-to-look loss (with `attention_weight`)."""
         if positives is None and len(texts) != len(images):
             raise ValueError("several contrastive texts per image need `positives`")
         if not self.coca:
