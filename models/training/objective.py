@@ -31,6 +31,7 @@ columns and gets the full vocabulary.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import open_clip
@@ -42,6 +43,7 @@ from torch import nn
 from xmodal.models.encoders import can_trim_padding, encode_text_trimmed
 from xmodal.models.world.scene import POSITION_CENTRES, POSITIONS
 
+logger = logging.getLogger(__name__)
 PAD_ID = 0  # open_clip's SimpleTokenizer pads with 0
 # The cost of one more pass through the text tower or decoder, in text positions: a length group
 # must save at least this much padding. On xmodal-small-coca (batch 64, one CPU thread) 16, 64 and
@@ -76,6 +78,10 @@ class Objective:
         the image → partial query term's (TrainConfig.image_to_query_weight)."""
         self.coca = is_coca(model)
         self.answer_weight = answer_weight
+        if attention_weight and not decoder_sees_patches(model):
+            # The recipe sets it; a model whose decoder reads pooled tokens still trains, without it.
+            logger.warning("attention_loss_weight ignored: this model's decoder attends to no square grid of patches")
+            attention_weight = 0.0
         self.attention_weight = attention_weight
         self.query_weight = query_weight
         self.trims_texts = tokenizer is not None and can_trim_padding(model, tokenizer)
@@ -300,6 +306,14 @@ def _cross_attention_weights(block: nn.Module, queries: torch.Tensor, image_embs
     keys = block.ln_1_kv(image_embs)
     _, weights = block.attn(block.ln_1(queries).unsqueeze(1), keys, keys, need_weights=True, average_attn_weights=False)
     return weights[:, :, 0]
+
+
+def decoder_sees_patches(model: nn.Module) -> bool:
+    """Whether a CoCa's decoder attends to its vision transformer's square grid of patch tokens (no
+    attentional pooler in between): the tokens the where-to-look loss names."""
+    visual = getattr(model, "visual", None)
+    grid = getattr(visual, "grid_size", None)
+    return is_coca(model) and getattr(visual, "attn_pool", True) is None and grid is not None and grid[0] == grid[1]
 
 
 def position_patches(tokens: int) -> torch.Tensor:

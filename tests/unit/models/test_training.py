@@ -483,6 +483,15 @@ def test_the_attention_loss_teaches_the_first_head_where_to_look():
     assert first is not None and first.abs().sum() > 0
 
 
+def test_the_attention_loss_is_left_out_where_the_decoder_reads_pooled_tokens(caplog):
+    model, images, texts, tokenizer = _tiny_coca_batch()  # an attentional pooler: 255 tokens, no patch grid
+    objective = Objective(model, 1.0, 2.0, tokenizer, attention_weight=1.0)
+    assert objective.attention_weight == 0.0 and "attention_loss_weight ignored" in caplog.text
+    where = torch.ones(len(texts), 6, dtype=torch.bool)
+    losses = objective(model, images, texts, texts, taught=texts != 0, answers=texts != 0, where=where)
+    assert "attention_loss" not in losses
+
+
 def test_model_overrides_change_the_architecture_trained_from_scratch():
     from xmodal.models.training.starting_model import load_starting_model
 
