@@ -31,6 +31,7 @@ columns and gets the full vocabulary.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -316,6 +317,7 @@ def decoder_sees_patches(model: nn.Module) -> bool:
     return is_coca(model) and getattr(visual, "attn_pool", True) is None and grid is not None and grid[0] == grid[1]
 
 
+@functools.cache  # called for every length group of every step; the same few grids. Never modified.
 def position_patches(tokens: int) -> torch.Tensor:
     """(len(POSITIONS) + 1, tokens) float: for each world position, the patch of a square grid of `tokens`
     image tokens that holds its centre (on the 3 x 3 grid of 48 px / 16 px, each position has its own);

@@ -95,8 +95,7 @@ def questions(graph: SceneGraph, rng: random.Random) -> tuple[QA, ...]:
 
 def places(graph: SceneGraph, shape: str | None = None, colour: str | None = None) -> tuple[str, ...]:
     """The positions of the objects of this shape and colour (None: any), or (NOWHERE,) when none is."""
-    found = tuple(o.position for o in graph.objects if shape in (None, o.shape) and colour in (None, o.colour))
-    return found or (NOWHERE,)
+    return tuple(o.position for o in graph.matching(shape, colour)) or (NOWHERE,)
 
 
 # Referring expressions, shortest first; the position form always succeeds (positions are unique).

@@ -67,10 +67,12 @@ class SceneGraph:
     objects: tuple[SceneObject, ...]  # in reading order of their positions
     background: str
 
+    def matching(self, shape: str | None = None, colour: str | None = None) -> tuple[SceneObject, ...]:
+        """The objects of this shape and colour (None: any), in reading order."""
+        return tuple(o for o in self.objects if shape in (None, o.shape) and colour in (None, o.colour))
+
     def count(self, shape: str | None = None, colour: str | None = None) -> int:
-        return sum(
-            1 for o in self.objects if (shape is None or o.shape == shape) and (colour is None or o.colour == colour)
-        )
+        return len(self.matching(shape, colour))
 
     def at(self, position: str) -> SceneObject | None:
         return next((o for o in self.objects if o.position == position), None)
