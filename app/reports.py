@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 QUESTION_TYPES = ("colour", "shape", "size", "position", "count", "presence", "all")
 HEADLINE = (
     "t2i_p@1",
+    "t2i_rerank_p@1",
     "t2i_p@5",
     "i2t_r@1",
     "i2t_r@5",
@@ -25,6 +26,7 @@ HEADLINE = (
 )
 LABELS = {
     "t2i_p": "text→image precision (attribute queries)",
+    "t2i_rerank_p": "text→image precision, decoder re-ranked",
     "t2i_caption_r": "text→image recall (full caption as query)",
     "i2t_r": "image→text recall",
     "t2i_r": "text→image recall",

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -123,15 +124,25 @@ def _patch_probes(loaded, scenes) -> dict[str, float]:
     }
 
 
+_ONE_OBJECT = re.compile(r"^is there a (?:small |large )?(\w+) (\w+)(?: (?:at|on|in) the \w+)?\?$")
+
+
 @torch.no_grad()
 def _question_probes(loaded, scenes) -> dict[str, float]:
-    """The presence question's colour and shape words, read from the state that predicts its answer."""
+    """A presence question's colour and shape words, read from the state that predicts its answer: the questions
+    about one object named by its colour and shape ("is there a small red circle on the left?")."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    asked = [qa for s in scenes for qa in s.questions if qa.type == "presence"]  # "is there a red circle?"
+    named = [
+        (qa, found)
+        for s in scenes
+        for qa in s.questions
+        if qa.type == "presence" and (found := _ONE_OBJECT.match(qa.question)) and found[1] in COLOURS
+    ]
+    asked = [qa for qa, found in named if found[2] in SHAPES]
+    words = [(found[1], found[2]) for _, found in named if found[2] in SHAPES]
     texts = tokenizer([vqa_text(qa.question, qa.answer) for qa in asked])
     at_answer = _answer_positions(texts) - 1
     states = model.text(texts)[1][torch.arange(len(texts)), at_answer]
-    words = [qa.question.rstrip("?").split()[-2:] for qa in asked]
     return {
         "question words at the answer (text tower) -> colour": _probe(
             states, [list(COLOURS).index(c) for c, _ in words]

@@ -209,11 +209,22 @@ class CocaDecoder:
             )
         _, image_embs = self.model._encode_image(images)
         return [
-            self._score_image_answers(image_embs[i : i + 1], prompt, image_answers)
+            self._scores(image_embs[i : i + 1], prompt, image_answers)[0].tolist()
             for i, (prompt, image_answers) in enumerate(zip(prompts, answers))
         ]
 
-    def _score_image_answers(self, image_embs: Tensor, prompt: str, answers: Sequence[str]) -> list[float]:
+    @torch.inference_mode()
+    def image_tokens(self, images: Tensor) -> Tensor:
+        """The image tokens the decoder attends to, (B, tokens, width): encode once, score many prompts."""
+        return self.model._encode_image(self._check_images(images))[1]
+
+    @torch.inference_mode()
+    def score_prompt_answers(self, image_tokens: Tensor, prompt: str, answers: Sequence[str]) -> Tensor:
+        """(B, answers): for every image (its `image_tokens`), the mean log-probability of each answer after the
+        one shared prompt, scored as score_answers scores them, in one batched pass."""
+        return self._scores(image_tokens, prompt, answers)
+
+    def _scores(self, image_embs: Tensor, prompt: str, answers: Sequence[str]) -> Tensor:
         if isinstance(answers, str) or len(answers) == 0:
             raise ValueError(f"answers for an image must be a non-empty list of strings, got {answers!r}")
         prompt_ids = [self.tokenizer.sot_token_id, *self.tokenizer.encode(prompt)]
@@ -226,23 +237,28 @@ class CocaDecoder:
                     f"prompt and answer {answer!r} take {len(prompt_ids) + len(target)} tokens, "
                     f"more than the context length {self.context_length}"
                 )
+        images, count = image_embs.shape[0], len(targets)
         lengths = torch.tensor([len(t) for t in targets], device=self.device)
         # Shorter answers are padded with end-of-text: causal attention keeps the padding
         # out of the positions that are scored.
-        padded = torch.full((len(targets), int(lengths.max())), self.tokenizer.eot_token_id, device=self.device)
+        padded = torch.full((count, int(lengths.max())), self.tokenizer.eot_token_id, device=self.device)
         for row, ids in enumerate(targets):
             padded[row, : len(ids)] = torch.tensor(ids, device=self.device)
 
+        # One row per image for the prompt, then one per (image, answer), grouped by image.
         state = self._cached.new_state(image_embs)
-        prompt_logits = self._cached.forward(state, torch.tensor([prompt_ids], device=self.device))
-        logits = prompt_logits.expand(len(targets), -1, -1)
+        prompt_tokens = torch.tensor([prompt_ids], device=self.device).expand(images, -1)
+        prompt_logits = self._cached.forward(state, prompt_tokens)
+        logits = prompt_logits.repeat_interleave(count, dim=0)
+        rows = padded.repeat(images, 1)
         if padded.shape[1] > 1:
-            state.select_rows(torch.zeros(len(targets), dtype=torch.long, device=self.device))
-            answer_logits = self._cached.forward(state, padded[:, :-1], all_positions=True)
+            state.select_rows(torch.arange(images, device=self.device).repeat_interleave(count))
+            answer_logits = self._cached.forward(state, rows[:, :-1], all_positions=True)
             logits = torch.cat([logits, answer_logits], dim=1)
-        logprobs = logits.float().log_softmax(-1).gather(2, padded.unsqueeze(-1)).squeeze(-1)
-        scored = torch.arange(padded.shape[1], device=self.device) < lengths.unsqueeze(1)
-        return (logprobs.masked_fill(~scored, 0.0).sum(1) / lengths).tolist()
+        logprobs = logits.float().log_softmax(-1).gather(2, rows.unsqueeze(-1)).squeeze(-1)
+        lengths = lengths.repeat(images)
+        scored = torch.arange(rows.shape[1], device=self.device) < lengths.unsqueeze(1)
+        return (logprobs.masked_fill(~scored, 0.0).sum(1) / lengths).view(images, count)
 
     def _check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:

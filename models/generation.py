@@ -29,6 +29,7 @@ from xmodal.models.errors import InvalidInput, Unsupported
 from xmodal.models.languages import DEFAULT_LANGUAGE, LanguagePrompts, UnsupportedLanguage, detect_language
 from xmodal.models.loading import LoadedModel
 from xmodal.models.prompts import DEFAULT_VQA_PROMPT, vqa_prompt
+from xmodal.models.rerank import presence_prompt, presence_scores, query_parts
 
 # A caption has no fixed cap: it runs to end-of-text within the model's context (DecodeOptions' default).
 # An open-ended answer keeps a short one: answers are a word or a few (the world's are one word), while a CoCa
@@ -166,6 +167,15 @@ class Captioner:
             method = "contrastive"
         best = max(range(len(candidates)), key=scores.__getitem__)
         return VqaAnswer(candidates[best], dict(zip(candidates, map(float, scores))), method, language)
+
+    def presence_scores(self, pixels: Tensor, query: str, language: str | None = None) -> list[float]:
+        """For each image of a preprocessed (B, 3, H, W) batch, how sure the decoder is that it shows `query`
+        (models/rerank.py), asked in `language` (default: the query's own, as for questions)."""
+        decoder = self.require_decoder("re-ranking")
+        prompts = self.language_prompts(self.question_language(query, language))
+        for part in query_parts(prompts, query):
+            _check_room(decoder, presence_prompt(prompts, part), prompts.presence_answers, 0)
+        return presence_scores(decoder, decoder.image_tokens(pixels), prompts, query).tolist()
 
     def contrastive_scores(self, pixels: Tensor, question: str, answers: Sequence[str]) -> list[float]:
         """Cosine between the image and each statement f"{question} {answer}"."""

@@ -24,12 +24,24 @@ DEFAULT_LANGUAGE = "en"
 class LanguagePrompts:
     caption_prefix: str  # the decoder writes a caption in this language after this text
     vqa_prompt: str  # "...{question}...": the decoder answers in this language after it
+    # "...{query}...": the question whether an image shows a search query, and its two answers (yes, no).
+    # The world's presence questions are written with it, and search re-ranking asks it (models/rerank.py).
+    presence_question: str = "is there {query}?"
+    presence_answers: tuple[str, str] = ("yes", "no")
+    # The word that joins a query's objects ("a red circle and a blue star"): re-ranking asks about each part.
+    conjunction: str = " and "
 
 
 # The prompts training teaches for each language it knows.
 LANGUAGE_PROMPTS: dict[str, LanguagePrompts] = {
     "en": LanguagePrompts(caption_prefix="", vqa_prompt=DEFAULT_VQA_PROMPT),
-    "zh": LanguagePrompts(caption_prefix="中文：", vqa_prompt="问题：{question}回答："),
+    "zh": LanguagePrompts(
+        caption_prefix="中文：",
+        vqa_prompt="问题：{question}回答：",
+        presence_question="有{query}吗？",
+        presence_answers=("有", "没有"),
+        conjunction="和",
+    ),
 }
 
 
@@ -65,4 +77,14 @@ def read_languages(folder: str | Path | None) -> dict[str, LanguagePrompts] | No
     if folder is None or not (path := Path(folder) / LANGUAGES_FILE).is_file():
         return None
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return {name: LanguagePrompts(**prompts) for name, prompts in raw.items()}
+    return {name: _prompts(name, recorded) for name, recorded in raw.items()}
+
+
+def _prompts(name: str, recorded: dict) -> LanguagePrompts:
+    """A recorded language's prompts; a file written before presence questions lacks them, and gets those
+    training teaches for the language."""
+    known = asdict(LANGUAGE_PROMPTS[name]) if name in LANGUAGE_PROMPTS else {}
+    prompts = {**known, **recorded}
+    if "presence_answers" in prompts:
+        prompts["presence_answers"] = tuple(prompts["presence_answers"])
+    return LanguagePrompts(**prompts)

@@ -11,6 +11,8 @@ Metrics (all in [0, 1]):
   that content (background and jitter aside).
 - i2t_r@K: image → text recall@K over the distinct canonical captions of the held-out scenes.
 - caption_exact, caption_f1: greedy captions against the canonical caption.
+- t2i_rerank_p@K (CoCa): t2i_p@K after the decoder re-ranks the embedding's best `rerank` scenes by
+  whether it answers yes to "is there {query}?" (models/rerank.py), as search with `rerank` does.
 - vqa_generated_<type>, vqa_ranked_<type> (and _all): open-ended answers decoded after the
   "question: ... answer:" prompt, and the best of the type's candidate answers by the
   decoder's likelihood (score_answers).
@@ -38,6 +40,7 @@ from torch import nn
 from xmodal.models import scores
 from xmodal.models.languages import language_prompts
 from xmodal.models.prompts import vqa_prompt
+from xmodal.models.rerank import RERANK_DEPTH, presence_scores, rerank_order
 from xmodal.models.world import (
     COLOURS,
     POSITIONS,
@@ -79,6 +82,9 @@ class WorldEvalConfig:
     examples: int = 5  # predictions kept in the report, for reading
     # Languages to measure in; metrics of a language other than English carry its suffix ("_zh").
     languages: tuple[str, ...] = ("en",)
+    # A CoCa's query results re-ranked by its decoder (models/rerank.py): the embedding's best `rerank`
+    # scenes, re-sorted for t2i_rerank_p@K; 0 skips.
+    rerank: int = RERANK_DEPTH
 
 
 @dataclass
@@ -162,10 +168,12 @@ class WorldEvaluation:
                 lambda t: model.encode_text(tokenizer(list(t)).to(device), normalize=False), texts, config.batch_size
             )
 
-        self._retrieval(report, image_emb, encode_texts, [q.text for q in self.queries], self, "")
-        for language, twins in self.twins.items():
-            queries = [query_text(q, language) for q in self.queries]
-            self._retrieval(report, image_emb, encode_texts, queries, twins, f"_{language}")
+        queries = {"en": [q.text for q in self.queries]}
+        queries.update({language: [query_text(q, language) for q in self.queries] for language in self.twins})
+        rankings = {
+            language: self._retrieval(report, image_emb, encode_texts, texts, self.twins.get(language, self))
+            for language, texts in queries.items()
+        }
         report.counts.update(queries=len(self.queries), images=len(self.scenes), captions=len(self.captions))
 
         from xmodal.models.decoding import is_captioner
@@ -175,6 +183,8 @@ class WorldEvaluation:
         from xmodal.models.decoding import CocaDecoder
 
         decoder = CocaDecoder(model, tokenizer)
+        if config.rerank:
+            self._reranked(report, decoder, pixels, queries, rankings)
         for language in ("en", *self.twins):
             other = self.twins.get(language)  # None: English
             prefix = language_prompts(language).caption_prefix
@@ -191,18 +201,41 @@ class WorldEvaluation:
                 self.score_answers(report, method, predicted, other)
         return report
 
-    def _retrieval(self, report: WorldReport, image_emb, encode_texts, queries, texts, suffix: str) -> None:
-        """t2i_p@K of the queries, t2i_caption_r@K and i2t_r@K of `texts`' canonical captions."""
+    def _retrieval(self, report: WorldReport, image_emb, encode_texts, queries, texts) -> tuple[np.ndarray, np.ndarray]:
+        """t2i_p@K of the queries, t2i_caption_r@K and i2t_r@K of `texts`' canonical captions; the queries'
+        rankings (the best max(ks + (rerank,)) scenes) and their cosines, for re-ranking."""
+        suffix = getattr(texts, "suffix", "")
         query_emb = encode_texts(queries)
         caption_emb = encode_texts(texts.captions)
         k_max = max(self.config.ks)
-        t2i = scores.top_k(query_emb @ image_emb.T, k_max)
+        similarity = query_emb @ image_emb.T
+        t2i = scores.top_k(similarity, max(k_max, self.config.rerank))
         t2i_caption = scores.top_k(caption_emb @ image_emb.T, k_max)
         i2t = scores.top_k(image_emb @ caption_emb.T, k_max)
         for k in self.config.ks:
             report.metrics[f"t2i_p@{k}{suffix}"] = scores.precision_at_k(t2i, self.query_hits, k)
             report.metrics[f"t2i_caption_r@{k}{suffix}"] = scores.recall_at_k(t2i_caption, texts.scenes_of_caption, k)
             report.metrics[f"i2t_r@{k}{suffix}"] = scores.recall_at_k(i2t, [{c} for c in texts.caption_of_scene], k)
+        return t2i, np.take_along_axis(similarity, t2i, axis=1)
+
+    def _reranked(self, report: WorldReport, decoder, pixels: torch.Tensor, queries, rankings) -> None:
+        """t2i_rerank_p@K: each query's ranking with its first `rerank` scenes re-sorted by the decoder."""
+        tokens = torch.cat(
+            [
+                decoder.image_tokens(pixels[s : s + self.config.batch_size])
+                for s in range(0, len(pixels), self.config.batch_size)
+            ]
+        )
+        for language, texts in queries.items():
+            prompts, suffix = language_prompts(language), "" if language == "en" else f"_{language}"
+            reranked = []
+            for text, (ranking, cosines) in zip(texts, zip(*rankings[language])):
+                head = ranking[: self.config.rerank]
+                matches = presence_scores(decoder, tokens[head], prompts, text).tolist()
+                order = rerank_order(matches, cosines[: self.config.rerank].tolist())
+                reranked.append([*head[order], *ranking[self.config.rerank :]])
+            for k in self.config.ks:
+                report.metrics[f"t2i_rerank_p@{k}{suffix}"] = scores.precision_at_k(reranked, self.query_hits, k)
 
     @property
     def captioned_count(self) -> int:

@@ -14,6 +14,7 @@ from xmodal.models.world.language import ANSWERS, NOWHERE, QA, QUESTION_TYPES, c
 from xmodal.models.world.query import (
     ObjectQuery,
     Query,
+    absent_query,
     near_miss,
     partial_query,
     random_query,
@@ -45,6 +46,7 @@ __all__ = [
     "World",
     "canonical_caption",
     "grammar",
+    "absent_query",
     "near_miss",
     "partial_query",
     "query_text",

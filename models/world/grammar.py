@@ -52,4 +52,4 @@ def query_text(query: Query, name: str = "en") -> str:
     """A query's text in a language: "a red circle and a large shape on the left" / "一个红色圆形和左边一个大的图形"."""
     if grammar(name).language == "en":
         return query.text
-    return "和".join(language_zh.query_object_zh(o.shape, o.colour, o.size, o.position) for o in query.objects)
+    return language_zh.query_text_zh(query)

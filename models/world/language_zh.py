@@ -11,9 +11,14 @@ decodes back exactly (docs/decisions/bilingual-world.md).
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
-from xmodal.models.world.language import NOWHERE, QA, _absent_colour_shape, _matching_fields, places
+from xmodal.models.languages import language_prompts
+from xmodal.models.world.language import NOWHERE, QA, _matching_fields, places, presence_queries, query_places
 from xmodal.models.world.scene import COLOURS, SHAPES, SceneGraph, SceneObject
+
+if TYPE_CHECKING:
+    from xmodal.models.world.query import Query
 
 COLOURS_ZH = {"red": "红色", "orange": "橙色", "yellow": "黄色", "green": "绿色", "blue": "蓝色", "purple": "紫色"}
 SHAPES_ZH = {"circle": "圆形", "square": "方形", "triangle": "三角形", "star": "星形"}
@@ -27,8 +32,8 @@ ANSWERS_ZH: dict[str, str] = {
     **SHAPES_ZH,
     **SIZES_ZH,
     **POSITIONS_ZH,
-    "yes": "有",
-    "no": "没有",
+    "yes": language_prompts("zh").presence_answers[0],
+    "no": language_prompts("zh").presence_answers[1],
     **{str(n): word for n, word in enumerate(COUNTS_ZH)},
 }
 
@@ -96,13 +101,20 @@ def questions_zh(graph: SceneGraph, rng: random.Random) -> tuple[QA, ...]:
     qas.append(QA(f"有几个{COLOURS_ZH[colour]}的图形？", COUNTS_ZH[graph.count(colour=colour)], "count", counted))
     qas.append(QA("一共有几个图形？", COUNTS_ZH[len(graph.objects)], "count", places(graph)))
 
-    present = rng.choice(graph.objects)
-    found = places(graph, present.shape, present.colour)
-    qas.append(QA(f"有{COLOURS_ZH[present.colour]}的{SHAPES_ZH[present.shape]}吗？", "有", "presence", found))
-    absent = _absent_colour_shape(graph, rng)
+    present, absent = presence_queries(graph, rng)
+    prompts = language_prompts("zh")
+    asked, (yes, no) = prompts.presence_question, prompts.presence_answers
+    qas.append(QA(asked.format(query=query_text_zh(present)), yes, "presence", query_places(graph, present)))
     if absent is not None:
-        qas.append(QA(f"有{COLOURS_ZH[absent[0]]}的{SHAPES_ZH[absent[1]]}吗？", "没有", "presence", (NOWHERE,)))
+        qas.append(QA(asked.format(query=query_text_zh(absent)), no, "presence", (NOWHERE,)))
     return tuple(qas)
+
+
+def query_text_zh(query: Query) -> str:
+    """A partial query in Chinese: "一个红色圆形和左边一个大的图形"."""
+    return language_prompts("zh").conjunction.join(
+        query_object_zh(o.shape, o.colour, o.size, o.position) for o in query.objects
+    )
 
 
 def query_object_zh(shape: str | None, colour: str | None, size: str | None, position: str | None) -> str:

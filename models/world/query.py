@@ -10,6 +10,7 @@ import itertools
 import random
 from dataclasses import dataclass, replace
 
+from xmodal.models.languages import language_prompts
 from xmodal.models.world.language import POSITION_PHRASES
 from xmodal.models.world.scene import COLOURS, POSITIONS, SHAPES, SIZES, SceneGraph, SceneObject
 
@@ -42,7 +43,7 @@ class Query:
 
     @property
     def text(self) -> str:
-        return " and ".join(_object_text(o) for o in self.objects)
+        return language_prompts("en").conjunction.join(_object_text(o) for o in self.objects)
 
 
 def satisfies(graph: SceneGraph, query: Query) -> bool:
@@ -101,6 +102,36 @@ def partial_query(graph: SceneGraph, rng: random.Random, max_objects: int = 2, k
             kept = {key: values[key]}
         objects.append(ObjectQuery(**kept))
     return Query(objects=tuple(objects))
+
+
+_VALUES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES,
+    "colour": tuple(COLOURS),
+    "size": SIZES,
+    "position": POSITIONS,
+}
+
+
+def absent_query(graph: SceneGraph, rng: random.Random, tries: int = 10, max_objects: int = 2) -> Query | None:
+    """A partial query the scene does not satisfy, one attribute away from one it does.
+
+    Half the time the new value is one another object of the scene holds, so every word of the
+    query is in the scene, bound to the wrong object ("a red circle" beside a red square and a blue
+    circle): the misses a search ranks first. None when `tries` draws all still hold.
+    """
+    for _ in range(tries):
+        query = partial_query(graph, rng, max_objects)
+        index = rng.randrange(len(query.objects))
+        wanted = query.objects[index]
+        attribute = rng.choice([a for a in _VALUES if getattr(wanted, a) is not None])
+        value = getattr(wanted, attribute)
+        held = sorted({getattr(o, attribute) for o in graph.objects} - {value})
+        others = held if held and rng.random() < 0.5 else [v for v in _VALUES[attribute] if v != value]
+        changed = replace(wanted, **{attribute: rng.choice(others)})
+        candidate = Query(objects=(*query.objects[:index], changed, *query.objects[index + 1 :]))
+        if not satisfies(graph, candidate):
+            return candidate
+    return None
 
 
 def near_miss(graph: SceneGraph, rng: random.Random) -> SceneGraph:

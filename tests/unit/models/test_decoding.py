@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from xmodal.models.decoding import CocaDecoder, DecodeOptions, is_captioner
+from xmodal.models.languages import language_prompts
 from xmodal.models.registry import register_configs
+from xmodal.models.rerank import presence_scores
 
 # "!$" tokenises to [0, 259]; id 0 is open_clip's pad id, which the text tower masks out,
 # so this prefix checks that the cache reproduces that (shifted) padding mask.
@@ -312,6 +314,31 @@ def test_score_answers_equals_per_candidate_full_forward(decoder, model, tokeniz
         ]
         assert image_scores == pytest.approx(expected, abs=1e-5)
         assert len(set(image_scores)) == len(image_scores)
+
+
+def test_one_prompt_over_many_images_scores_as_each_image_alone(decoder, images):
+    """score_prompt_answers (search re-ranking: one question, a batch of candidate images) in one pass."""
+    prompt, answers = "question: is there a red circle on the left? answer:", ["yes", "no", "a pale green square"]
+    together = decoder.score_prompt_answers(decoder.image_tokens(images), prompt, answers)
+    alone = decoder.score_answers(images, [prompt] * len(images), [answers] * len(images))
+    assert together.shape == (len(images), len(answers))
+    assert together.tolist() == [pytest.approx(row, abs=1e-5) for row in alone]
+
+
+def test_presence_scores_ask_each_part_of_a_query(decoder, images):
+    """A part's probability is sigmoid(yes - no); a query's match, the log-probability that every part is there."""
+    tokens, prompts = decoder.image_tokens(images), language_prompts("en")
+
+    def asked(part: str) -> torch.Tensor:
+        prompt = f"question: is there {part}? answer:"
+        yes_no = torch.tensor(decoder.score_answers(images, [prompt] * len(images), [["yes", "no"]] * len(images)))
+        return torch.nn.functional.logsigmoid(yes_no[:, 0] - yes_no[:, 1])
+
+    one = presence_scores(decoder, tokens, prompts, " a red circle ")
+    assert one.tolist() == pytest.approx(asked("a red circle").tolist(), abs=1e-5)
+    two = presence_scores(decoder, tokens, prompts, "a red circle and a small star on the left")
+    expected = asked("a red circle") + asked("a small star on the left")
+    assert two.tolist() == pytest.approx(expected.tolist(), abs=1e-5) and bool((two < 0).all())
 
 
 def test_score_answers_refuses_bad_input(decoder, images):

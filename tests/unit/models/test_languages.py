@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from xmodal.models.decoding import CocaDecoder
 from xmodal.models.encoders import Encoder
 from xmodal.models.generation import Captioner
-from xmodal.models.languages import UnsupportedLanguage, detect_language
+from xmodal.models.languages import (
+    LANGUAGE_PROMPTS,
+    UnsupportedLanguage,
+    detect_language,
+    read_languages,
+    write_languages,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +51,34 @@ def test_answers_come_in_the_question_s_language_or_the_one_asked(captioner, mon
     )
     with pytest.raises(UnsupportedLanguage, match="writes en, zh, not 'fr'"):
         captioner.language_prompts("fr")
+
+
+def test_a_languages_file_written_before_presence_questions_gets_each_language_s_own(tmp_path):
+    (tmp_path / "languages.json").write_text(
+        json.dumps(
+            {
+                "en": {"caption_prefix": "", "vqa_prompt": "question: {question} answer:"},
+                "zh": {"caption_prefix": "中文：", "vqa_prompt": "问题：{question}回答："},
+            }
+        ),
+        encoding="utf-8",
+    )
+    read = read_languages(tmp_path)
+    assert read == LANGUAGE_PROMPTS
+    assert read["zh"].presence_question.format(query="一个红色圆形") == "有一个红色圆形吗？"
+    write_languages(tmp_path, read)
+    assert read_languages(tmp_path) == read
+
+
+def test_re_ranking_asks_whether_an_image_shows_the_query_in_the_query_s_language(captioner):
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    asked = {
+        "一个红色圆形": ("问题：有一个红色圆形吗？回答：", ["有", "没有"]),
+        "a red circle": ("question: is there a red circle? answer:", ["yes", "no"]),
+    }
+    for query, (prompt, answers) in asked.items():
+        expected = captioner.decoder.score_answers(pixels, [prompt] * 2, [answers] * 2)
+        yes = torch.nn.functional.logsigmoid(torch.tensor([y - n for y, n in expected]))
+        assert captioner.presence_scores(pixels, query) == pytest.approx(yes.tolist(), abs=1e-5)
+    with pytest.raises(UnsupportedLanguage):
+        captioner.presence_scores(pixels, "a red circle", language="fr")

@@ -6,7 +6,9 @@ import random
 
 import pytest
 
-from xmodal.models.world import LANGUAGES, World, grammar, partial_query, query_text
+from xmodal.models.languages import language_prompts
+from xmodal.models.rerank import query_parts
+from xmodal.models.world import LANGUAGES, ObjectQuery, Query, World, grammar, partial_query, query_text
 from xmodal.models.world.language_zh import ANSWERS_ZH, COLOURS_ZH, POSITIONS_ZH, SHAPES_ZH, SIZES_ZH
 
 
@@ -60,6 +62,14 @@ def test_query_text_in_both_languages():
     text = query_text(query, "zh")
     assert text and not any(c.isascii() for c in text)
     assert text.count("一个") == len(query.objects)
+
+
+def test_re_ranking_splits_a_query_into_its_objects_in_both_languages():
+    """The world joins a query's objects with each language's conjunction, the one re-ranking splits at."""
+    query = Query((ObjectQuery(shape="circle", colour="red"), ObjectQuery(size="small", position="left")))
+    for language in LANGUAGES:
+        parts = query_parts(language_prompts(language), query_text(query, language))
+        assert parts == [query_text(Query((o,)), language) for o in query.objects]
 
 
 def test_unknown_language_is_refused():
