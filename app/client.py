@@ -119,8 +119,21 @@ class _Endpoints:
         filters: dict | None = None,
         dedup: float | None = None,
         index: str | None = None,
+        decoder_rerank: int | None = None,
+        language: str | None = None,
     ) -> SearchResponse:
-        body = _json(text=text, k=k, offset=offset, min_score=min_score, filters=filters, dedup=dedup, index=index)
+        """`decoder_rerank`: the decoder re-scores the first N results (docs/api.md#decoder-re-ranking); None: the server's default."""
+        body = _json(
+            text=text,
+            k=k,
+            offset=offset,
+            min_score=min_score,
+            filters=filters,
+            dedup=dedup,
+            index=index,
+            decoder_rerank=decoder_rerank,
+            language=language,
+        )
         return self._call("POST", "/v1/search/text", _model(SearchResponse), json=body)
 
     def search_image(

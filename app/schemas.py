@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from xmodal.models.rerank import COSINE_WEIGHT
+
 MIN_SAMPLING_FLOAT = 1e-4  # smallest temperature / top_p: logits divided by it stay finite in float32
 
 
@@ -45,6 +47,15 @@ class SearchOptions(IndexField):
 
 class TextSearchRequest(SearchOptions):
     text: str = Field(description="The query; empty or over-long text is refused")
+    decoder_rerank: int | None = Field(
+        None,
+        description="Re-score the embedding's first N results with the model's decoder (CoCa only): each image "
+        "is asked whether it shows the query, and they are sorted by that `match` (0..max_decoder_rerank; "
+        "default: the server's decoder_rerank setting)",
+    )
+    language: str | None = Field(
+        None, description="The language the decoder is asked in (default: the query's own; see /v1/vqa)"
+    )
 
 
 class VectorSearchRequest(SearchOptions):
@@ -96,6 +107,12 @@ class ItemPublic(BaseModel):
 
 class ImageHit(ItemPublic):
     score: float = Field(description="Cosine similarity to the query")
+    match: float | None = Field(
+        None,
+        description="With decoder_rerank: the log-probability that the image shows every part of the query, as the "
+        "decoder answers whether it does (<= 0; near 0: yes to every part); results are sorted by match + "
+        f"{COSINE_WEIGHT:g} x score. Null when not re-scored",
+    )
 
 
 class TextHit(BaseModel):

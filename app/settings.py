@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     max_offset: int = Field(10_000, ge=0, description="Deepest page start (offset) a search may ask for")
     max_embed_batch: int = Field(64, ge=1, description="Most texts in one /v1/embed/text request")
     max_rank_candidates: int = Field(200, ge=1, description="Most texts or item ids in one /v1/rank request")
+    decoder_rerank: int = Field(
+        0,
+        ge=0,
+        description="A text search's default decoder_rerank with a CoCa model: its first N results re-scored by "
+        "whether the decoder says the image shows the query (docs/api.md#decoder-re-ranking); 0: embedding order only",
+    )
+    max_decoder_rerank: int = Field(100, ge=0, description="Most results one text search may have the decoder re-score")
 
     vqa_prompt: str = Field(DEFAULT_VQA_PROMPT, description="Prompt the caption decoder answers a question after")
     max_answers: int = Field(100, ge=1, description="Most candidate answers in one /v1/vqa request")

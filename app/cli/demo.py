@@ -15,6 +15,7 @@ import typer
 
 from xmodal.app.cli.common import setup_logging
 from xmodal.app.cli.training import TRAIN_EVAL_SCENES, TRAINING_RECORD, run_training, world_evaluation
+from xmodal.models.rerank import RERANK_DEPTH
 from xmodal.models.training.recipes import WORLD_RECIPE
 
 DEMO_DIR = Path("~/.cache/xmodal")
@@ -83,7 +84,10 @@ def demo(
     if serve:
         from xmodal.app.cli.serve import serve as serve_command
 
-        serve_command(index=[str(index_dir)], host=host, port=port, device=device, model=None)
+        # The demo model is taught the presence question search re-ranking asks (models/rerank.py).
+        serve_command(
+            index=[str(index_dir)], host=host, port=port, device=device, model=None, decoder_rerank=RERANK_DEPTH
+        )
 
 
 def _training_record(model_dir: Path) -> dict | None:
@@ -153,7 +157,8 @@ def _build_demo_index(folder: Path, data_dir: Path, model_dir: Path, device: str
 def _print_examples(host: str, port: int, image: Path) -> None:
     url = f"{host}:{port}"
     lines = [
-        f"Serving on http://{url} (docs at /docs). Try:",
+        f"Serving on http://{url} (docs at /docs). Text searches have the decoder check their best "
+        f'{RERANK_DEPTH} results ("decoder_rerank": 0 for the embedding\'s order alone). Try:',
         f'  curl -s {url}/v1/search/text -H \'content-type: application/json\' -d \'{{"text": "a large red circle", "k": 3}}\'',
         f'  curl -s {url}/v1/search/text -H \'content-type: application/json\' -d \'{{"text": "a blue star on the left and a small yellow square", "k": 3}}\'',
         f"  curl -s {url}/v1/search/image -F file=@{image} -F k=3",

@@ -23,6 +23,10 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port (default 8000)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N")] = None,
     model: Annotated[Optional[str], typer.Option(help="Override the manifest's model spec (same weights)")] = None,
+    decoder_rerank: Annotated[
+        Optional[int],
+        typer.Option(min=0, help="Text searches re-score their first N results with a CoCa's decoder (default 0: off)"),
+    ] = None,
 ) -> None:
     """Serve search over one or more indexes. Other settings come from XMODAL_* variables (see docs/configuration.md).
 
@@ -37,7 +41,14 @@ def serve(
 
     try:
         indexes = parse_index_options(index) if index else None
-        overrides: dict[str, Any] = {"index": indexes, "host": host, "port": port, "device": device, "model": model}
+        overrides: dict[str, Any] = {
+            "index": indexes,
+            "host": host,
+            "port": port,
+            "device": device,
+            "model": model,
+            "decoder_rerank": decoder_rerank,
+        }
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except (ValueError, ValidationError) as exc:
         fail(exc)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from xmodal.app.cli.common import DeviceOption, fail, setup_logging
+from xmodal.models.rerank import RERANK_DEPTH
 from xmodal.models.training.config import Precision
 from xmodal.models.training.recipes import WORLD_DATA, WORLD_RECIPE
 
@@ -284,6 +285,13 @@ def evaluate(
         Optional[str], typer.Option(envvar="XMODAL_API_KEY", help="Key for --server, if it needs one")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="--server: requests in flight")] = 4,
+    decoder_rerank: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="World, CoCa: also text→image precision with the decoder re-scoring the first N results (0: off)",
+        ),
+    ] = RERANK_DEPTH,
 ) -> None:
     """Measure retrieval, captioning and VQA quality; prints tables, writes OUT/eval.json and OUT/eval.png.
 
@@ -291,8 +299,9 @@ def evaluate(
     precision@K for attribute queries, image→text recall@K, caption exact match and token F1,
     VQA accuracy per question type (open-ended and ranked answers).
     --index: recall@1/5/10 both ways over an index built with a captions CSV (e.g. Flickr-style).
-    --server: the same caption and VQA metrics through a running server's endpoints; with --model,
-    side by side with the in-process numbers (they are equal when the server runs that model).
+    --server: the same caption and VQA metrics through a running server's endpoints, and text→image
+    precision through /v1/search/text when its index holds the world's scenes (`xmodal demo --scenes 1000`);
+    with --model, side by side with the in-process numbers (equal when the server runs that model).
     """
     from xmodal.app.reports import comparison_table, draw_plot, index_table, world_table
 
@@ -303,7 +312,14 @@ def evaluate(
             "(recall@K over its captions)"
         )
     report: dict[str, Any] = {}
-    world = dict(scenes=scenes, seed=seed, queries=queries, questions_per_type=questions_per_type, captions=captions)
+    world = dict(
+        scenes=scenes,
+        seed=seed,
+        queries=queries,
+        questions_per_type=questions_per_type,
+        captions=captions,
+        rerank=decoder_rerank,
+    )
     if model is not None:
         wanted = tuple(x.strip() for x in languages.split(","))
         report["world"] = _evaluate_world(model, device, threads, **world, languages=wanted)
@@ -332,12 +348,15 @@ def _evaluate_server(url: str, api_key: str | None, concurrency: int, **settings
     from xmodal.models.training.world_evaluation import WorldEvalConfig, WorldEvaluation
 
     started = time.perf_counter()
-    # No retrieval queries: the server's index is not the evaluation's gallery.
-    evaluation = WorldEvaluation(WorldEvalConfig(**{**settings, "queries": 1}))
+    evaluation = WorldEvaluation(WorldEvalConfig(ks=(1, 5, 10), **settings))
     try:
         with XmodalClient(url, api_key=api_key, timeout=300) as client:
             served = client.index().model_dump()
-            result = evaluate_through_server(client, evaluation, concurrency=concurrency)
+            result = evaluate_through_server(
+                client, evaluation, concurrency=concurrency, decoder_rerank=settings["rerank"]
+            )
+            for skipped in result.examples.get("search", []):
+                typer.echo(f"search not measured: {skipped['not measured']}")
     except XmodalHTTPError as exc:
         fail(f"{url} answered {exc.status}: {exc.detail}")
     except httpx.HTTPError as exc:

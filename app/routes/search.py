@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -9,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xmodal.app.bodies import elapsed_ms, parse_fields
 from xmodal.app.deps import IndexQuery, ReadyDep, SettingsDep, check_k, check_text, pick_index
+from xmodal.app.reranking import CheckedHit, rerank
 from xmodal.app.schemas import (
     ImageHit,
     ImageSearchFields,
@@ -21,6 +24,7 @@ from xmodal.app.schemas import (
     error_responses,
     image_request_body,
 )
+from xmodal.app.served import ServedModel
 from xmodal.app.settings import Settings
 from xmodal.app.uploads import read_image_input
 from xmodal.app.vectors import dedup, stored_rows
@@ -29,20 +33,29 @@ from xmodal.models.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
+ERRORS_WITH_501 = error_responses(400, 404, 413, 415, 422, 429, 501, 503)
+Hit = TypeVar("Hit", tuple[int, float], CheckedHit)  # (id, cosine), and the decoder's match when re-ranked
 DEDUP_MAX_POOL = 16  # with dedup, at most 16 x (offset + k) candidates are examined
 
 
-@router.post("/text", response_model=SearchResponse, responses=ERRORS, summary="Text → images")
+@router.post("/text", response_model=SearchResponse, responses=ERRORS_WITH_501, summary="Text → images")
 async def search_text(
-    body: TextSearchRequest, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
+    request: Request, body: TextSearchRequest, runtime: ReadyDep, settings: SettingsDep, index_name: IndexQuery = None
 ) -> SearchResponse:
     started = time.perf_counter()
     text = check_text(body.text, settings)
     served = pick_index(runtime, body.index, index_name)
     index = served.index  # one version for the whole request, even if a hot swap happens meanwhile
     options = _checked(body, settings)
+    checked = _decoder_rerank(body, served.model, settings)
     query_emb = await served.model.embed_texts([text])
-    return SearchResponse(results=_image_hits(index, query_emb, options), took_ms=elapsed_ms(started))
+    if not checked:
+        return SearchResponse(results=_image_hits(index, query_emb, options), took_ms=elapsed_ms(started))
+    hits = _image_candidates(index, query_emb, options, at_least=checked)
+    reranked = await rerank(
+        hits, checked, text, body.language, served.model, index, request.app.state.item_files, settings.max_pixels
+    )
+    return SearchResponse(results=_image_results(index, _page(reranked, options)), took_ms=elapsed_ms(started))
 
 
 @router.post(
@@ -91,6 +104,20 @@ def _checked(options: SearchOptions, settings: Settings) -> SearchOptions:
     return options
 
 
+def _decoder_rerank(body: TextSearchRequest, model: ServedModel, settings: Settings) -> int:
+    """How many results the decoder re-scores: the request's decoder_rerank, else the server's default when
+    the model has a decoder. A request for it without a decoder is a 501; an unknown language a 422."""
+    wanted = body.decoder_rerank
+    if wanted is None:
+        wanted = settings.decoder_rerank if model.captioner.can_generate else 0
+    if not 0 <= wanted <= settings.max_decoder_rerank:
+        raise InvalidInput(f"decoder_rerank must be between 0 and {settings.max_decoder_rerank}, got {wanted}")
+    if wanted:
+        model.captioner.require_decoder("decoder re-ranking")  # DecoderUnavailable: 501
+        model.captioner.language_prompts(model.captioner.question_language(body.text, body.language))
+    return wanted
+
+
 def _image_query_fields(fields: dict, settings: Settings) -> tuple[SearchOptions, Target]:
     # A multipart form may send an optional number as an empty field: the same as leaving it out.
     given = {name: value for name, value in fields.items() if not (name in ("min_score", "dedup") and value == "")}
@@ -110,10 +137,13 @@ def _hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions, targe
     return _text_hits(index, query_emb, options) if target is Target.texts else _image_hits(index, query_emb, options)
 
 
-def _candidates(index: OpenIndex, search, options: SearchOptions, target: Target) -> list[tuple[int, float]]:
-    """The best offset + k hits (search(n) gives the top n), near-duplicates removed when options.dedup is set:
-    the pool grows until enough survive, the index runs out or DEDUP_MAX_POOL x (offset + k) were examined."""
-    want = options.offset + options.k
+def _candidates(
+    index: OpenIndex, search, options: SearchOptions, target: Target, at_least: int = 0
+) -> list[tuple[int, float]]:
+    """The best max(offset + k, at_least) hits (search(n) gives the top n), near-duplicates removed when
+    options.dedup is set: the pool grows until enough survive, the index runs out or DEDUP_MAX_POOL x as many
+    were examined."""
+    want = max(options.offset + options.k, at_least)
     if options.dedup is None:
         return search(want)
     pool, most = want * 2, want * DEDUP_MAX_POOL
@@ -126,19 +156,27 @@ def _candidates(index: OpenIndex, search, options: SearchOptions, target: Target
         pool = min(pool * 4, most)
 
 
-def _page(hits: list[tuple[int, float]], options: SearchOptions) -> list[tuple[int, float]]:
+def _page(hits: list[Hit], options: SearchOptions) -> list[Hit]:
     hits = hits[options.offset : options.offset + options.k]
     return [hit for hit in hits if options.min_score is None or hit[1] >= options.min_score]
 
 
-def _image_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[ImageHit]:
+def _image_candidates(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions, at_least: int = 0):
     allowed = None
     if options.filters:
         allowed = index.matching_ids(options.filters)  # FilterError (InvalidInput): 422
     search = lambda n: index.search_images(query_emb, n, allowed)[0]  # noqa: E731
-    hits = _page(_candidates(index, search, options, Target.images), options)
-    rows = index.item_rows([item_id for item_id, _ in hits])
-    return [ImageHit(score=score, **row) for (_, score), row in zip(hits, rows)]
+    return _candidates(index, search, options, Target.images, at_least)
+
+
+def _image_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[ImageHit]:
+    hits = _page(_image_candidates(index, query_emb, options), options)
+    return _image_results(index, [(item_id, score, None) for item_id, score in hits])
+
+
+def _image_results(index: OpenIndex, hits: Sequence[CheckedHit]) -> list[ImageHit]:
+    rows = index.item_rows([item_id for item_id, _, _ in hits])
+    return [ImageHit(score=score, match=match, **row) for (_, score, match), row in zip(hits, rows)]
 
 
 def _text_hits(index: OpenIndex, query_emb: np.ndarray, options: SearchOptions) -> list[TextHit]:

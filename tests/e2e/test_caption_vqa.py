@@ -254,6 +254,13 @@ def test_clip_index_cannot_caption_but_answers_multiple_choice_contrastively(cli
 # ---------------------------------------------------------------- command line
 
 
+def test_decoder_re_ranking_needs_a_decoder(clip_server):
+    search = {"text": "a blue square", "k": 2}
+    assert httpx.post(clip_server.url + "/v1/search/text", json=search).status_code == 200
+    refused = httpx.post(clip_server.url + "/v1/search/text", json={**search, "decoder_rerank": 2})
+    assert refused.status_code == 501 and "text decoder" in refused.json()["detail"]
+
+
 def test_cli_caption_prints_one_line_per_image_and_fails_on_bad_ones(tiny_coca_dir, coca):
     second = COCO_MINI / "images" / "000000000790.jpg"
     result = run_xmodal(

@@ -21,3 +21,5 @@ def test_demo_trains_indexes_and_serves(tmp_path):
             assert found.status_code == 200, found.text
             assert len(found.json()["results"]) == 3
             assert all(r["path"].endswith(".png") for r in found.json()["results"])
+            # The demo serves with the decoder checking each search's best results.
+            assert all(r["match"] is not None and r["match"] <= 0 for r in found.json()["results"])
