@@ -119,6 +119,9 @@ class TrainConfig:
     # Decoder targets per image, after the decoder_targets ones, that are always a question/answer
     # text, its question type drawn uniformly from the types the image has questions of.
     qa_targets: int = 0
+    # World data: how many times likelier that draw picks the presence type than each other type: presence
+    # questions ask about arbitrary partial queries, what search re-ranking asks (models/rerank.py).
+    presence_weight: float = 1.0
 
     precision: Precision = "auto"  # auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU
     device: str | None = None  # default: cuda if available, else cpu
@@ -157,6 +160,8 @@ class TrainConfig:
                 )
         if self.decoder_lr_scale <= 0:
             raise ValueError("decoder_lr_scale must be positive")
+        if self.presence_weight <= 0:
+            raise ValueError("presence_weight must be above 0")
         if min(self.hard_negatives, self.swap_negatives, self.qa_targets) < 0:
             raise ValueError("hard_negatives, swap_negatives and qa_targets must be 0 or more")
         if not 0.0 <= self.twin_fraction <= 1.0:

@@ -91,10 +91,11 @@ class ExampleDataset(torch.utils.data.Dataset):
         answers_only: bool = False,
         swap_negatives: int = 0,
         qa_targets: int = 0,
+        presence_weight: float = 1.0,
     ):
         """`answers_only`: a question/answer target teaches only its answer; the question is the
         prompt it is answered from, as at inference (see TrainConfig.vqa_answers_only).
-        `swap_negatives`, `qa_targets`: see TrainConfig. A sample key ending in TWIN (the batch
+        `swap_negatives`, `qa_targets`, `presence_weight`: see TrainConfig. A sample key ending in TWIN (the batch
         plan's binding twins) loads its scene with one attribute swapped between two objects."""
         self.source = source
         self.answers_only = answers_only
@@ -106,6 +107,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         self.hard_negatives = hard_negatives
         self.swap_negatives = swap_negatives
         self.qa_targets = qa_targets
+        self.presence_weight = presence_weight
 
     def __len__(self) -> int:
         return len(self.source)
@@ -180,15 +182,16 @@ class ExampleDataset(torch.utils.data.Dataset):
         return targets
 
     def _typed_question(self, texts: ImageTexts, rng: random.Random) -> tuple[str, str, str, tuple[str, ...]]:
-        """A question/answer target whose type is drawn uniformly from the image's question types,
-        so every type is taught equally often (the world has 3 to 9 colour questions per scene but
-        1 to 2 presence ones); a caption when the image has no questions."""
+        """A question/answer target whose type is drawn uniformly from the image's question types (presence
+        `presence_weight` times as often), so every type is taught about equally often (the world has 3 to 9
+        colour questions per scene but 1 to 2 presence ones); a caption when the image has no questions."""
         prompts = language_prompts(texts.language)
         if not texts.questions:
             return prompts.caption_prefix + rng.choice(texts.decoder_captions), prompts.caption_prefix, "", ()
         types = texts.question_types or ("",) * len(texts.questions)
         where = texts.question_where or ((),) * len(texts.questions)
-        kind = rng.choice(sorted(set(types)))
+        kinds = sorted(set(types))
+        kind = rng.choices(kinds, [self.presence_weight if k == "presence" else 1.0 for k in kinds])[0]
         (asked, answer), here = rng.choice([(qa, w) for qa, t, w in zip(texts.questions, types, where) if t == kind])
         return self._question(asked, answer, prompts.vqa_prompt, here)
 

@@ -100,6 +100,7 @@ def _train(config: TrainConfig, progress: bool, evaluate: Evaluate | None) -> Tr
         config.vqa_answers_only,
         config.swap_negatives,
         config.qa_targets,
+        config.presence_weight,
     )
     vocab_size = _vocab_size(model)
     # Sparse gradients for the vocabulary-sized parameters (VocabAdamW takes them): on a CPU, dense
