@@ -102,10 +102,9 @@ def search_through_server(
 
         return search
 
+    runs = {"t2i_p": 0, **({"t2i_rerank_p": decoder_rerank} if decoder_rerank else {})}
     with ThreadPoolExecutor(concurrency) as pool:
-        for name, rerank in (("t2i_p", 0), ("t2i_rerank_p", decoder_rerank)):
-            if name == "t2i_rerank_p" and not rerank:
-                continue
+        for name, rerank in runs.items():
             judged = list(pool.map(precision(rerank), range(len(evaluation.queries))))
             for k in config.ks:
                 report.metrics[f"{name}@{k}"] = sum(sum(hits[:k]) / k for hits in judged) / len(judged)

@@ -38,6 +38,18 @@ class ItemFiles:
         self._lock = Lock()
         self.hashed = 0  # files hashed so far (for tests and curiosity)
 
+    def item_bytes(self, index: OpenIndex, item_id: int) -> bytes | str:
+        """Item `item_id`'s image as indexed: a local file's bytes (read), a tar member's (check_member), or the
+        http(s) URL it was indexed from, which is not fetched; ItemFileError 404 when there is none."""
+        content = index.item_content(item_id)
+        if content is None:
+            raise ItemFileError(404, f"no image file for item {item_id} (unknown id, or the file was moved)")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, bytes):  # a webdataset tar member
+            return check_member(index, item_id, content)
+        return self.read(index, item_id, content)
+
     def read(self, index: OpenIndex, item_id: int, path: Path) -> bytes:
         """The bytes of item `item_id`'s file at `path` (from `index.item_content`), or ItemFileError:
         404 when it is gone, 409 when it is no longer the file that was indexed."""

@@ -3,8 +3,9 @@
 A search with `decoder_rerank: N` takes the embedding's best N results, reads each one's indexed image (only
 while it is still the file that was indexed, as /v1/items/{id}/image serves it), and asks the model's decoder
 whether it shows the query (models/rerank.py). Those N are sorted by that `match` plus the embedding's
-cosine, weighted (models.rerank.rerank_order); the rest follow in embedding order. A candidate whose image cannot be read now (indexed from a URL, moved, changed, no longer
-decodable) is not checked: it follows the checked ones, its match null, and the reason is logged.
+cosine, weighted (models.rerank.rerank_order); the rest follow in embedding order. A candidate whose image
+cannot be read now (indexed from a URL, moved, changed, no longer decodable) is not checked: it follows the
+checked ones, its match null, and the reason is logged.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from xmodal.app.item_files import ItemFileError, ItemFiles, check_member
+from xmodal.app.item_files import ItemFileError, ItemFiles
 from xmodal.app.served import ServedModel
 from xmodal.indexer.reader import OpenIndex
 from xmodal.models.images import ImageError, load_image
@@ -65,11 +66,7 @@ def _read_images(
 
 
 def _item_bytes(index: OpenIndex, item_id: int, files: ItemFiles) -> bytes:
-    content = index.item_content(item_id)
-    if content is None:
-        raise ItemFileError(404, f"item {item_id}'s image file is gone (moved or deleted)")
-    if isinstance(content, str):
+    data = files.item_bytes(index, item_id)
+    if isinstance(data, str):
         raise ItemFileError(409, f"item {item_id} was indexed from a URL, which a search does not fetch")
-    if isinstance(content, bytes):  # a webdataset tar member
-        return check_member(index, item_id, content)
-    return files.read(index, item_id, content)
+    return data

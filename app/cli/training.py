@@ -110,6 +110,10 @@ def train(
         int,
         typer.Option(min=0, help="Extra decoder texts per image that are always question/answer texts, types balanced"),
     ] = WORLD_RECIPE.qa_targets,
+    presence_weight: Annotated[
+        float,
+        typer.Option(help="World: --qa-targets draw a presence question this many times as often as each other type"),
+    ] = WORLD_RECIPE.presence_weight,
     attention_weight: Annotated[
         float,
         typer.Option(
@@ -198,6 +202,7 @@ def train(
             swap_negatives=swap_negatives if data == WORLD else 0,
             twin_fraction=twin_fraction if data == WORLD else 0.0,
             qa_targets=qa_targets,
+            presence_weight=presence_weight,
             attention_loss_weight=attention_weight if data == WORLD else 0.0,
             image_to_query_weight=image_to_query_weight if data == WORLD else 0.0,
             seed=train_seed,

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from xmodal.app.deps import IndexQuery, ReadyDep, pick_index
 from xmodal.app.errors import ApiError
-from xmodal.app.item_files import ItemFileError, ItemFiles, check_member
+from xmodal.app.item_files import ItemFileError, ItemFiles
 from xmodal.app.routes.indexes import summarize
 from xmodal.app.schemas import ErrorBody, IndexSummary, ItemPublic
 
@@ -39,19 +39,13 @@ async def get_item(item_id: int, runtime: ReadyDep, index_name: IndexQuery = Non
 )
 async def get_item_image(request: Request, item_id: int, runtime: ReadyDep, index_name: IndexQuery = None) -> Response:
     index = pick_index(runtime, index_name).index  # one version for the whole request
-    content = await run_in_threadpool(index.item_content, item_id)
-    if content is None:
-        raise ApiError(404, f"no image file for item {item_id} (unknown id, or the file was moved)")
-    if isinstance(content, str):
-        return RedirectResponse(content, status_code=307)  # indexed from a URL list
     files: ItemFiles = request.app.state.item_files
     try:
-        if isinstance(content, bytes):  # a webdataset tar member
-            data = check_member(index, item_id, content)
-        else:
-            data = await run_in_threadpool(files.read, index, item_id, content)
+        data = await run_in_threadpool(files.item_bytes, index, item_id)
     except ItemFileError as exc:
         raise ApiError(exc.status, exc.detail) from exc
+    if isinstance(data, str):
+        return RedirectResponse(data, status_code=307)  # indexed from a URL list
     media_type = mimetypes.guess_type(index.items.column("path")[item_id].as_py())[0]
     return Response(data, media_type=media_type or "application/octet-stream", headers=FILE_HEADERS)
 

@@ -47,7 +47,7 @@ async def search_text(
     served = pick_index(runtime, body.index, index_name)
     index = served.index  # one version for the whole request, even if a hot swap happens meanwhile
     options = _checked(body, settings)
-    checked = _decoder_rerank(body, served.model, settings)
+    checked = _decoder_rerank(body, text, served.model, settings)
     query_emb = await served.model.embed_texts([text])
     if not checked:
         return SearchResponse(results=_image_hits(index, query_emb, options), took_ms=elapsed_ms(started))
@@ -104,7 +104,7 @@ def _checked(options: SearchOptions, settings: Settings) -> SearchOptions:
     return options
 
 
-def _decoder_rerank(body: TextSearchRequest, model: ServedModel, settings: Settings) -> int:
+def _decoder_rerank(body: TextSearchRequest, text: str, model: ServedModel, settings: Settings) -> int:
     """How many results the decoder re-scores: the request's decoder_rerank, else the server's default when
     the model has a decoder. A request for it without a decoder is a 501; an unknown language a 422."""
     wanted = body.decoder_rerank
@@ -114,7 +114,7 @@ def _decoder_rerank(body: TextSearchRequest, model: ServedModel, settings: Setti
         raise InvalidInput(f"decoder_rerank must be between 0 and {settings.max_decoder_rerank}, got {wanted}")
     if wanted:
         model.captioner.require_decoder("decoder re-ranking")  # DecoderUnavailable: 501
-        model.captioner.language_prompts(model.captioner.question_language(body.text, body.language))
+        model.captioner.language_prompts(model.captioner.question_language(text, body.language))
     return wanted
 
 

@@ -30,8 +30,18 @@ def indexed(encoder, tmp_path):
     return OpenIndex(tmp_path / "index"), photos
 
 
-def _read(files: ItemFiles, index: OpenIndex, item_id: int) -> bytes:
-    return files.read(index, item_id, index.item_content(item_id))
+def _read(files: ItemFiles, index: OpenIndex, item_id: int) -> bytes | str:
+    return files.item_bytes(index, item_id)
+
+
+def test_an_unknown_id_or_a_file_moved_before_the_lookup_is_404(indexed):
+    index, photos = indexed
+    for item_id in (7, 1):
+        if item_id == 1:
+            (photos / "1.png").unlink()
+        with pytest.raises(ItemFileError) as caught:
+            _read(ItemFiles(), index, item_id)
+        assert caught.value.status == 404 and f"no image file for item {item_id}" in caught.value.detail
 
 
 def test_the_indexed_file_is_served_and_hashed_once(indexed):

@@ -39,6 +39,8 @@ WORLD_TRAIN = (
     0.5,
     "--hard-negatives",
     1,
+    "--presence-weight",
+    3,
     "--workers",
     0,
     "--checkpoint-every",
@@ -61,6 +63,7 @@ def test_train_on_the_world_writes_a_loadable_model_and_evaluates_it(world_model
     assert loaded.has_decoder and loaded.model_cfg["embed_dim"] == 32
     record = json.loads((out / "training.json").read_text())
     assert record["steps"] == 4 and record["evaluations"][-1]["step"] == 4
+    assert record["trajectory"]["presence_weight"] == "3.0"  # --presence-weight reached the config
     assert "caption exact match" in output and "image→text recall" in output
     assert f"local-dir:{out.resolve()}" in output
 
